@@ -1,0 +1,1 @@
+"""serving-engine: everything with state and time (state store, apply, serving host, CLI)."""

@@ -1,0 +1,43 @@
+"""The `engine` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import cli_validate
+from .cli_output import EXIT_ERROR
+from .cli_secrets import secrets_app
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="engine",
+    help="Declarative LLM serving endpoints: validate, plan, apply and serve them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cli_validate.register(app)
+app.add_typer(secrets_app)
+
+
+def main() -> None:
+    """Entry point: bad input never shows a traceback (set ENGINE_DEBUG=1 to see one)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
+        if os.environ.get("ENGINE_DEBUG"):
+            raise
+        typer.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+        typer.echo("(set ENGINE_DEBUG=1 to see the traceback)", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

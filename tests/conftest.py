@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+
+def openai_chat(name: str = "chat", entity: str = "gpt4") -> dict[str, Any]:
+    return {
+        "name": name,
+        "config": {
+            "served_entities": [
+                {
+                    "name": entity,
+                    "external_model": {
+                        "name": "gpt-4",
+                        "provider": "openai",
+                        "task": "llm/v1/chat",
+                        "openai_config": {"openai_api_key": "{{secrets/scope/openai}}"},
+                    },
+                }
+            ]
+        },
+    }
+
+
+def custom_model(name: str = "custom") -> dict[str, Any]:
+    return {
+        "name": name,
+        "config": {
+            "served_entities": [
+                {
+                    "entity_name": "main.default.model_a",
+                    "entity_version": "1",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": True,
+                },
+                {
+                    "entity_name": "main.default.model_b",
+                    "entity_version": "2",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": False,
+                },
+            ],
+            "traffic_config": {
+                "routes": [
+                    {"served_entity_name": "model_a-1", "traffic_percentage": 90},
+                    {"served_entity_name": "model_b-2", "traffic_percentage": 10},
+                ]
+            },
+        },
+    }
+
+
+@pytest.fixture
+def chat_spec() -> dict[str, Any]:
+    return copy.deepcopy(openai_chat())
+
+
+@pytest.fixture
+def custom_spec() -> dict[str, Any]:
+    return copy.deepcopy(custom_model())
