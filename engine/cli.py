@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import cli_validate
+from . import cli_plan, cli_state, cli_validate
 from .cli_output import EXIT_ERROR
 from .cli_secrets import secrets_app
 
@@ -21,6 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 cli_validate.register(app)
+cli_plan.register(app)
+cli_state.register(app)
 app.add_typer(secrets_app)
 
 

@@ -1,0 +1,27 @@
+"""Executors and provider adapters. Never imports engine/."""
+
+from ._executor import (
+    Deployment,
+    EntityStatus,
+    Executor,
+    ExecutorError,
+    ExecutorUnavailable,
+    SecretResolver,
+    entity_fingerprint,
+    entity_kind,
+)
+from ._registry import ExecutorRegistry
+from .external import ExternalModelExecutor
+
+__all__ = [
+    "Deployment",
+    "EntityStatus",
+    "Executor",
+    "ExecutorError",
+    "ExecutorRegistry",
+    "ExecutorUnavailable",
+    "ExternalModelExecutor",
+    "SecretResolver",
+    "entity_fingerprint",
+    "entity_kind",
+]

@@ -1,0 +1,295 @@
+"""Carry out a plan: exactly the changes it lists, each step recorded durably.
+
+Per endpoint whose config changes:
+
+1. write the new config as pending (IN_PROGRESS);
+2. for each served entity not already running with the same fingerprint: record it
+   (DEPLOYMENT_CREATING) *before* starting it, start it, wait until it is ready;
+3. when all are ready, switch the active config atomically (one transaction);
+4. stop the entities that only the old config used.
+
+A failure in 2 stops what this update started, leaves the old config active and records
+UPDATE_FAILED with the reason. A crash anywhere leaves the state saying exactly what was done:
+the next apply (which takes over the dead holder's lock) stops orphans and resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plans import Action, EndpointChange, Plan
+from providers import (
+    Deployment,
+    ExecutorError,
+    ExecutorRegistry,
+    ExecutorUnavailable,
+    entity_fingerprint,
+    entity_kind,
+)
+from providers.external import references_in
+
+from .managed_secrets import delete_unused_managed_secrets, with_managed_references
+from .secrets_store import SecretStore, SecretStoreError
+from .state import EntityRow, SqliteStateStore
+
+__all__ = ["ApplyEvent", "ApplyReport", "Applier", "PlanNotApplicable"]
+
+READY = "DEPLOYMENT_READY"
+FAILED = "DEPLOYMENT_FAILED"
+
+
+class PlanNotApplicable(Exception):
+    """The plan has errors, is stale, or needs something this process cannot provide."""
+
+
+@dataclass(frozen=True)
+class ApplyEvent:
+    step: str
+    endpoint: str
+    entity: str | None = None
+    message: str = ""
+
+
+@dataclass
+class ApplyReport:
+    applied: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class _EndpointFailed(Exception):
+    pass
+
+
+class Applier:
+    def __init__(
+        self,
+        store: SqliteStateStore,
+        secrets: SecretStore,
+        executors: ExecutorRegistry,
+        *,
+        actor: str,
+        plaintexts: Mapping[str, str] | None = None,
+        on_event: Callable[[ApplyEvent], None] | None = None,
+        ready_timeout: float = 600.0,
+        lock_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.secrets = secrets
+        self.executors = executors
+        self.actor = actor
+        self.plaintexts = plaintexts or {}
+        self.on_event = on_event or (lambda event: None)
+        self.ready_timeout = ready_timeout
+        self.lock_id = lock_id
+        self._stack: str | None = None
+
+    # -- entry points -----------------------------------------------------------------------
+
+    def check(self, plan: Plan) -> None:
+        """Refuse before changing anything: errored or stale plans, missing executors."""
+        if plan.errored:
+            raise PlanNotApplicable("the plan has errors; fix them and plan again")
+        lineage, serial = self.store.lineage, self.store.serial
+        if (plan.state_lineage, plan.state_serial) != (lineage, serial):
+            where = "" if plan.state_lineage == lineage else " of another state file"
+            raise PlanNotApplicable(
+                f"the plan is stale: it was made from state serial {plan.state_serial}{where}, "
+                f"and the state is now at serial {serial}; plan again"
+            )
+        for change in plan.actionable:
+            for entity in _entities(change.desired):
+                try:
+                    self.executors.for_entity(entity)
+                except ExecutorUnavailable as exc:
+                    raise PlanNotApplicable(f"{change.endpoint}: {exc.message}") from None
+
+    def apply(self, plan: Plan) -> ApplyReport:
+        self.check(plan)
+        self._stack = plan.stack
+        self._stop_retiring()
+        report = ApplyReport()
+        for change in plan.actionable:
+            try:
+                self._apply_change(change)
+                report.applied.append(change.endpoint)
+            except _EndpointFailed as exc:
+                report.failed[change.endpoint] = str(exc)
+                self._emit("failed", change.endpoint, message=str(exc))
+        return report
+
+    # -- one endpoint -------------------------------------------------------------------------
+
+    def _apply_change(self, change: EndpointChange) -> None:
+        if change.action is Action.DELETE:
+            self._delete(change.endpoint)
+            return
+        if change.action is Action.REPLACE:
+            self._delete(change.endpoint)
+        desired = change.desired
+        assert desired is not None
+        row = self.store.get_endpoint(change.endpoint)
+        config_changes = (
+            change.action in (Action.CREATE, Action.REPLACE)
+            or change.config_version_to != change.config_version_from
+        )
+        if row is not None and row.spec is not None and not config_changes:
+            if row.in_progress:
+                self._discard_pending(change.endpoint)
+                self.store.clear_interrupted(change.endpoint, actor=self.actor)
+            if change.fields:
+                self.store.update_in_place(
+                    change.endpoint, desired=desired, actor=self.actor, summary=_summary(change)
+                )
+                self._emit("updated", change.endpoint, message="updated in place")
+            return
+        self._update_config(change, desired)
+
+    def _update_config(self, change: EndpointChange, desired: dict[str, Any]) -> None:
+        name = change.endpoint
+        version = change.config_version_to or 1
+        try:
+            configs = [
+                with_managed_references(name, e, self.plaintexts, self.secrets)
+                for e in _entities(desired)
+            ]
+        except (KeyError, SecretStoreError) as exc:
+            raise _EndpointFailed(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+        self.store.begin_update(
+            name,
+            stack=self._stack,
+            desired=desired,
+            version=version,
+            secret_refs={},
+            actor=self.actor,
+        )
+        self._emit("pending", name, message=f"config version {version} pending")
+        active = {
+            (r.name, r.fingerprint): r
+            for r in self.store.entities(name, "active")
+            if r.deployment == READY
+        }
+        leftovers = {(r.name, r.fingerprint): r for r in self.store.entities(name, "pending")}
+        keep: list[int] = []
+        started: list[int] = []
+        try:
+            for entity, config in zip(_entities(desired), configs, strict=True):
+                key = (entity["name"], entity_fingerprint(entity))
+                reused = active.get(key)
+                if reused is None and key in leftovers and leftovers[key].deployment == READY:
+                    reused = leftovers.pop(key)
+                if reused is not None:
+                    keep.append(reused.id)
+                    continue
+                entity_id = self.store.add_entity(
+                    name, name=key[0], fingerprint=key[1], config=config, config_version=version
+                )
+                keep.append(entity_id)
+                started.append(entity_id)
+                self._bring_up(Deployment(name, key[0], entity_id, config))
+        except ExecutorError as exc:
+            for entity_id in started:
+                self._stop_entity_id(name, entity_id)
+            self._discard_pending(name)
+            self.store.fail_update(name, exc.message, actor=self.actor)
+            raise _EndpointFailed(exc.message) from None
+        retiring = self.store.activate(name, keep=keep, actor=self.actor, summary=_summary(change))
+        self._emit("activated", name, message=f"config version {version} active")
+        for row in retiring:
+            self._stop(row)
+        self._forget_unused_secrets(name)
+
+    def _bring_up(self, deployment: Deployment) -> None:
+        executor = self.executors.for_entity(deployment.config)
+        self._emit("prepare", deployment.endpoint, deployment.entity)
+        try:
+            executor.prepare(deployment, self._resolve)
+            self._emit("start", deployment.endpoint, deployment.entity)
+            handle = executor.start(deployment)
+            self.store.update_entity(deployment.instance_id, handle=handle)
+            self._emit("started", deployment.endpoint, deployment.entity)
+            executor.wait_ready(deployment, handle, self.ready_timeout)
+        except ExecutorError as exc:
+            self.store.update_entity(deployment.instance_id, deployment=FAILED, message=exc.message)
+            raise
+        self.store.update_entity(deployment.instance_id, deployment=READY, message="")
+        self._emit("ready", deployment.endpoint, deployment.entity)
+
+    def _delete(self, name: str) -> None:
+        if self.store.get_endpoint(name) is None:
+            return
+        for row in self.store.mark_deleting(name, actor=self.actor):
+            self._stop(row)
+        self.store.delete_endpoint(name, actor=self.actor)
+        self._forget_unused_secrets(name)
+        self._emit("deleted", name)
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def _stop_retiring(self) -> None:
+        """Finish what a crashed apply left: entities of old configs still running."""
+        for row in self.store.entities(role="retiring"):
+            self._stop(row)
+
+    def _discard_pending(self, name: str) -> None:
+        for row in self.store.entities(name, "pending"):
+            self._stop(row)
+
+    def _stop_entity_id(self, name: str, entity_id: int) -> None:
+        for row in self.store.entities(name):
+            if row.id == entity_id:
+                self._stop(row)
+
+    def _stop(self, row: EntityRow) -> None:
+        deployment = Deployment(row.endpoint, row.name, row.id, row.config)
+        self._emit("stop", row.endpoint, row.name)
+        try:
+            self.executors.for_entity(row.config).stop(deployment, row.handle)
+        except ExecutorError as exc:
+            raise _EndpointFailed(f"cannot stop {deployment.label}: {exc.message}") from None
+        self.store.delete_entity(row.id)
+        self._emit("stopped", row.endpoint, row.name)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _resolve(self, reference: str) -> str:
+        try:
+            return self.secrets.resolve(reference)
+        except SecretStoreError:
+            raise KeyError(reference) from None
+
+    def _forget_unused_secrets(self, name: str) -> None:
+        in_use = {ref for row in self.store.entities(name) for ref in _references(row.config)}
+        delete_unused_managed_secrets(self.secrets, name, in_use)
+
+    def _emit(self, step: str, endpoint: str, entity: str | None = None, message: str = "") -> None:
+        if self.lock_id:
+            self.store.renew_lock(self.lock_id)
+        self.on_event(ApplyEvent(step, endpoint, entity, message))
+
+
+def _entities(desired: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not desired:
+        return []
+    return list(desired.get("config", {}).get("served_entities") or [])
+
+
+def _references(value: Any) -> set[str]:
+    return set(references_in(value))
+
+
+def _summary(change: EndpointChange) -> dict[str, Any]:
+    return {
+        "action": change.action.value,
+        "class": change.change_class.value,
+        "fields": [f.path for f in change.fields],
+    }
+
+
+def needs_kind(plan: Plan, kind: str) -> bool:
+    return any(entity_kind(e) == kind for c in plan.actionable for e in _entities(c.desired))

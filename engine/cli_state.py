@@ -1,0 +1,191 @@
+"""`engine state list|show`, `engine refresh`, `engine force-unlock`, `engine import`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from providers import Deployment, ExecutorError
+
+from .cli_output import fail
+from .state import EndpointRow, SqliteStateStore, StateError
+from .workspace import actor_name, build_executors, open_store
+
+__all__ = ["register", "print_state_list", "endpoint_view"]
+
+StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
+state_app = typer.Typer(name="state", help="Read the state.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(state_app)
+    app.command("refresh")(refresh_command)
+    app.command("force-unlock")(force_unlock_command)
+    app.command("import")(import_command)
+
+
+def _open(state: Path | None) -> SqliteStateStore:
+    try:
+        return open_store(state)
+    except StateError as exc:
+        fail(str(exc))
+
+
+def endpoint_view(store: SqliteStateStore, row: EndpointRow) -> dict[str, Any]:
+    """An endpoint in the platform's shape (no secret values: the state holds none)."""
+    entities = store.entities(row.name)
+    active = [e for e in entities if e.role == "active"]
+    ready = bool(active) and all(e.deployment == "DEPLOYMENT_READY" for e in active)
+    view: dict[str, Any] = {
+        "name": row.name,
+        "id": row.id,
+        "creator": row.creator,
+        "creation_timestamp": row.created_ms,
+        "last_updated_timestamp": row.updated_ms,
+        "state": {
+            "ready": "READY" if ready else "NOT_READY",
+            "config_update": row.config_update,
+        },
+        "stack": row.stack,
+    }
+    if row.update_message:
+        view["state"]["config_update_message"] = row.update_message
+    spec = row.spec or {}
+    if "config" in spec:
+        by_name = {e.name: e for e in active}
+        view["config"] = {
+            **spec["config"],
+            "config_version": row.config_version,
+            "served_entities": [
+                {
+                    **entity,
+                    "state": {
+                        "deployment": by_name[entity["name"]].deployment
+                        if entity["name"] in by_name
+                        else "DEPLOYMENT_CREATING",
+                        "deployment_state_message": by_name[entity["name"]].message
+                        if entity["name"] in by_name
+                        else "",
+                    },
+                }
+                for entity in spec["config"].get("served_entities", [])
+            ],
+        }
+    if row.pending is not None:
+        view["pending_config"] = {
+            **row.pending.get("config", {}),
+            "config_version": row.pending_version,
+            "start_time": row.pending_started_ms,
+        }
+    for key in ("tags", "rate_limits", "ai_gateway", "description", "budget_policy_id"):
+        if key in spec:
+            view[key] = spec[key]
+    view["route_optimized"] = bool(spec.get("route_optimized"))
+    return view
+
+
+def print_state_list(store: SqliteStateStore, as_json: bool) -> None:
+    rows = store.list_endpoints()
+    if as_json:
+        typer.echo(json.dumps([endpoint_view(store, r) for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("The state has no endpoints.")
+        return
+    for row in rows:
+        view = endpoint_view(store, row)
+        version = row.config_version if row.config_version is not None else "-"
+        typer.echo(
+            f"{row.name}\tversion {version}\t{view['state']['ready']}\t"
+            f"{row.config_update}\tstack {row.stack or '-'}"
+        )
+
+
+@state_app.command("list")
+def state_list(
+    state: StateOpt = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List the endpoints in the state."""
+    store = _open(state)
+    print_state_list(store, as_json)
+
+
+@state_app.command("show")
+def state_show(name: str, state: StateOpt = None) -> None:
+    """Show one endpoint as applied, its entities and its config history."""
+    store = _open(state)
+    row = store.get_endpoint(name)
+    if row is None:
+        fail(f"endpoint {name!r} is not in the state")
+    view = endpoint_view(store, row)
+    view["entities"] = [
+        {
+            "name": e.name,
+            "role": e.role,
+            "deployment": e.deployment,
+            "message": e.message,
+            "config_version": e.config_version,
+            "instance_id": e.id,
+        }
+        for e in store.entities(name)
+    ]
+    view["history"] = [
+        {
+            "config_version": h.config_version,
+            "at": h.at_ms,
+            "actor": h.actor,
+            "action": h.action,
+            **({"summary": h.summary} if h.summary else {}),
+        }
+        for h in store.history(name)
+    ]
+    typer.echo(json.dumps(view, indent=2))
+
+
+def refresh_command(state: StateOpt = None) -> None:
+    """Ask the executors for each entity's live status and record drift."""
+    store = _open(state)
+    executors = build_executors()
+    drift = 0
+    for entity in store.entities(role="active"):
+        deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
+        try:
+            status = executors.for_entity(entity.config).status(deployment, entity.handle)
+        except ExecutorError as exc:
+            typer.echo(f"{deployment.label}: cannot read status: {exc.message}", err=True)
+            continue
+        if (status.deployment, status.message) != (entity.deployment, entity.message):
+            drift += 1
+            store.update_entity(entity.id, deployment=status.deployment, message=status.message)
+            typer.echo(
+                f"{entity.endpoint}/{entity.name}: {entity.deployment} -> {status.deployment}"
+                f"{': ' + status.message if status.message else ''}"
+            )
+    typer.echo(f"Refresh complete: {drift} entit{'y' if drift == 1 else 'ies'} changed.")
+
+
+def force_unlock_command(lock_id: str, state: StateOpt = None) -> None:
+    """Remove a lock left by a process that is gone. Only when you are sure."""
+    store = _open(state)
+    try:
+        info = store.force_unlock(lock_id)
+    except StateError as exc:
+        fail(str(exc))
+    typer.echo(f"Lock {lock_id} removed (was {info.describe()}).")
+
+
+def import_command(
+    name: str,
+    stack: Annotated[str, typer.Option("--stack", help="The stack that will manage it.")],
+    state: StateOpt = None,
+) -> None:
+    """Adopt an existing endpoint into a stack, so plans for that stack manage it."""
+    store = _open(state)
+    row = store.get_endpoint(name)
+    if row is None:
+        fail(f"endpoint {name!r} is not in the state")
+    store.set_stack(name, stack)
+    typer.echo(f"{name} is now managed by stack {stack!r} (by {actor_name()}).")

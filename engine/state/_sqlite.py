@@ -1,0 +1,634 @@
+"""SQLite implementation of the state store (the embedded default).
+
+WAL mode so that the serving host can read while an apply writes; every write is one
+`BEGIN IMMEDIATE` transaction that bumps the monotonic serial, so a crash between two steps
+leaves exactly the steps before it. The schema carries a version; `_MIGRATIONS` upgrades older
+files in place. The public methods are the whole interface a PostgreSQL store would implement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from plans import EndpointRecord, StateSnapshot
+
+from ._lock import LockHeld, LockInfo, holder_is_alive, this_host
+from ._records import EndpointRow, EntityRow, HistoryRow
+
+__all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
+
+STATE_ENV_VAR = "ENGINE_STATE"
+SCHEMA_VERSION = 1
+DEFAULT_LEASE_MS = 15 * 60 * 1000
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE endpoints (
+        name TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        stack TEXT,
+        creator TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        spec TEXT,
+        config_version INTEGER,
+        config_update TEXT NOT NULL DEFAULT 'NOT_UPDATING',
+        update_message TEXT NOT NULL DEFAULT '',
+        pending TEXT,
+        pending_version INTEGER,
+        pending_started_ms INTEGER,
+        secret_refs TEXT NOT NULL DEFAULT '{}',
+        pending_secret_refs TEXT NOT NULL DEFAULT '{}',
+        deleting INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE entities (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint TEXT NOT NULL,
+        name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        config TEXT NOT NULL,
+        role TEXT NOT NULL,
+        deployment TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        handle TEXT,
+        config_version INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX entities_by_endpoint ON entities (endpoint, role);
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        endpoint TEXT NOT NULL,
+        config_version INTEGER,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE INDEX history_by_endpoint ON history (endpoint, id);
+    CREATE TABLE lock (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        id TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        acquired_ms INTEGER NOT NULL,
+        lease_expires_ms INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL
+    );
+    """,
+}
+
+
+class StateError(Exception):
+    """The state file cannot be used (unreadable, newer schema, inconsistent request)."""
+
+
+def resolve_state_path(state: Path | None) -> Path:
+    """`--state`, else `$ENGINE_STATE`, else `.engine/state.db` under the working directory."""
+    if state is not None:
+        return state
+    from_env = os.environ.get(STATE_ENV_VAR, "").strip()
+    return Path(from_env) if from_env else Path.cwd() / ".engine" / "state.db"
+
+
+def open_state(state: Path | None = None) -> SqliteStateStore:
+    return SqliteStateStore(resolve_state_path(state))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+class SqliteStateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open state file {self.path}: {exc}") from None
+        self._mutex = threading.RLock()
+        self._migrate()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+
+    def __enter__(self) -> SqliteStateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One durable transaction that bumps the serial."""
+        with self._mutex:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute(
+                    "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'serial'"
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._mutex:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                tables = {
+                    r[0]
+                    for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+                version = 0
+                if "meta" in tables:
+                    row = self._conn.execute(
+                        "SELECT value FROM meta WHERE key = 'schema_version'"
+                    ).fetchone()
+                    version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StateError(
+                        f"{self.path} was written by a newer serving-engine (schema "
+                        f"{version}, this one knows {SCHEMA_VERSION}); upgrade serving-engine"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target].split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    if target == 1:
+                        self._conn.executemany(
+                            "INSERT INTO meta (key, value) VALUES (?, ?)",
+                            [("lineage", uuid.uuid4().hex), ("serial", "0")],
+                        )
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(target),),
+                    )
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._conn.execute("ROLLBACK") if self._conn.in_transaction else None
+                raise StateError(f"{self.path} is not a usable state file: {exc}") from None
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _meta(self, conn: sqlite3.Connection, key: str) -> str:
+        return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def lineage(self) -> str:
+        with self._read() as conn:
+            return self._meta(conn, "lineage")
+
+    @property
+    def serial(self) -> int:
+        with self._read() as conn:
+            return int(self._meta(conn, "serial"))
+
+    def snapshot(self, *, holding_lock: bool = False) -> StateSnapshot:
+        """What plans need, read in one transaction.
+
+        An IN_PROGRESS update with no live lock holder (or seen by the lock holder itself)
+        was left by an apply that died: it is marked interrupted, so the plan resumes it.
+        """
+        with self._read() as conn:
+            lineage = self._meta(conn, "lineage")
+            serial = int(self._meta(conn, "serial"))
+            lock = self._lock_row(conn)
+            rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
+        live_other = lock is not None and not holding_lock and holder_is_alive(lock, _now_ms())
+        records = {
+            row.name: EndpointRecord(
+                name=row.name,
+                spec=None if row.deleting else row.spec,
+                config_version=row.config_version,
+                config_update=row.config_update,
+                update_interrupted=row.in_progress and not live_other,
+                stack=row.stack,
+            )
+            for row in rows
+        }
+        return StateSnapshot(lineage=lineage, serial=serial, endpoints=records)
+
+    def get_endpoint(self, name: str) -> EndpointRow | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
+        return self._endpoint(row) if row else None
+
+    def get_endpoint_by_id(self, endpoint_id: str) -> EndpointRow | None:
+        with self._read() as conn:
+            row = conn.execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
+        return self._endpoint(row) if row else None
+
+    def list_endpoints(self) -> list[EndpointRow]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
+        return [self._endpoint(r) for r in rows]
+
+    def entities(self, endpoint: str | None = None, role: str | None = None) -> list[EntityRow]:
+        query, args = "SELECT * FROM entities WHERE 1=1", []
+        if endpoint is not None:
+            query += " AND endpoint = ?"
+            args.append(endpoint)
+        if role is not None:
+            query += " AND role = ?"
+            args.append(role)
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY id", args).fetchall()
+        return [self._entity(r) for r in rows]
+
+    def history(self, endpoint: str) -> list[HistoryRow]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT endpoint, config_version, at_ms, actor, action, summary FROM history "
+                "WHERE endpoint = ? ORDER BY id",
+                (endpoint,),
+            ).fetchall()
+        return [HistoryRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    # -- the lock ---------------------------------------------------------------------------
+
+    def current_lock(self) -> LockInfo | None:
+        with self._read() as conn:
+            return self._lock_row(conn)
+
+    def acquire_lock(
+        self, operation: str, *, holder: str, timeout: float = 0.0, lease_ms: int = DEFAULT_LEASE_MS
+    ) -> LockInfo:
+        """Take the lock, waiting up to `timeout` seconds; a dead holder's lock is taken over."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._mutex:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    current = self._lock_row(self._conn)
+                    now = _now_ms()
+                    if current is None or not holder_is_alive(current, now):
+                        info = LockInfo(
+                            id=uuid.uuid4().hex[:12],
+                            holder=holder,
+                            operation=operation,
+                            acquired_ms=now,
+                            lease_expires_ms=now + lease_ms,
+                            host=this_host(),
+                            pid=os.getpid(),
+                        )
+                        self._conn.execute(
+                            "INSERT OR REPLACE INTO lock VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                info.id,
+                                info.holder,
+                                info.operation,
+                                info.acquired_ms,
+                                info.lease_expires_ms,
+                                info.host,
+                                info.pid,
+                            ),
+                        )
+                        self._conn.execute("COMMIT")
+                        return info
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            if time.monotonic() >= deadline:
+                raise LockHeld(current)
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def renew_lock(self, lock_id: str, lease_ms: int = DEFAULT_LEASE_MS) -> None:
+        with self._mutex:
+            self._conn.execute(
+                "UPDATE lock SET lease_expires_ms = ? WHERE id = ?", (_now_ms() + lease_ms, lock_id)
+            )
+
+    def release_lock(self, lock_id: str) -> None:
+        with self._mutex:
+            self._conn.execute("DELETE FROM lock WHERE id = ?", (lock_id,))
+
+    def force_unlock(self, lock_id: str) -> LockInfo:
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            current = self._lock_row(self._conn)
+            if current is None or current.id != lock_id:
+                self._conn.execute("ROLLBACK")
+                held = f"the lock is {current.id}" if current else "the state is not locked"
+                raise StateError(f"no lock with id {lock_id}; {held}")
+            self._conn.execute("DELETE FROM lock WHERE id = ?", (lock_id,))
+            self._conn.execute("COMMIT")
+            return current
+
+    # -- writing: config updates ------------------------------------------------------------
+
+    def begin_update(
+        self,
+        name: str,
+        *,
+        stack: str | None,
+        desired: dict[str, Any],
+        version: int,
+        secret_refs: dict[str, str],
+        actor: str,
+    ) -> EndpointRow:
+        """Record the new config as pending (creating the endpoint row if needed)."""
+        now = _now_ms()
+        with self._write() as conn:
+            exists = conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone()
+            if not exists:
+                conn.execute(
+                    "INSERT INTO endpoints (name, id, stack, creator, created_ms, updated_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, uuid.uuid4().hex, stack, actor, now, now),
+                )
+            conn.execute(
+                "UPDATE endpoints SET pending = ?, pending_version = ?, pending_started_ms = ?, "
+                "pending_secret_refs = ?, config_update = 'IN_PROGRESS', update_message = '', "
+                "deleting = 0, stack = COALESCE(stack, ?) WHERE name = ?",
+                (_dumps(desired), version, now, _dumps(secret_refs), stack, name),
+            )
+            self._history(conn, name, version, actor, "begin-update", {})
+        row = self.get_endpoint(name)
+        assert row is not None
+        return row
+
+    def add_entity(
+        self,
+        endpoint: str,
+        *,
+        name: str,
+        fingerprint: str,
+        config: dict[str, Any],
+        config_version: int,
+        role: str = "pending",
+    ) -> int:
+        """Track an entity before anything starts it, so no started entity is ever untracked."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO entities (endpoint, name, fingerprint, config, role, deployment, "
+                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, 'DEPLOYMENT_CREATING', ?, ?)",
+                (endpoint, name, fingerprint, _dumps(config), role, config_version, _now_ms()),
+            )
+            return int(cursor.lastrowid)
+
+    def update_entity(
+        self,
+        entity_id: int,
+        *,
+        deployment: str | None = None,
+        message: str | None = None,
+        handle: dict[str, Any] | None = None,
+    ) -> None:
+        sets, args = [], []
+        if deployment is not None:
+            sets.append("deployment = ?")
+            args.append(deployment)
+        if message is not None:
+            sets.append("message = ?")
+            args.append(message)
+        if handle is not None:
+            sets.append("handle = ?")
+            args.append(_dumps(handle))
+        if not sets:
+            return
+        with self._write() as conn:
+            conn.execute(f"UPDATE entities SET {', '.join(sets)} WHERE id = ?", (*args, entity_id))
+
+    def delete_entity(self, entity_id: int) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM entities WHERE id = ?", (entity_id,))
+
+    def activate(
+        self, name: str, *, keep: list[int], actor: str, summary: dict[str, Any]
+    ) -> list[EntityRow]:
+        """Atomically make the pending config active.
+
+        `keep` are the entity ids that serve the new config (pending ones and reused active
+        ones); every other entity of the endpoint becomes `retiring` and is returned.
+        """
+        now = _now_ms()
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                raise StateError(f"endpoint {name!r} has no pending config to activate")
+            conn.execute(
+                "UPDATE endpoints SET spec = pending, config_version = pending_version, "
+                "secret_refs = pending_secret_refs, pending = NULL, pending_version = NULL, "
+                "pending_started_ms = NULL, pending_secret_refs = '{}', "
+                "config_update = 'NOT_UPDATING', update_message = '', updated_ms = ? "
+                "WHERE name = ?",
+                (now, name),
+            )
+            marks = ",".join("?" * len(keep)) or "NULL"
+            conn.execute(
+                f"UPDATE entities SET role = 'active' WHERE endpoint = ? AND id IN ({marks})",
+                (name, *keep),
+            )
+            conn.execute(
+                f"UPDATE entities SET role = 'retiring' WHERE endpoint = ? AND id NOT IN ({marks})",
+                (name, *keep),
+            )
+            self._history(conn, name, row[0], actor, "activate", summary)
+            retiring = conn.execute(
+                "SELECT * FROM entities WHERE endpoint = ? AND role = 'retiring' ORDER BY id",
+                (name,),
+            ).fetchall()
+        return [self._entity(r) for r in retiring]
+
+    def fail_update(self, name: str, message: str, *, actor: str) -> None:
+        """The old config keeps serving; the endpoint says why the new one did not come up."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
+                "pending_started_ms = NULL, pending_secret_refs = '{}', "
+                "config_update = 'UPDATE_FAILED', update_message = ? WHERE name = ?",
+                (message, name),
+            )
+            self._history(
+                conn, name, row[0] if row else None, actor, "update-failed", {"message": message}
+            )
+
+    def clear_interrupted(self, name: str, *, actor: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
+                "pending_started_ms = NULL, pending_secret_refs = '{}', "
+                "config_update = 'NOT_UPDATING' WHERE name = ?",
+                (name,),
+            )
+            self._history(conn, name, None, actor, "recovered", {})
+
+    def update_in_place(
+        self, name: str, *, desired: dict[str, Any], actor: str, summary: dict[str, Any]
+    ) -> None:
+        """A change outside `config` (tags, rate limits, gateway): no new config version."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE endpoints SET spec = ?, updated_ms = ? WHERE name = ?",
+                (_dumps(desired), _now_ms(), name),
+            )
+            version = conn.execute(
+                "SELECT config_version FROM endpoints WHERE name = ?", (name,)
+            ).fetchone()
+            self._history(conn, name, version[0] if version else None, actor, "update", summary)
+
+    def mark_deleting(self, name: str, *, actor: str) -> list[EntityRow]:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE endpoints SET deleting = 1, config_update = 'IN_PROGRESS' WHERE name = ?",
+                (name,),
+            )
+            conn.execute("UPDATE entities SET role = 'retiring' WHERE endpoint = ?", (name,))
+            self._history(conn, name, None, actor, "begin-delete", {})
+            rows = conn.execute(
+                "SELECT * FROM entities WHERE endpoint = ? ORDER BY id", (name,)
+            ).fetchall()
+        return [self._entity(r) for r in rows]
+
+    def delete_endpoint(self, name: str, *, actor: str) -> None:
+        with self._write() as conn:
+            left = conn.execute("SELECT COUNT(*) FROM entities WHERE endpoint = ?", (name,))
+            if left.fetchone()[0]:
+                raise StateError(f"endpoint {name!r} still has entities; stop them first")
+            conn.execute("DELETE FROM endpoints WHERE name = ?", (name,))
+            self._history(conn, name, None, actor, "delete", {})
+
+    def set_stack(self, name: str, stack: str | None) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE endpoints SET stack = ? WHERE name = ?", (stack, name))
+
+    # -- row mapping ------------------------------------------------------------------------
+
+    def _history(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        version: int | None,
+        actor: str,
+        action: str,
+        summary: dict[str, Any],
+    ) -> None:
+        conn.execute(
+            "INSERT INTO history (endpoint, config_version, at_ms, actor, action, summary) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, version, _now_ms(), actor, action, _dumps(summary)),
+        )
+
+    @staticmethod
+    def _lock_row(conn: sqlite3.Connection) -> LockInfo | None:
+        row = conn.execute(
+            "SELECT id, holder, operation, acquired_ms, lease_expires_ms, host, pid FROM lock"
+        ).fetchone()
+        return LockInfo(*row) if row else None
+
+    @staticmethod
+    def _endpoint(row: sqlite3.Row | tuple[Any, ...]) -> EndpointRow:
+        (
+            name,
+            endpoint_id,
+            stack,
+            creator,
+            created,
+            updated,
+            spec,
+            version,
+            update,
+            message,
+            pending,
+            pending_version,
+            pending_started,
+            secret_refs,
+            _pending_refs,
+            deleting,
+        ) = row
+        return EndpointRow(
+            name=name,
+            id=endpoint_id,
+            stack=stack,
+            creator=creator,
+            created_ms=created,
+            updated_ms=updated,
+            spec=_loads(spec),
+            config_version=version,
+            config_update=update,
+            update_message=message,
+            pending=_loads(pending),
+            pending_version=pending_version,
+            pending_started_ms=pending_started,
+            secret_refs=_loads(secret_refs) or {},
+            deleting=bool(deleting),
+        )
+
+    @staticmethod
+    def _entity(row: sqlite3.Row | tuple[Any, ...]) -> EntityRow:
+        (
+            entity_id,
+            endpoint,
+            name,
+            fingerprint,
+            config,
+            role,
+            deployment,
+            message,
+            handle,
+            version,
+            created,
+        ) = row
+        return EntityRow(
+            id=entity_id,
+            endpoint=endpoint,
+            name=name,
+            fingerprint=fingerprint,
+            config=json.loads(config),
+            role=role,
+            deployment=deployment,
+            message=message,
+            handle=_loads(handle),
+            config_version=version,
+            created_ms=created,
+        )

@@ -1,0 +1,69 @@
+"""The external-model executor: no process to run, only a config to check and secrets to find.
+
+prepare resolves every `{{secrets/...}}` the entity uses (a missing one fails the entity,
+naming the reference, never a value); start registers nothing remote (no network at apply);
+the gateway builds its provider client from the active config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
+
+__all__ = ["ExternalModelExecutor", "references_in"]
+
+_REFERENCE = re.compile(r"\{\{secrets/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+\}\}")
+_KNOWN_PROVIDERS = {
+    "openai",
+    "anthropic",
+    "cohere",
+    "amazon-bedrock",
+    "google-cloud-vertex-ai",
+    "databricks-model-serving",
+    "ai21labs",
+    "palm",
+    "custom",
+}
+
+
+def references_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield from _REFERENCE.findall(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from references_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from references_in(item)
+
+
+class ExternalModelExecutor(Executor):
+    kind = "external"
+
+    def prepare(self, deployment: Deployment, resolve: SecretResolver) -> None:
+        model = deployment.config.get("external_model") or {}
+        provider = model.get("provider")
+        if provider not in _KNOWN_PROVIDERS:
+            raise ExecutorError(f"{deployment.label}: unknown provider {provider!r}")
+        for reference in references_in(deployment.config):
+            try:
+                resolve(reference)
+            except KeyError:
+                raise ExecutorError(
+                    f"{deployment.label}: secret reference {reference} does not resolve"
+                ) from None
+
+    def start(self, deployment: Deployment) -> dict[str, Any]:
+        return {"provider": deployment.config["external_model"]["provider"]}
+
+    def wait_ready(self, deployment: Deployment, handle: dict[str, Any], timeout: float) -> None:
+        return None
+
+    def stop(self, deployment: Deployment, handle: dict[str, Any] | None) -> None:
+        return None
+
+    def status(self, deployment: Deployment, handle: dict[str, Any] | None) -> EntityStatus:
+        return EntityStatus("DEPLOYMENT_READY")
