@@ -15,7 +15,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from schemas import EndpointSpec, ServedEntityInput, entity_name_of
 
@@ -113,7 +113,7 @@ def _plain(model: Any, digest: Digest) -> Any:
         return {SENSITIVE: digest(model.get_secret_value())}
     if isinstance(model, Enum):
         return model.value
-    if hasattr(model, "model_fields"):
+    if isinstance(model, BaseModel):
         out = {}
         for name in type(model).model_fields:
             value = getattr(model, name)

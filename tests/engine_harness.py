@@ -1,0 +1,119 @@
+"""Drive plan/apply in-process or through the real CLI in a subprocess, for tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.apply import Applier, ApplyReport
+from engine.secrets_store import SecretStore, secret_store_for_state
+from engine.spec_loader import load_specs
+from engine.state import SqliteStateStore
+from engine.workspace import desired_from
+from plans import Plan, make_plan
+from providers import ExecutorRegistry, ExternalModelExecutor
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def write_specs(directory: Path, specs: list[dict[str, Any]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.yaml"):
+        old.unlink()
+    for spec in specs:
+        (directory / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    if not specs:
+        (directory / "empty.yaml").write_text("")
+    return directory
+
+
+def self_hosted(name: str, entities: dict[str, int], *, version: str = "1") -> dict[str, Any]:
+    """An endpoint of registered models: {entity name: traffic percentage}."""
+    return {
+        "name": name,
+        "config": {
+            "served_entities": [
+                {
+                    "name": entity,
+                    "entity_name": f"main.default.{entity}",
+                    "entity_version": version,
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": True,
+                }
+                for entity in entities
+            ],
+            "traffic_config": {
+                "routes": [
+                    {"served_entity_name": e, "traffic_percentage": p} for e, p in entities.items()
+                ]
+            },
+        },
+    }
+
+
+@dataclass
+class Engine:
+    """One state file and its secret store, used in-process."""
+
+    state: Path
+    executor: Any = None
+
+    def __post_init__(self) -> None:
+        self.store = SqliteStateStore(self.state)
+        self.secrets: SecretStore = secret_store_for_state(self.state)
+
+    def close(self) -> None:
+        self.store.close()
+        self.secrets.close()
+
+    def registry(self) -> ExecutorRegistry:
+        registry = ExecutorRegistry()
+        registry.register("external", ExternalModelExecutor())
+        if self.executor is not None:
+            registry.register("self_hosted", self.executor)
+        return registry
+
+    def plan(self, specs: Path, *, stack: str = "stack", **kwargs: Any) -> tuple[Plan, Any]:
+        loaded = load_specs([specs])
+        assert loaded.valid, [d.render() for d in loaded.diagnostics]
+        desired = desired_from(loaded, self.secrets)
+        plan = make_plan(
+            desired.documents,
+            self.store.snapshot(holding_lock=True),
+            stack=stack,
+            secret_exists=self.secrets.has,
+            **kwargs,
+        )
+        return plan, desired
+
+    def apply(
+        self, specs: Path, *, stack: str = "stack", **kwargs: Any
+    ) -> tuple[Plan, ApplyReport]:
+        plan, desired = self.plan(specs, stack=stack, **kwargs)
+        assert not plan.errored, [e for c in plan.changes for e in c.errors]
+        applier = Applier(
+            self.store, self.secrets, self.registry(), actor="test", plaintexts=desired.plaintexts
+        )
+        return plan, applier.apply(plan)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=ROOT,
+    )
