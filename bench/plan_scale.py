@@ -169,12 +169,11 @@ _CHANGES: list[tuple[int, Callable[[Body], None]]] = [
 
 def changed_indices(n: int) -> dict[int, Callable[[Body], None]]:
     """One changed endpoint per block of 100, rotating through the kinds of change."""
-    return {
-        block * CHANGED_EVERY + _CHANGES[block % len(_CHANGES)][0]: _CHANGES[block % len(_CHANGES)][
-            1
-        ]
-        for block in range(n // CHANGED_EVERY)
-    }
+    changes: dict[int, Callable[[Body], None]] = {}
+    for block in range(n // CHANGED_EVERY):
+        offset, change = _CHANGES[block % len(_CHANGES)]
+        changes[block * CHANGED_EVERY + offset] = change
+    return changes
 
 
 # --- fixture ---------------------------------------------------------------------------------
@@ -198,7 +197,8 @@ def build_fixture(n: int, root: Path) -> Fixture:
         # The state holds its own canonical documents (no objects shared with the desired side,
         # so comparisons cannot short-cut on identity).
         spec, diagnostics = validate_endpoint(original)
-        assert spec is not None and not any(d.is_error for d in diagnostics), diagnostics
+        require(spec is not None and not any(d.is_error for d in diagnostics), diagnostics)
+        assert spec is not None
         records[spec.name] = EndpointRecord(
             name=spec.name,
             spec=canonical_endpoint(spec, digest),
@@ -214,7 +214,7 @@ def build_fixture(n: int, root: Path) -> Fixture:
             path.write_text(yaml.dump(batch, Dumper=_Dumper, sort_keys=False), encoding="utf-8")
             batch = []
     snapshot = StateSnapshot(lineage="x", serial=1, endpoints=records)
-    return Fixture(n=n, spec_dir=root, snapshot=snapshot, expected_updates=len(changes))
+    return Fixture(n=n, spec_dir=root, snapshot=snapshot, expected_updates=n // CHANGED_EVERY)
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -244,13 +244,20 @@ class Row:
         return self.canonical_s + self.plan_s
 
 
+def require(ok: bool, detail: object) -> None:
+    """Like assert, but kept under `python -O`: a broken fixture must stop the bench."""
+    if not ok:
+        raise SystemExit(f"bench check failed: {detail}")
+
+
 def check_plan(plan: Plan, fixture: Fixture) -> None:
+    """Exactly the 1% updates, no creates/replaces/deletes, one change per endpoint."""
     s = plan.summary
     expected = fixture.expected_updates
-    assert (s.create, s.update, s.replace, s.delete) == (0, expected, 0, 0), str(s)
-    assert len(plan.actionable) == expected, len(plan.actionable)
-    assert len(plan.changes) == fixture.n, len(plan.changes)
-    assert not plan.errored, [c.errors for c in plan.changes if c.errors][:3]
+    require((s.create, s.update, s.replace, s.delete) == (0, expected, 0, 0), s)
+    require(len(plan.actionable) == expected, f"{len(plan.actionable)} actionable changes")
+    require(len(plan.changes) == fixture.n, f"{len(plan.changes)} changes for {fixture.n}")
+    require(not plan.errored, [c.errors for c in plan.changes if c.errors][:3])
 
 
 def measure(n: int) -> Row:
@@ -261,10 +268,10 @@ def measure(n: int) -> Row:
         fixture = build_fixture(n, Path(tmp))
 
         load_s, loaded = best_of(repeats, lambda: load_specs([fixture.spec_dir]))
-        assert loaded.valid, loaded.errors[:3]
-        assert len(loaded.endpoints) == n, len(loaded.endpoints)
+        require(loaded.valid, loaded.errors[:3])
+        require(len(loaded.endpoints) == n, f"{len(loaded.endpoints)} endpoints loaded")
         specs = [e.spec for e in loaded.endpoints]
-        del loaded  # keep only the specs, as the engine does once documents are made
+        del loaded  # keep only the specs: parsed YAML is not needed to plan
 
         def canonicalise() -> list[Canonical]:
             return [canonical_endpoint(spec, digest) for spec in specs]
@@ -296,7 +303,8 @@ def print_table(rows: list[Row]) -> None:
         factor = big.n / small.n
         print(
             f"growth plan({big.n})/plan({small.n}) = {big.total_s / small.total_s:.2f}x "
-            f"for {factor:g}x endpoints (linear = {factor:g}x)"
+            f"for {factor:g}x endpoints (linear = {factor:g}x); "
+            f"load+validate: {big.load_s / small.load_s:.2f}x"
         )
     goal = by_n.get(GOAL_N)
     if goal is not None:
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = list(QUICK_SIZES) if args.quick else args.sizes
 
-    rows = []
+    rows: list[Row] = []
     for n in sizes:
         print(f"measuring {n} endpoints ...", file=sys.stderr, flush=True)
         rows.append(measure(n))

@@ -111,7 +111,7 @@ class Applier:
 
     def apply(self, plan: Plan) -> ApplyReport:
         self.check(plan)
-        self._stack = plan.stack
+        self._stack = plan.stack or None
         self._stop_retiring()
         report = ApplyReport()
         for change in plan.actionable:

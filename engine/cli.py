@@ -7,9 +7,10 @@ import sys
 
 import typer
 
-from . import cli_plan, cli_state, cli_validate
+from . import cli_plan, cli_serve, cli_state, cli_validate
 from .cli_output import EXIT_ERROR
 from .cli_secrets import secrets_app
+from .cli_tokens import tokens_app
 
 __all__ = ["app", "main"]
 
@@ -23,7 +24,9 @@ app = typer.Typer(
 cli_validate.register(app)
 cli_plan.register(app)
 cli_state.register(app)
+cli_serve.register(app)
 app.add_typer(secrets_app)
+app.add_typer(tokens_app)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from providers import Deployment, ExecutorError
 
 from .cli_output import fail
 from .state import EndpointRow, SqliteStateStore, StateError
+from .views import endpoint_detail
 from .workspace import actor_name, build_executors, open_store
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
@@ -35,56 +36,8 @@ def _open(state: Path | None) -> SqliteStateStore:
 
 
 def endpoint_view(store: SqliteStateStore, row: EndpointRow) -> dict[str, Any]:
-    """An endpoint in the platform's shape (no secret values: the state holds none)."""
-    entities = store.entities(row.name)
-    active = [e for e in entities if e.role == "active"]
-    ready = bool(active) and all(e.deployment == "DEPLOYMENT_READY" for e in active)
-    view: dict[str, Any] = {
-        "name": row.name,
-        "id": row.id,
-        "creator": row.creator,
-        "creation_timestamp": row.created_ms,
-        "last_updated_timestamp": row.updated_ms,
-        "state": {
-            "ready": "READY" if ready else "NOT_READY",
-            "config_update": row.config_update,
-        },
-        "stack": row.stack,
-    }
-    if row.update_message:
-        view["state"]["config_update_message"] = row.update_message
-    spec = row.spec or {}
-    if "config" in spec:
-        by_name = {e.name: e for e in active}
-        view["config"] = {
-            **spec["config"],
-            "config_version": row.config_version,
-            "served_entities": [
-                {
-                    **entity,
-                    "state": {
-                        "deployment": by_name[entity["name"]].deployment
-                        if entity["name"] in by_name
-                        else "DEPLOYMENT_CREATING",
-                        "deployment_state_message": by_name[entity["name"]].message
-                        if entity["name"] in by_name
-                        else "",
-                    },
-                }
-                for entity in spec["config"].get("served_entities", [])
-            ],
-        }
-    if row.pending is not None:
-        view["pending_config"] = {
-            **row.pending.get("config", {}),
-            "config_version": row.pending_version,
-            "start_time": row.pending_started_ms,
-        }
-    for key in ("tags", "rate_limits", "ai_gateway", "description", "budget_policy_id"):
-        if key in spec:
-            view[key] = spec[key]
-    view["route_optimized"] = bool(spec.get("route_optimized"))
-    return view
+    """The platform's detailed shape, plus the stack that manages the endpoint."""
+    return {**endpoint_detail(store, row), "stack": row.stack}
 
 
 def print_state_list(store: SqliteStateStore, as_json: bool) -> None:

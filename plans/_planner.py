@@ -34,7 +34,7 @@ def make_plan(
     desired: Sequence[Canonical],
     state: StateSnapshot,
     *,
-    stack: str,
+    stack: str | None,
     allow_replace: bool = False,
     destroy: bool = False,
     secret_exists: SecretExists | None = None,
@@ -42,10 +42,11 @@ def make_plan(
     """Plan the changes that make `state` equal `desired` for the endpoints of `stack`.
 
     Only endpoints of `stack` that left the specs are deleted, never others. With `destroy`,
-    every endpoint of the stack is deleted.
+    every endpoint of the stack is deleted. `stack=None` plans single-endpoint changes made
+    through the REST API: any endpoint may change (its stack will see drift), none is deleted.
     """
     plan = Plan(
-        stack=stack, state_lineage=state.lineage, state_serial=state.serial, destroy=destroy
+        stack=stack or "", state_lineage=state.lineage, state_serial=state.serial, destroy=destroy
     )
     wanted = {} if destroy else {doc["name"]: doc for doc in desired}
     for name, doc in wanted.items():
@@ -55,16 +56,17 @@ def make_plan(
         plan.changes.append(change)
     for name in sorted(state.endpoints):
         record = state.endpoints[name]
-        if name not in wanted and record.stack == stack:
+        if stack is not None and name not in wanted and record.stack == stack:
             plan.changes.append(_delete(record))
     return plan
 
 
 def _plan_endpoint(
-    doc: Canonical, record: EndpointRecord | None, stack: str, allow_replace: bool
+    doc: Canonical, record: EndpointRecord | None, stack: str | None, allow_replace: bool
 ) -> EndpointChange:
     name = doc["name"]
-    if record is None or (record.spec is None and record.stack in (None, stack)):
+    unfinished = record is not None and record.spec is None
+    if record is None or (unfinished and (stack is None or record.stack in (None, stack))):
         version = (record.config_version or 0) if record else 0
         return EndpointChange(
             endpoint=name,
@@ -77,7 +79,7 @@ def _plan_endpoint(
             reason=None if record is None else "a previous create did not finish",
         )
     change = EndpointChange(endpoint=name, action=Action.NO_OP, desired=doc)
-    if record.stack != stack:
+    if stack is not None and record.stack != stack:
         owner = f"stack {record.stack!r}" if record.stack else "no stack (made through the API)"
         change.errors.append(
             PlanError(

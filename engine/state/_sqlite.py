@@ -27,7 +27,7 @@ from ._records import EndpointRow, EntityRow, HistoryRow
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
 STATE_ENV_VAR = "ENGINE_STATE"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 DEFAULT_LEASE_MS = 15 * 60 * 1000
 
 _MIGRATIONS: dict[int, str] = {
@@ -84,6 +84,37 @@ _MIGRATIONS: dict[int, str] = {
         lease_expires_ms INTEGER NOT NULL,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL
+    );
+    """,
+    # Callers of the serving host (hashed bearer tokens) and serving-host heartbeats.
+    2: """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        principal TEXT NOT NULL,
+        groups TEXT NOT NULL DEFAULT '[]',
+        kind TEXT NOT NULL DEFAULT 'user',
+        admin INTEGER NOT NULL DEFAULT 0,
+        comment TEXT NOT NULL DEFAULT '',
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE hosts (
+        id TEXT PRIMARY KEY,
+        pid INTEGER NOT NULL,
+        hostname TEXT NOT NULL,
+        address TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    );
+    """,
+    # Access control lists of endpoints, keyed by endpoint id (as the platform's API is).
+    3: """
+    CREATE TABLE permissions (
+        endpoint_id TEXT NOT NULL,
+        principal_type TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        level TEXT NOT NULL,
+        PRIMARY KEY (endpoint_id, principal_type, principal)
     );
     """,
 }
@@ -287,6 +318,128 @@ class SqliteStateStore:
             ).fetchall()
         return [HistoryRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
+    def serving_view(self) -> tuple[int, list[tuple[EndpointRow, list[EntityRow]]]]:
+        """The serial and every endpoint with its active entities, read in one transaction."""
+        with self._read() as conn:
+            serial = int(self._meta(conn, "serial"))
+            rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
+            entities = [
+                self._entity(r)
+                for r in conn.execute("SELECT * FROM entities WHERE role = 'active' ORDER BY id")
+            ]
+        by_endpoint: dict[str, list[EntityRow]] = {}
+        for entity in entities:
+            by_endpoint.setdefault(entity.endpoint, []).append(entity)
+        return serial, [(row, by_endpoint.get(row.name, [])) for row in rows]
+
+    # -- permissions ----------------------------------------------------------------------------
+
+    def all_permissions(self) -> dict[str, list[tuple[str, str, str]]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT endpoint_id, principal_type, principal, level FROM permissions"
+            ).fetchall()
+        out: dict[str, list[tuple[str, str, str]]] = {}
+        for endpoint_id, kind, name, level in rows:
+            out.setdefault(endpoint_id, []).append((kind, name, level))
+        return out
+
+    def permissions(self, endpoint_id: str) -> list[tuple[str, str, str]]:
+        """(principal_type, principal, level): user_name, group_name or service_principal_name."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT principal_type, principal, level FROM permissions WHERE endpoint_id = ? "
+                "ORDER BY principal_type, principal",
+                (endpoint_id,),
+            ).fetchall()
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+    def set_permissions(
+        self, endpoint_id: str, entries: list[tuple[str, str, str]], *, replace: bool
+    ) -> None:
+        with self._write() as conn:
+            if replace:
+                conn.execute("DELETE FROM permissions WHERE endpoint_id = ?", (endpoint_id,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
+                [(endpoint_id, t, p, level) for t, p, level in entries],
+            )
+
+    # -- tokens and hosts -------------------------------------------------------------------
+
+    def add_token(
+        self,
+        *,
+        token_hash: str,
+        principal: str,
+        groups: list[str],
+        kind: str = "user",
+        admin: bool = False,
+        comment: str = "",
+    ) -> str:
+        token_id = uuid.uuid4().hex[:12]
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_id,
+                    token_hash,
+                    principal,
+                    _dumps(groups),
+                    kind,
+                    int(admin),
+                    comment,
+                    _now_ms(),
+                ),
+            )
+        return token_id
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, token_hash, principal, groups, kind, admin, comment, created_ms "
+                "FROM tokens ORDER BY created_ms"
+            ).fetchall()
+        return [
+            {
+                "id": r[0],
+                "token_hash": r[1],
+                "principal": r[2],
+                "groups": json.loads(r[3]),
+                "kind": r[4],
+                "admin": bool(r[5]),
+                "comment": r[6],
+                "created_ms": r[7],
+            }
+            for r in rows
+        ]
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None:
+        """Record that a serving host is alive (not a state change: the serial stays)."""
+        now = _now_ms()
+        with self._mutex:
+            self._conn.execute(
+                "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "last_seen_ms = excluded.last_seen_ms, address = excluded.address",
+                (host_id, pid, hostname, address, now, now),
+            )
+
+    def hosts(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts"
+            ).fetchall()
+        keys = ("id", "pid", "hostname", "address", "started_ms", "last_seen_ms")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def remove_host(self, host_id: str) -> None:
+        with self._mutex:
+            self._conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
+
     # -- the lock ---------------------------------------------------------------------------
 
     def current_lock(self) -> LockInfo | None:
@@ -376,10 +529,20 @@ class SqliteStateStore:
         with self._write() as conn:
             exists = conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone()
             if not exists:
+                endpoint_id = uuid.uuid4().hex
                 conn.execute(
                     "INSERT INTO endpoints (name, id, stack, creator, created_ms, updated_ms) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, uuid.uuid4().hex, stack, actor, now, now),
+                    (name, endpoint_id, stack, actor, now, now),
+                )
+                # The creator manages it; every authenticated caller may query it until an
+                # operator replaces the ACL (PUT /api/2.0/permissions/serving-endpoints/{id}).
+                conn.executemany(
+                    "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
+                    [
+                        (endpoint_id, "user_name", actor, "CAN_MANAGE"),
+                        (endpoint_id, "group_name", "users", "CAN_QUERY"),
+                    ],
                 )
             conn.execute(
                 "UPDATE endpoints SET pending = ?, pending_version = ?, pending_started_ms = ?, "
@@ -535,6 +698,11 @@ class SqliteStateStore:
             left = conn.execute("SELECT COUNT(*) FROM entities WHERE endpoint = ?", (name,))
             if left.fetchone()[0]:
                 raise StateError(f"endpoint {name!r} still has entities; stop them first")
+            conn.execute(
+                "DELETE FROM permissions WHERE endpoint_id = "
+                "(SELECT id FROM endpoints WHERE name = ?)",
+                (name,),
+            )
             conn.execute("DELETE FROM endpoints WHERE name = ?", (name,))
             self._history(conn, name, None, actor, "delete", {})
 

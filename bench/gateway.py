@@ -1,0 +1,280 @@
+"""Gateway overhead: requests/s and p50/p99 through `engine serve` vs straight to the upstream.
+
+Both paths hit the same fast static upstream (nginx returning a canned OpenAI chat response;
+a uvloop mock when nginx is missing), driven by wrk, interleaved (direct, gateway, direct,
+gateway...) at concurrency 1, 16 and 64, one worker each. The gateway's CPU time per request
+comes from /proc/<pid>/stat over its runs. Reference points on this kind of machine (issue 4):
+MLflow AI gateway ~1,200 req/s at c=64 and 0.8 ms CPU/request; LiteLLM ~100 req/s, 10 ms.
+
+    python bench/gateway.py                 # 3 rounds x 5 s per point
+    python bench/gateway.py --seconds 2 --rounds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESPONSE = json.dumps(
+    {
+        "id": "r",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+)
+REQUEST = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+MLFLOW_RPS_C64 = 1200.0
+MLFLOW_CPU_MS = 0.8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port = free_port()
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx:
+        conf = work / "nginx.conf"
+        body = RESPONSE.replace("'", "\\'")
+        conf.write_text(
+            textwrap.dedent(
+                f"""
+                worker_processes 1; daemon off; pid {work}/nginx.pid;
+                error_log {work}/nginx-error.log;
+                events {{ worker_connections 4096; }}
+                http {{
+                  access_log off; keepalive_requests 10000000;
+                  client_body_temp_path {work}/b; proxy_temp_path {work}/p;
+                  fastcgi_temp_path {work}/f; uwsgi_temp_path {work}/u; scgi_temp_path {work}/s;
+                  server {{ listen 127.0.0.1:{port};
+                    location / {{ default_type application/json; return 200 '{body}'; }} }}
+                }}
+                """
+            )
+        )
+        proc = subprocess.Popen([nginx, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        kind = "nginx"
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("_static_upstream.py")), str(port)]
+        )
+        kind = "uvloop mock"
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/")
+    return proc, url, kind
+
+
+def start_gateway(work: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    env = {**os.environ, "ENGINE_STATE": str(work / "state" / "state.db")}
+    specs = work / "specs"
+    specs.mkdir()
+    (specs / "bench.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: bench
+            config:
+              served_entities:
+                - name: m
+                  external_model:
+                    name: m
+                    provider: openai
+                    task: llm/v1/chat
+                    openai_config:
+                      openai_api_key_plaintext: sk-bench
+                      openai_api_base: {upstream}/v1
+            """
+        )
+    )
+    engine = [sys.executable, "-m", "engine.cli"]
+    subprocess.run(
+        [*engine, "apply", str(specs), "--auto-approve"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    token = subprocess.run(
+        [*engine, "tokens", "create", "--user", "bench"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen(
+        [*engine, "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health")
+    return proc, url, token
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, token: str | None, concurrency: int, seconds: float, work: Path) -> Run:
+    script = work / f"post-{token is not None}.lua"
+    auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+    script.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{REQUEST}'\n"
+        f'wrk.headers["Content-Type"] = "application/json"\n{auth}'
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"errors during the run:\n{out}")
+    return Run(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p99_ms=_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,16,64")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed (apt-get install wrk)")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    upstream, upstream_url, kind = start_upstream(work)
+    gateway, gateway_url, token = start_gateway(work, upstream_url)
+    direct_path = upstream_url + "/v1/chat/completions"
+    gateway_path = gateway_url + "/serving-endpoints/bench/invocations"
+    results: dict[tuple[str, int], list[Run]] = {}
+    cpu: dict[int, list[float]] = {}
+    try:
+        wrk(gateway_path, token, 16, 1, work)  # warm-up: connections, caches
+        for _ in range(args.rounds):
+            for c in levels:
+                results.setdefault(("direct", c), []).append(
+                    wrk(direct_path, None, c, args.seconds, work)
+                )
+                before = cpu_seconds(gateway.pid)
+                run = wrk(gateway_path, token, c, args.seconds, work)
+                cpu.setdefault(c, []).append((cpu_seconds(gateway.pid) - before) / run.requests)
+                results.setdefault(("gateway", c), []).append(run)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        upstream.send_signal(signal.SIGTERM)
+        gateway.wait(10)
+        upstream.wait(10)
+
+    def med(runs: list[Run], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs)
+
+    print(
+        f"# gateway bench: {platform.node()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        f"# upstream: {kind}; wrk -t1; {args.rounds} interleaved rounds x {args.seconds}s; medians"
+    )
+    header = (
+        f"{'conc':>4} | {'direct req/s':>12} | {'gateway req/s':>13} | {'ratio':>5} | "
+        f"{'direct p50':>10} | {'gw p50':>8} | {'added p50':>9} | {'direct p99':>10} | "
+        f"{'gw p99':>8} | {'gw CPU/req':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for c in levels:
+        d, g = results[("direct", c)], results[("gateway", c)]
+        print(
+            f"{c:>4} | {med(d, 'rps'):>12.0f} | {med(g, 'rps'):>13.0f} | "
+            f"{med(g, 'rps') / med(d, 'rps'):>5.3f} | {med(d, 'p50_ms'):>8.3f}ms | "
+            f"{med(g, 'p50_ms'):>6.3f}ms | {med(g, 'p50_ms') - med(d, 'p50_ms'):>7.3f}ms | "
+            f"{med(d, 'p99_ms'):>8.3f}ms | {med(g, 'p99_ms'):>6.3f}ms | "
+            f"{statistics.median(cpu[c]) * 1000:>8.3f}ms"
+        )
+    if 64 in levels:
+        rps64 = med(results[("gateway", 64)], "rps")
+        cpu64 = statistics.median(cpu[64]) * 1000
+        print(
+            f"gateway req/s at c=64 vs MLflow's 1,200: {rps64 / MLFLOW_RPS_C64:.2f}x "
+            f"(goal >= 3x); CPU/request {cpu64:.3f} ms vs MLflow's {MLFLOW_CPU_MS} ms"
+        )
+    if 1 in levels:
+        added = med(results[("gateway", 1)], "p50_ms") - med(results[("direct", 1)], "p50_ms")
+        print(f"added p50 at c=1: {added:.3f} ms (goal < 0.3 ms)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""`engine tokens create|list|revoke`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_output import fail
+from .state import StateError
+from .tokens import create_token
+from .workspace import open_store
+
+__all__ = ["tokens_app"]
+
+tokens_app = typer.Typer(name="tokens", help="Bearer tokens for callers.", no_args_is_help=True)
+StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
+
+
+def _store(state: Path | None):  # noqa: ANN202
+    try:
+        return open_store(state)
+    except StateError as exc:
+        fail(str(exc))
+
+
+@tokens_app.command("create")
+def create(
+    user: Annotated[str | None, typer.Option("--user", help="User name or email.")] = None,
+    service_principal: Annotated[
+        str | None, typer.Option("--service-principal", help="Service principal application id.")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="A group (repeatable).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May do everything.")] = False,
+    comment: Annotated[str, typer.Option("--comment")] = "",
+    state: StateOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a token and print it (once: only its hash is stored)."""
+    if bool(user) == bool(service_principal):
+        if not admin or user or service_principal:
+            fail("give exactly one of --user or --service-principal", 2)
+        user = "admin"
+    principal = user or service_principal
+    assert principal is not None
+    kind = "service_principal" if service_principal else "user"
+    token_id, token = create_token(
+        _store(state), principal, groups=group or [], kind=kind, admin=admin, comment=comment
+    )
+    if as_json:
+        typer.echo(json.dumps({"id": token_id, "token": token, "principal": principal}))
+    else:
+        typer.echo(token)
+        typer.echo(f"(token {token_id} for {principal}; it is not shown again)", err=True)
+
+
+@tokens_app.command("list")
+def list_tokens(state: StateOpt = None) -> None:
+    """List tokens (ids and principals, never the tokens)."""
+    for row in _store(state).list_tokens():
+        groups = ",".join(row["groups"]) or "-"
+        flags = " admin" if row["admin"] else ""
+        typer.echo(f"{row['id']}\t{row['kind']} {row['principal']}\tgroups {groups}{flags}")
+
+
+@tokens_app.command("revoke")
+def revoke(token_id: str, state: StateOpt = None) -> None:
+    """Delete a token by id."""
+    if not _store(state).delete_token(token_id):
+        fail(f"no token with id {token_id}")
+    typer.echo(f"revoked {token_id}")

@@ -1,0 +1,331 @@
+"""The control-plane REST API on `engine serve`, compatible with `/api/2.0/serving-endpoints`.
+
+| method        | path                                                          |
+|---------------|---------------------------------------------------------------|
+| GET POST      | /api/2.0/serving-endpoints (trailing slash too)               |
+| GET DELETE    | /api/2.0/serving-endpoints/{name}                             |
+| PUT           | /api/2.0/serving-endpoints/{name}/config                      |
+| PUT           | /api/2.0/serving-endpoints/{name}/rate-limits                 |
+| PATCH         | /api/2.0/serving-endpoints/{name}/tags                        |
+| PUT           | /api/2.0/serving-endpoints/{name}/ai-gateway                  |
+| GET           | /api/2.0/serving-endpoints/{name}/openapi                     |
+| GET           | /api/2.0/serving-endpoints/{name}/metrics                     |
+| GET           | /api/2.0/serving-endpoints/{name}/served-models/{e}/logs      |
+| GET           | /api/2.0/serving-endpoints/{name}/served-models/{e}/build-logs|
+| GET           | /api/2.0/serving-endpoints/get-model-optimization-info/{m}/{v}|
+| GET PUT PATCH | /api/2.0/permissions/serving-endpoints/{id}                   |
+| GET           | /api/2.0/permissions/serving-endpoints/{id}/permissionLevels  |
+| POST GET      | /api/2.0/secrets/...                                          |
+| GET           | /.well-known/databricks-config, /openapi.json                 |
+
+Blocking work (SQLite, starting an apply) runs in threads so queries keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from ..gateway._http import ApiError, read_json, send_json, send_text
+from ..managed_secrets import MANAGED_SCOPE
+from ..secrets_store import SecretStoreError
+from ..state import EndpointRow, SqliteStateStore
+from ..tokens import Principal
+from ..views import endpoint_detail, endpoint_summary, task_of
+from ._openapi import endpoint_openapi, openapi_document
+from ._permissions import LEVEL_DESCRIPTIONS, LEVELS, acl_json, level_of, parse_acl, require
+from ._service import EndpointService
+
+__all__ = ["ControlPlane"]
+
+log = logging.getLogger("engine.control")
+API = "/api/2.0/serving-endpoints"
+PERMISSIONS = "/api/2.0/permissions/serving-endpoints/"
+SECRETS = "/api/2.0/secrets/"
+
+
+class ControlPlane:
+    def __init__(self, app: Any, service: EndpointService) -> None:
+        self.app = app
+        self.service = service
+
+    @property
+    def store(self) -> SqliteStateStore:
+        return self.app.store
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path == "/.well-known/databricks-config" and method == "GET":
+            await send_json(send, 200, {"oidc_endpoint": "", "workspace_id": self.store.lineage})
+            return True
+        if path == "/openapi.json" and method == "GET":
+            await send_json(send, 200, openapi_document())
+            return True
+        if path.startswith(API):
+            await self._endpoints(scope, receive, send, path[len(API) :].strip("/"), method)
+            return True
+        if path.startswith(PERMISSIONS):
+            await self._permissions(scope, receive, send, path[len(PERMISSIONS) :], method)
+            return True
+        if path.startswith(SECRETS):
+            await self._secrets(scope, receive, send, path[len(SECRETS) :], method)
+            return True
+        return False
+
+    # -- serving endpoints --------------------------------------------------------------------
+
+    async def _endpoints(
+        self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
+    ) -> None:
+        principal = self.app.authenticate(scope)
+        parts = [unquote(p) for p in rest.split("/")] if rest else []
+        if not parts:
+            if method == "GET":
+                await send_json(send, 200, await _thread(self._list, principal))
+            elif method == "POST":
+                body = await read_json(receive)
+                name = await _thread(self.service.create, body, principal.name)
+                await send_json(send, 200, await _thread(self._detail, name, principal))
+            else:
+                raise _no_route(method, scope["path"])
+            return
+        if parts[0] == "get-model-optimization-info" and len(parts) == 3 and method == "GET":
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"model {parts[1]} version {parts[2]} is not in the model catalog",
+            )
+        name = parts[0]
+        handler = self._handlers().get((method, tuple(parts[1:2]), len(parts)))
+        if handler is None:
+            raise _no_route(method, scope["path"])
+        await handler(scope, receive, send, principal, name, parts)
+
+    def _handlers(self) -> dict[tuple[str, tuple[str, ...], int], Callable[..., Awaitable[None]]]:
+        return {
+            ("GET", (), 1): self._get,
+            ("DELETE", (), 1): self._delete,
+            ("PUT", ("config",), 2): self._put_config,
+            ("PUT", ("rate-limits",), 2): self._put_rate_limits,
+            ("PATCH", ("tags",), 2): self._patch_tags,
+            ("PUT", ("ai-gateway",), 2): self._put_ai_gateway,
+            ("GET", ("openapi",), 2): self._get_openapi,
+            ("GET", ("metrics",), 2): self._get_metrics,
+            ("GET", ("served-models",), 4): self._get_logs,
+        }
+
+    def _row(self, name: str, principal: Principal, needed: str, what: str) -> EndpointRow:
+        row = self.store.get_endpoint(name)
+        if row is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
+        level = level_of(self.store, principal, row.id)
+        if level is None and needed == "CAN_VIEW":
+            # Do not reveal endpoints the caller cannot see.
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
+        require(level, needed, f"{what} endpoint {name!r}")
+        return row
+
+    def _list(self, principal: Principal) -> dict[str, Any]:
+        rows = [r for r in self.store.list_endpoints() if level_of(self.store, principal, r.id)]
+        return {"endpoints": [endpoint_summary(self.store, r) for r in rows]}
+
+    def _detail(self, name: str, principal: Principal) -> dict[str, Any]:
+        row = self._row(name, principal, "CAN_VIEW", "read")
+        return endpoint_detail(self.store, row, level_of(self.store, principal, row.id))
+
+    async def _get(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        # A client that sees NOT_UPDATING queries next: the routing table must be current.
+        await self.app.refresh()
+        await send_json(send, 200, await _thread(self._detail, name, principal))
+
+    async def _delete(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        await _thread(self._row, name, principal, "CAN_MANAGE", "delete")
+        await _thread(self.service.delete, name, principal.name)
+        await send_json(send, 200, {})
+
+    async def _put_config(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        body = await read_json(receive)
+        await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        await _thread(self.service.update_config, name, body, principal.name)
+        await send_json(send, 200, await _thread(self._detail, name, principal))
+
+    async def _put_rate_limits(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        body = await read_json(receive, allow_empty=True)
+        limits = body.get("rate_limits", []) if isinstance(body, dict) else None
+        await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        doc = await _thread(
+            self.service.replace_part, name, "rate_limits", limits or None, principal.name
+        )
+        await send_json(send, 200, {"rate_limits": doc.get("rate_limits", [])})
+
+    async def _patch_tags(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        body = await read_json(receive, allow_empty=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
+        add = body.get("add_tags") or []
+        delete = body.get("delete_tags") or []
+        if (
+            not isinstance(add, list)
+            or not isinstance(delete, list)
+            or not all(isinstance(k, str) for k in delete)
+        ):
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                "`add_tags` must be a list of {key, value} and `delete_tags` a list of keys",
+            )
+        row = await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        tags = {t["key"]: t for t in (row.spec or {}).get("tags", [])}
+        for key in delete:
+            tags.pop(key, None)
+        for tag in add:
+            if not isinstance(tag, dict) or not isinstance(tag.get("key"), str):
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", "each tag needs a string `key`")
+            tags[tag["key"]] = tag
+        doc = await _thread(
+            self.service.replace_part, name, "tags", list(tags.values()) or None, principal.name
+        )
+        await send_json(send, 200, {"tags": doc.get("tags", [])})
+
+    async def _put_ai_gateway(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        body = await read_json(receive, allow_empty=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
+        gateway = {k: v for k, v in body.items() if k != "name" and v is not None}
+        await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        doc = await _thread(
+            self.service.replace_part, name, "ai_gateway", gateway or None, principal.name
+        )
+        await send_json(send, 200, doc.get("ai_gateway", {}))
+
+    async def _get_openapi(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        row = await _thread(self._row, name, principal, "CAN_VIEW", "read")
+        await send_json(send, 200, endpoint_openapi(name, task_of(row.spec)))
+
+    async def _get_metrics(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        await _thread(self._row, name, principal, "CAN_VIEW", "read")
+        text = "\n".join(
+            line
+            for line in self.app.metrics.render().splitlines()
+            if line.startswith("#") or f'endpoint="{name}"' in line
+        )
+        await send_text(send, 200, text + "\n", "text/plain; version=0.0.4")
+
+    async def _get_logs(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        if parts[1] != "served-models" or parts[3] not in ("logs", "build-logs"):
+            raise _no_route(scope["method"], scope["path"])
+        row = await _thread(self._row, name, principal, "CAN_VIEW", "read")
+        logs = await _thread(self.app.entity_logs, row, parts[2], parts[3] == "build-logs")
+        if logs is None:
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"endpoint {name!r} has no served entity {parts[2]!r}",
+            )
+        await send_json(send, 200, {"logs": logs})
+
+    # -- permissions ---------------------------------------------------------------------------
+
+    async def _permissions(
+        self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
+    ) -> None:
+        principal = self.app.authenticate(scope)
+        parts = rest.strip("/").split("/")
+        row = await _thread(self.store.get_endpoint_by_id, parts[0])
+        if row is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"no endpoint with id {parts[0]!r}")
+        level = await _thread(level_of, self.store, principal, row.id)
+        if level is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"no endpoint with id {parts[0]!r}")
+        if len(parts) == 2 and parts[1] == "permissionLevels" and method == "GET":
+            levels = [
+                {"permission_level": lv, "description": LEVEL_DESCRIPTIONS[lv]} for lv in LEVELS
+            ]
+            await send_json(send, 200, {"permission_levels": levels})
+        elif len(parts) == 1 and method == "GET":
+            await send_json(send, 200, await _thread(acl_json, self.store, row.id))
+        elif len(parts) == 1 and method in ("PUT", "PATCH"):
+            require(level, "CAN_MANAGE", f"change permissions of endpoint {row.name!r}")
+            entries = parse_acl(await read_json(receive, allow_empty=True))
+            await _thread(self.store.set_permissions, row.id, entries, replace=method == "PUT")
+            await send_json(send, 200, await _thread(acl_json, self.store, row.id))
+        else:
+            raise _no_route(method, scope["path"])
+
+    # -- secrets -------------------------------------------------------------------------------
+
+    async def _secrets(
+        self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
+    ) -> None:
+        principal = self.app.authenticate(scope)
+        secrets = self.app.secrets
+        body: Any = {}
+        if method == "POST":
+            body = await read_json(receive)
+            if not isinstance(body, dict):
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        scope_name = body.get("scope", query.get("scope"))
+        if scope_name == MANAGED_SCOPE and not principal.admin:
+            raise ApiError(
+                403, "PERMISSION_DENIED", f"scope {MANAGED_SCOPE} is managed by the engine"
+            )
+        try:
+            result = await _thread(self._secret_call, secrets, rest.strip("/"), method, body, query)
+        except SecretStoreError as exc:
+            raise ApiError(exc.http_status, exc.error_code, exc.message) from None
+        if result is None:
+            raise _no_route(method, scope["path"])
+        await send_json(send, 200, result)
+
+    @staticmethod
+    def _secret_call(
+        secrets: Any, action: str, method: str, body: dict[str, Any], query: dict[str, str]
+    ) -> dict[str, Any] | None:
+        def field(name: str, source: dict[str, Any]) -> str:
+            value = source.get(name)
+            if not isinstance(value, str) or not value:
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", f"`{name}` is required")
+            return value
+
+        if action == "scopes/create" and method == "POST":
+            secrets.create_scope(field("scope", body))
+        elif action == "scopes/delete" and method == "POST":
+            secrets.delete_scope(field("scope", body))
+        elif action == "scopes/list" and method == "GET":
+            return {"scopes": [s.to_json() for s in secrets.list_scopes()]}
+        elif action == "put" and method == "POST":
+            value = body.get("string_value")
+            if not isinstance(value, str):
+                if isinstance(body.get("bytes_value"), str):
+                    try:
+                        raw = base64.b64decode(body["bytes_value"], validate=True)
+                    except binascii.Error:
+                        raise ApiError(
+                            400, "INVALID_PARAMETER_VALUE", "`bytes_value` is not base64"
+                        ) from None
+                    value = raw.decode("utf-8", "replace")
+                else:
+                    raise ApiError(400, "INVALID_PARAMETER_VALUE", "`string_value` is required")
+            secrets.put_secret(field("scope", body), field("key", body), value)
+        elif action == "delete" and method == "POST":
+            secrets.delete_secret(field("scope", body), field("key", body))
+        elif action == "list" and method == "GET":
+            return {"secrets": [s.to_json() for s in secrets.list_secrets(field("scope", query))]}
+        else:
+            return None
+        return {}
+
+
+async def _thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(func, *args, **kwargs)
+
+
+def _no_route(method: str, path: str) -> ApiError:
+    return ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at {method} {path}")

@@ -1,0 +1,341 @@
+"""Answering queries: check the body against the task, rate-limit, pick an entity, call it.
+
+Per request: auth (done by the app) -> endpoint -> body fits the task -> rate limit -> entity
+by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream) -> usage.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from providers.adapters import ProviderError
+
+from ..tokens import Principal
+from ._http import ApiError, send_json
+from ._metrics import Metrics
+from ._ratelimit import RateLimiter
+from ._table import EndpointRoute, RoutingTable, ServedEntity
+from ._usage import UsageRecord, UsageRecorder
+
+__all__ = ["DataPlane", "TASK_OF_ROUTE"]
+
+log = logging.getLogger("engine.gateway")
+
+# OpenAI-compatible route -> the task it serves.
+TASK_OF_ROUTE = {
+    "chat/completions": "llm/v1/chat",
+    "completions": "llm/v1/completions",
+    "embeddings": "llm/v1/embeddings",
+}
+_REQUIRED = {
+    "llm/v1/chat": "messages",
+    "llm/v1/completions": "prompt",
+    "llm/v1/embeddings": "input",
+}
+_CODES = {
+    400: "INVALID_PARAMETER_VALUE",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    408: "DEADLINE_EXCEEDED",
+    409: "RESOURCE_CONFLICT",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    502: "TEMPORARILY_UNAVAILABLE",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _code(status: int) -> str:
+    return _CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
+
+
+def check_body(task: str | None, body: Any) -> None:
+    """400 unless `body` is a request the task can answer (type checks on the common keys)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be a JSON object")
+    if task is None:
+        return
+    required = _REQUIRED[task]
+    foreign = [k for k in _REQUIRED.values() if k != required and k in body]
+    if required not in body or foreign:
+        given = f"; got `{foreign[0]}`" if foreign else ""
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"this endpoint serves task {task}, which needs `{required}`{given}",
+        )
+    value = body[required]
+    if task == "llm/v1/chat":
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+        ):
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"task {task}: `messages` must be a non-empty list of {{role, content}} objects",
+            )
+    elif not (
+        isinstance(value, str)
+        or isinstance(value, list)
+        and value
+        and all(isinstance(v, (str, int, list)) for v in value)
+    ):
+        raise ApiError(
+            400, "INVALID_PARAMETER_VALUE", f"task {task}: `{required}` must be a string or a list"
+        )
+    for key, kinds, text in (
+        ("temperature", (int, float), "a number"),
+        ("max_tokens", (int,), "an integer"),
+        ("n", (int,), "an integer"),
+        ("stream", (bool,), "a boolean"),
+    ):
+        if (
+            key in body
+            and body[key] is not None
+            and (
+                not isinstance(body[key], kinds)
+                or isinstance(body[key], bool)
+                and bool not in kinds
+            )
+        ):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", f"`{key}` must be {text}")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)
+    ):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "`stop` must be a string or a list")
+
+
+def _to_base64(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+class DataPlane:
+    def __init__(self, limiter: RateLimiter, metrics: Metrics, usage: UsageRecorder | None) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+        self.usage = usage
+
+    async def invoke(
+        self,
+        send: Any,
+        table: RoutingTable,
+        principal: Principal,
+        endpoint: str,
+        body: Any,
+        *,
+        entity_name: str | None = None,
+        openai_route: str | None = None,
+    ) -> None:
+        route = table.endpoints.get(endpoint)
+        if route is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {endpoint!r} does not exist")
+        if openai_route is not None and route.task and route.task != TASK_OF_ROUTE[openai_route]:
+            raise ApiError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"endpoint {endpoint!r} serves task {route.task}; "
+                f"/{openai_route} needs an endpoint of task {TASK_OF_ROUTE[openai_route]}",
+            )
+        check_body(route.task, body)
+        if entity_name is not None:
+            entity = route.entities.get(entity_name)
+            if entity is None:
+                raise ApiError(
+                    404,
+                    "RESOURCE_DOES_NOT_EXIST",
+                    f"endpoint {endpoint!r} has no served entity {entity_name!r}",
+                )
+        else:
+            entity = route.pick()
+            if entity is None:
+                raise ApiError(
+                    503, "TEMPORARILY_UNAVAILABLE", f"endpoint {endpoint!r} has no routable entity"
+                )
+        decision = self.limiter.admit(
+            endpoint, route.rate_rules, principal.name, principal.groups, principal.kind
+        )
+        if not decision.admitted:
+            self.metrics.rate_limited[endpoint] += 1
+            raise ApiError(
+                429,
+                "REQUEST_LIMIT_EXCEEDED",
+                decision.message,
+                [("retry-after", str(decision.retry_after))],
+            )
+        body = {k: v for k, v in body.items() if k != "model"}
+        started = time.perf_counter()
+        if body.pop("stream", False) is True:
+            await self._stream(send, route, entity, principal, body, started)
+        else:
+            await self._call(
+                send, route, entity, principal, body, started, fallback=entity_name is None
+            )
+
+    async def _call(
+        self,
+        send: Any,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        body: dict[str, Any],
+        started: float,
+        *,
+        fallback: bool,
+    ) -> None:
+        encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
+        candidates = [entity]
+        if fallback and route.fallback:
+            candidates += [
+                route.entities[n] for n in route.order if route.entities[n] is not entity
+            ]
+        error: ProviderError | None = None
+        for candidate in candidates:
+            try:
+                result = await self._once(route, candidate, body)
+            except ProviderError as exc:
+                error = exc
+                self.metrics.upstream_errors[(route.name, candidate.name, exc.kind)] += 1
+                if exc.http_status >= 500 or exc.http_status == 429:
+                    continue
+                break
+            if encoding == "base64":
+                for item in result.get("data", []):
+                    item["embedding"] = _to_base64(item["embedding"])
+            self._account(route, candidate, principal, 200, started, result.get("usage"))
+            await send_json(send, 200, result, [("served-model-name", candidate.name)])
+            return
+        assert error is not None
+        self._account(route, candidates[-1], principal, error.http_status, started, None)
+        raise ApiError(error.http_status, _code(error.http_status), error.message)
+
+    async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
+        upstream = entity.upstream
+        if upstream is None:
+            raise ProviderError(
+                "upstream_server", f"served entity {entity.name!r}: {entity.unavailable}"
+            )
+        upstream.acquire()
+        try:
+            adapter = upstream.adapter
+            if route.task == "llm/v1/embeddings":
+                return await adapter.embeddings(body)
+            if route.task == "llm/v1/completions":
+                return await adapter.completions(body)
+            return await adapter.chat(body)
+        finally:
+            await upstream.release()
+
+    async def _stream(
+        self,
+        send: Any,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        body: dict[str, Any],
+        started: float,
+    ) -> None:
+        if route.task == "llm/v1/embeddings":
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
+        upstream = entity.upstream
+        if upstream is None:
+            raise ApiError(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"served entity {entity.name!r}: {entity.unavailable}",
+            )
+        upstream.acquire()
+        usage: dict[str, Any] | None = None
+        status = 200
+        try:
+            adapter = upstream.adapter
+            chunks: AsyncIterator[dict[str, Any]] = (
+                adapter.completions_stream(body)
+                if route.task == "llm/v1/completions"
+                else adapter.chat_stream(body)
+            )
+            try:
+                first = await anext(chunks, None)
+            except ProviderError as exc:
+                self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
+                self._account(route, entity, principal, exc.http_status, started, None)
+                raise ApiError(exc.http_status, _code(exc.http_status), exc.message) from None
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                        (b"served-model-name", entity.name.encode()),
+                    ],
+                }
+            )
+            if first is not None:
+                usage = first.get("usage") or usage
+                await send({"type": "http.response.body", "body": _event(first), "more_body": True})
+            try:
+                async for piece in chunks:
+                    usage = piece.get("usage") or usage
+                    await send(
+                        {"type": "http.response.body", "body": _event(piece), "more_body": True}
+                    )
+            except ProviderError as exc:
+                # Headers are sent: the error becomes the stream's last event.
+                status = exc.http_status
+                self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
+                error = {"error_code": _code(exc.http_status), "message": exc.message}
+                await send({"type": "http.response.body", "body": _event(error), "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            await upstream.release()
+        self._account(route, entity, principal, status, started, usage)
+
+    def _account(
+        self,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        status: int,
+        started: float,
+        usage: dict[str, Any] | None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        prompt = int((usage or {}).get("prompt_tokens") or 0)
+        completion = int((usage or {}).get("completion_tokens") or 0)
+        self.metrics.observe(route.name, entity.name, status, elapsed, prompt, completion)
+        if prompt or completion:
+            self.limiter.charge_tokens(
+                route.name,
+                route.rate_rules,
+                principal.name,
+                prompt + completion,
+                principal.groups,
+                principal.kind,
+            )
+        if route.usage_tracking and self.usage is not None:
+            self.usage.record(
+                UsageRecord(
+                    at_ms=int(time.time() * 1000),
+                    endpoint=route.name,
+                    entity=entity.name,
+                    principal=principal.name,
+                    status=status,
+                    latency_ms=round(elapsed * 1000, 3),
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                )
+            )
+
+
+def _event(payload: Any) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

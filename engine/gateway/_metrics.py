@@ -1,0 +1,101 @@
+"""Prometheus metrics of the data plane, rendered in the text exposition format."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+__all__ = ["Metrics"]
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in labels.items()
+    )
+    return "{" + inner + "}"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.latency_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.tokens: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self.rate_limited: defaultdict[str, int] = defaultdict(int)
+        self.upstream_errors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+
+    def observe(
+        self,
+        endpoint: str,
+        entity: str,
+        status: int,
+        seconds: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        self.requests[(endpoint, entity, str(status))] += 1
+        key = (endpoint, entity)
+        counts = self.latency.get(key)
+        if counts is None:
+            counts = self.latency[key] = [0] * (len(_BUCKETS) + 1)
+        for i, bound in enumerate(_BUCKETS):
+            if seconds <= bound:
+                counts[i] += 1
+                break
+        else:
+            counts[-1] += 1
+        self.latency_sum[key] += seconds
+        if prompt_tokens:
+            self.tokens[(endpoint, entity, "prompt")] += prompt_tokens
+        if completion_tokens:
+            self.tokens[(endpoint, entity, "completion")] += completion_tokens
+
+    def render(self) -> str:
+        lines = [
+            "# HELP serving_requests_total Requests answered, by endpoint, entity and status.",
+            "# TYPE serving_requests_total counter",
+        ]
+        for (endpoint, entity, status), n in sorted(self.requests.items()):
+            labels = _labels(endpoint=endpoint, entity=entity, status=status)
+            lines.append(f"serving_requests_total{labels} {n}")
+        lines += [
+            "# HELP serving_request_duration_seconds Request latency through the gateway.",
+            "# TYPE serving_request_duration_seconds histogram",
+        ]
+        for (endpoint, entity), counts in sorted(self.latency.items()):
+            running = 0
+            for bound, n in zip((*_BUCKETS, float("inf")), counts, strict=True):
+                running += n
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                lines.append(
+                    "serving_request_duration_seconds_bucket"
+                    f"{_labels(endpoint=endpoint, entity=entity, le=le)} {running}"
+                )
+            labels = _labels(endpoint=endpoint, entity=entity)
+            total = self.latency_sum[(endpoint, entity)]
+            lines.append(f"serving_request_duration_seconds_sum{labels} {total}")
+            lines.append(f"serving_request_duration_seconds_count{labels} {running}")
+        lines += [
+            "# HELP serving_tokens_total Tokens, by endpoint, entity and type.",
+            "# TYPE serving_tokens_total counter",
+        ]
+        for (endpoint, entity, kind), n in sorted(self.tokens.items()):
+            lines.append(
+                f"serving_tokens_total{_labels(endpoint=endpoint, entity=entity, type=kind)} {n}"
+            )
+        lines += [
+            "# HELP serving_rate_limited_total Requests refused by a rate limit.",
+            "# TYPE serving_rate_limited_total counter",
+        ]
+        for endpoint, n in sorted(self.rate_limited.items()):
+            lines.append(f"serving_rate_limited_total{_labels(endpoint=endpoint)} {n}")
+        lines += [
+            "# HELP serving_upstream_errors_total Upstream failures, by kind.",
+            "# TYPE serving_upstream_errors_total counter",
+        ]
+        for (endpoint, entity, kind), n in sorted(self.upstream_errors.items()):
+            labels = _labels(endpoint=endpoint, entity=entity, kind=kind)
+            lines.append(f"serving_upstream_errors_total{labels} {n}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,174 @@
+"""Rate limits, exact within one process.
+
+Sliding 60-second windows: a call is admitted when every applicable limit has room, and then
+counted in all of them, with no `await` in between, so concurrent requests on the event loop
+cannot overshoot. Token limits are checked before a request (has the window room?) and charged
+after it with the real usage.
+
+Which limits apply to a caller:
+
+| key               | principal given         | principal omitted            |
+|-------------------|-------------------------|------------------------------|
+| endpoint          | (not allowed)           | one shared window            |
+| user              | only that user          | a window per user            |
+| user_group        | members share a window  | a window per caller's group  |
+| service_principal | only that SP            | a window per SP              |
+
+A user-specific limit overrides the default per-user limit and group limits for that user.
+A limit of 0 blocks every call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Decision", "LimitRule", "RateLimiter", "rules_from_spec"]
+
+WINDOW = 60.0
+
+
+@dataclass(frozen=True)
+class LimitRule:
+    key: str
+    principal: str | None
+    calls: int | None
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    admitted: bool
+    retry_after: int = 0
+    message: str = ""
+
+
+def rules_from_spec(spec: dict) -> tuple[LimitRule, ...]:
+    rules = [
+        LimitRule(r.get("key") or "endpoint", None, r.get("calls"), None)
+        for r in spec.get("rate_limits") or []
+    ]
+    for r in (spec.get("ai_gateway") or {}).get("rate_limits") or []:
+        rules.append(
+            LimitRule(
+                r.get("key") or "endpoint", r.get("principal"), r.get("calls"), r.get("tokens")
+            )
+        )
+    return tuple(rules)
+
+
+class _Window:
+    __slots__ = ("events", "total")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def used(self, now: float) -> int:
+        events = self.events
+        while events and events[0][0] <= now - WINDOW:
+            self.total -= events.popleft()[1]
+        return self.total
+
+    def add(self, now: float, amount: int) -> None:
+        self.events.append((now, amount))
+        self.total += amount
+
+    def retry_after(self, now: float, limit: int) -> int:
+        if limit <= 0 or not self.events:
+            return int(WINDOW)
+        # When enough of the window has expired to make room for one more.
+        needed, freed = self.total - limit + 1, 0
+        for ts, amount in self.events:
+            freed += amount
+            if freed >= needed:
+                return max(1, math.ceil(ts + WINDOW - now))
+        return int(WINDOW)
+
+
+class RateLimiter:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._calls: dict[tuple[str, int, str], _Window] = {}
+        self._tokens: dict[tuple[str, int, str], _Window] = {}
+
+    def _subjects(
+        self, rules: tuple[LimitRule, ...], caller: str, groups: frozenset[str], kind: str
+    ) -> list[tuple[int, LimitRule, str]]:
+        specific_user = any(r.key == "user" and r.principal == caller for r in rules)
+        out: list[tuple[int, LimitRule, str]] = []
+        for i, rule in enumerate(rules):
+            if rule.key == "endpoint":
+                out.append((i, rule, "*"))
+            elif rule.key == "user" and kind == "user":
+                if rule.principal is None and not specific_user or rule.principal == caller:
+                    out.append((i, rule, caller))
+            elif rule.key == "user_group" and not specific_user:
+                if rule.principal is None:
+                    out += [(i, rule, f"group:{g}") for g in sorted(groups)]
+                elif rule.principal in groups:
+                    out.append((i, rule, f"group:{rule.principal}"))
+            elif (
+                rule.key == "service_principal"
+                and kind == "service_principal"
+                and rule.principal in (None, caller)
+            ):
+                out.append((i, rule, caller))
+        return out
+
+    def admit(
+        self,
+        endpoint: str,
+        rules: tuple[LimitRule, ...],
+        caller: str,
+        groups: frozenset[str] = frozenset(),
+        kind: str = "user",
+    ) -> Decision:
+        if not rules:
+            return Decision(True)
+        now = self._clock()
+        subjects = self._subjects(rules, caller, groups, kind)
+        windows = []
+        for i, rule, subject in subjects:
+            key = (endpoint, i, subject)
+            if rule.calls is not None:
+                window = self._calls.setdefault(key, _Window())
+                if window.used(now) >= rule.calls:
+                    return self._reject(rule, "calls", window.retry_after(now, rule.calls))
+                windows.append(window)
+            if rule.tokens is not None:
+                window = self._tokens.setdefault(key, _Window())
+                if window.used(now) >= rule.tokens:
+                    return self._reject(rule, "tokens", window.retry_after(now, rule.tokens))
+        for window in windows:
+            window.add(now, 1)
+        return Decision(True)
+
+    def charge_tokens(
+        self,
+        endpoint: str,
+        rules: tuple[LimitRule, ...],
+        caller: str,
+        tokens: int,
+        groups: frozenset[str] = frozenset(),
+        kind: str = "user",
+    ) -> None:
+        if not tokens or not any(r.tokens is not None for r in rules):
+            return
+        now = self._clock()
+        for i, rule, subject in self._subjects(rules, caller, groups, kind):
+            if rule.tokens is not None:
+                self._tokens.setdefault((endpoint, i, subject), _Window()).add(now, tokens)
+
+    @staticmethod
+    def _reject(rule: LimitRule, unit: str, retry_after: int) -> Decision:
+        limit = rule.calls if unit == "calls" else rule.tokens
+        who = f"{rule.key} {rule.principal}" if rule.principal else rule.key
+        if limit == 0:
+            message = f"this endpoint is blocked for {who} (rate limit of 0 {unit} per minute)"
+        else:
+            message = f"rate limit exceeded: {limit} {unit} per minute per {who}"
+        return Decision(False, retry_after, message)

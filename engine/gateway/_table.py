@@ -1,0 +1,213 @@
+"""The routing table: compiled from the state when a config version activates.
+
+A table is immutable. A request takes the current table once and finishes on it, so an apply
+that switches versions never changes a request in flight; the next request sees the new table.
+Adapters (and their pooled HTTP clients) are kept across rebuilds for entity instances that
+did not change, and closed once retired and idle.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from providers.adapters import ProviderAdapter, ProviderError, adapter_for
+from providers.adapters._transport import AiohttpClient
+
+from ..state import EndpointRow, EntityRow
+from ._ratelimit import LimitRule, rules_from_spec
+
+__all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
+
+log = logging.getLogger("engine.gateway")
+_REFERENCE = re.compile(r"^\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}$")
+UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=60.0)
+
+
+class Upstream:
+    """An adapter with its own keep-alive client, closed when retired and idle."""
+
+    def __init__(self, adapter: ProviderAdapter, client: AiohttpClient) -> None:
+        self.adapter = adapter
+        self.client = client
+        self.in_flight = 0
+        self.retired = False
+
+    def acquire(self) -> None:
+        self.in_flight += 1
+
+    async def release(self) -> None:
+        self.in_flight -= 1
+        if self.retired and self.in_flight == 0:
+            await self.client.aclose()
+
+    async def retire(self) -> None:
+        self.retired = True
+        if self.in_flight == 0:
+            await self.client.aclose()
+
+
+@dataclass
+class ServedEntity:
+    name: str
+    instance_id: int
+    upstream: Upstream | None
+    # Why the entity cannot serve (no upstream), e.g. a secret that does not resolve.
+    unavailable: str = ""
+
+
+@dataclass
+class EndpointRoute:
+    name: str
+    id: str
+    task: str | None
+    config_version: int | None
+    entities: dict[str, ServedEntity]
+    order: list[str]
+    cumulative: list[int]
+    targets: list[ServedEntity]
+    rate_rules: tuple[LimitRule, ...]
+    usage_tracking: bool
+    fallback: bool
+    acl: list[tuple[str, str, str]] = field(default_factory=list)
+    default_system_prompt: str | None = None
+
+    def pick(self, rnd: Callable[[], float] = random.random) -> ServedEntity | None:
+        """A served entity by traffic weight (entities at 0% are never picked)."""
+        if not self.cumulative:
+            return None
+        total = self.cumulative[-1]
+        return self.targets[bisect.bisect_right(self.cumulative, rnd() * total)]
+
+
+@dataclass
+class RoutingTable:
+    serial: int = -1
+    endpoints: dict[str, EndpointRoute] = field(default_factory=dict)
+
+
+def _task_of(spec: dict[str, Any]) -> str | None:
+    for entity in spec.get("config", {}).get("served_entities") or []:
+        model = entity.get("external_model")
+        if model:
+            return model.get("task")
+    return None
+
+
+class TableBuilder:
+    """Builds tables; owns the upstreams so that unchanged entities keep their connections."""
+
+    def __init__(self, resolve: Callable[[str], str]) -> None:
+        self._resolve = resolve
+        self._upstreams: dict[tuple[int, str], Upstream] = {}
+
+    def build(
+        self,
+        serial: int,
+        view: list[tuple[EndpointRow, list[EntityRow]]],
+        acls: dict[str, list[tuple[str, str, str]]] | None = None,
+    ) -> RoutingTable:
+        table = RoutingTable(serial=serial)
+        live: set[tuple[int, str]] = set()
+        for row, entities in view:
+            if row.spec is None or row.deleting or "config" not in row.spec:
+                continue
+            route = self._route(row, entities, live)
+            route.acl = (acls or {}).get(row.id, [])
+            table.endpoints[row.name] = route
+        self._retired = [u for k, u in self._upstreams.items() if k not in live]
+        self._upstreams = {k: u for k, u in self._upstreams.items() if k in live}
+        return table
+
+    async def retire_unused(self) -> None:
+        for upstream in getattr(self, "_retired", []):
+            await upstream.retire()
+        self._retired = []
+
+    async def close(self) -> None:
+        for upstream in self._upstreams.values():
+            await upstream.retire()
+        self._upstreams = {}
+
+    def _route(
+        self, row: EndpointRow, entities: list[EntityRow], live: set[tuple[int, str]]
+    ) -> EndpointRoute:
+        spec = row.spec or {}
+        by_name = {e.name: e for e in entities}
+        served: dict[str, ServedEntity] = {}
+        order: list[str] = []
+        for entity_spec in spec["config"].get("served_entities") or []:
+            name = entity_spec["name"]
+            order.append(name)
+            instance = by_name.get(name)
+            if instance is None or instance.deployment != "DEPLOYMENT_READY":
+                served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
+                continue
+            served[name] = self._served(instance, live)
+        weights: list[int] = []
+        targets: list[ServedEntity] = []
+        for route in spec["config"].get("traffic_config", {}).get("routes") or []:
+            target = served.get(route["served_entity_name"])
+            if target is not None and route["traffic_percentage"] > 0:
+                total = (weights[-1] if weights else 0) + route["traffic_percentage"]
+                weights.append(total)
+                targets.append(target)
+        gateway = spec.get("ai_gateway") or {}
+        return EndpointRoute(
+            name=row.name,
+            id=row.id,
+            task=_task_of(spec),
+            config_version=row.config_version,
+            entities=served,
+            order=order,
+            cumulative=weights,
+            targets=targets,
+            rate_rules=rules_from_spec(spec),
+            usage_tracking=bool((gateway.get("usage_tracking_config") or {}).get("enabled")),
+            fallback=bool((gateway.get("fallback_config") or {}).get("enabled")),
+        )
+
+    def _served(self, instance: EntityRow, live: set[tuple[int, str]]) -> ServedEntity:
+        key = (instance.id, instance.fingerprint)
+        live.add(key)
+        upstream = self._upstreams.get(key)
+        if upstream is None:
+            model = instance.config.get("external_model")
+            if model is None:
+                return ServedEntity(instance.name, instance.id, None, "no runner for this entity")
+            try:
+                resolved = self._resolved(model)
+            except KeyError as exc:
+                log.error(
+                    "%s/%s: secret %s does not resolve",
+                    instance.endpoint,
+                    instance.name,
+                    exc.args[0],
+                )
+                return ServedEntity(
+                    instance.name, instance.id, None, f"secret {exc.args[0]} does not resolve"
+                )
+            client = AiohttpClient(timeout=UPSTREAM_TIMEOUT, max_connections=256)
+            try:
+                adapter = adapter_for(resolved, client)
+            except ProviderError as exc:
+                return ServedEntity(instance.name, instance.id, None, exc.message)
+            upstream = self._upstreams[key] = Upstream(adapter, client)
+        return ServedEntity(instance.name, instance.id, upstream)
+
+    def _resolved(self, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _REFERENCE.match(value)
+            return self._resolve(value) if match else value
+        if isinstance(value, dict):
+            return {k: self._resolved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolved(v) for v in value]
+        return value

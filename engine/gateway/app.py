@@ -1,0 +1,266 @@
+"""The serving host's ASGI application: data plane, metrics and the control plane.
+
+The routing table is rebuilt when the state's serial moves (an apply, a token change); the
+swap is one assignment, so a request in flight keeps the table it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..control import ControlPlane, EndpointService
+from ..control._permissions import level_in
+from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
+from ..state import EndpointRow, SqliteStateStore
+from ..tokens import Principal, TokenIndex
+from ..workspace import build_executors
+from ._dataplane import TASK_OF_ROUTE, DataPlane
+from ._http import ApiError, header, read_json, send_error, send_json, send_text
+from ._metrics import Metrics
+from ._ratelimit import RateLimiter
+from ._table import RoutingTable, TableBuilder
+from ._usage import UsageRecorder
+
+__all__ = ["ServingApp"]
+
+log = logging.getLogger("engine.gateway")
+PREFIX = "/serving-endpoints/"
+Handler = Callable[[dict[str, Any], Any, Any], Awaitable[bool]]
+
+
+class ServingApp:
+    """`engine serve`'s ASGI app. `extra_routes` (control plane) get first refusal on paths."""
+
+    def __init__(
+        self,
+        state_path: Path,
+        *,
+        poll_interval: float = 0.2,
+        heartbeat_interval: float = 2.0,
+        address: str = "",
+    ) -> None:
+        self.state_path = Path(state_path)
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.address = address
+        self.table = RoutingTable()
+        self.tokens = TokenIndex([])
+        self.metrics = Metrics()
+        self.limiter = RateLimiter()
+        self.extra_routes: list[Handler] = []
+        self.host_id = uuid.uuid4().hex[:12]
+        self._tasks: list[asyncio.Task[None]] = []
+        self.store: SqliteStateStore | None = None
+        self.secrets: SecretStore | None = None
+        self.usage: UsageRecorder | None = None
+        self.dataplane: DataPlane | None = None
+        self._builder: TableBuilder | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.store = SqliteStateStore(self.state_path)
+        self.secrets = secret_store_for_state(self.state_path)
+        self.usage = UsageRecorder(self.state_path.parent / "usage.db")
+        self.usage.start()
+        self.dataplane = DataPlane(self.limiter, self.metrics, self.usage)
+        self._builder = TableBuilder(self._resolve)
+        service = EndpointService(self.state_path, build_executors)
+        self.extra_routes.append(ControlPlane(self, service))
+        await self.refresh(force=True)
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="state-poll"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._builder is not None:
+            await self._builder.close()
+        if self.usage is not None:
+            self.usage.close()
+        if self.store is not None:
+            self.store.remove_host(self.host_id)
+            self.store.close()
+        if self.secrets is not None:
+            self.secrets.close()
+
+    def _resolve(self, reference: str) -> str:
+        assert self.secrets is not None
+        try:
+            return self.secrets.resolve(reference)
+        except SecretStoreError:
+            raise KeyError(reference) from None
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Rebuild the routing table and token index if the state moved on."""
+        assert self.store is not None and self._builder is not None
+        serial = self.store.serial
+        if not force and serial == self.table.serial:
+            return
+        serial, view = self.store.serving_view()
+        self.tokens = TokenIndex.load(self.store)
+        self.table = self._builder.build(serial, view, self.store.all_permissions())
+        await self._builder.retire_unused()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - keep serving the last good table
+                log.exception("cannot refresh the routing table")
+
+    async def _heartbeat(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                self.store.heartbeat(
+                    self.host_id,
+                    pid=os.getpid(),
+                    hostname=socket.gethostname(),
+                    address=self.address,
+                )
+            except Exception:  # noqa: BLE001
+                log.exception("cannot record the heartbeat")
+            await asyncio.sleep(self.heartbeat_interval)
+
+    # -- ASGI -----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._dispatch(scope, receive, send)
+        except ApiError as exc:
+            await send_error(send, exc)
+        except Exception:  # noqa: BLE001 - one bad request never takes the host down
+            log.exception("request failed: %s %s", scope["method"], scope["path"])
+            await send_error(send, ApiError(500, "INTERNAL_ERROR", "the server failed to answer"))
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def authenticate(self, scope: dict[str, Any]) -> Principal:
+        principal = self.tokens.principal_for(header(scope, b"authorization"))
+        if principal is None:
+            raise ApiError(
+                401,
+                "UNAUTHENTICATED",
+                "a valid bearer token is required (create one with `engine tokens create`)",
+            )
+        return principal
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path.startswith(PREFIX) and method == "POST":
+            await self._invocation(scope, receive, send, path[len(PREFIX) :])
+            return
+        for handler in self.extra_routes:
+            if await handler(scope, receive, send):
+                return
+        if path == "/health" and method == "GET":
+            await send_json(send, 200, {"status": "ok", "serial": self.table.serial})
+        elif path == "/metrics" and method == "GET":
+            await send_text(send, 200, self.metrics.render(), "text/plain; version=0.0.4")
+        else:
+            raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at {method} {path}")
+
+    async def _invocation(self, scope: dict[str, Any], receive: Any, send: Any, rest: str) -> None:
+        assert self.dataplane is not None
+        principal = self.authenticate(scope)
+        table = self.table
+        parts = rest.split("/")
+        if rest in TASK_OF_ROUTE:
+            body = await read_json(receive)
+            model = body.get("model") if isinstance(body, dict) else None
+            if not isinstance(model, str) or not model:
+                raise ApiError(
+                    400, "INVALID_PARAMETER_VALUE", "`model` must name the serving endpoint"
+                )
+            await self._authorize_query(principal, table, model)
+            await self.dataplane.invoke(send, table, principal, model, body, openai_route=rest)
+        elif len(parts) == 2 and parts[1] == "invocations":
+            body = await read_json(receive)
+            await self._authorize_query(principal, table, parts[0])
+            await self.dataplane.invoke(send, table, principal, parts[0], body)
+        elif len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations":
+            body = await read_json(receive)
+            await self._authorize_query(principal, table, parts[0])
+            await self.dataplane.invoke(
+                send, table, principal, parts[0], body, entity_name=parts[2]
+            )
+        else:
+            raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at POST {scope['path']}")
+
+    async def _authorize_query(
+        self, principal: Principal, table: RoutingTable, endpoint: str
+    ) -> None:
+        """CAN_QUERY is needed to query; the ACLs are compiled into the routing table."""
+        route = table.endpoints.get(endpoint)
+        if route is None or principal.admin:
+            return  # the data plane answers 404 for an unknown endpoint
+        level = level_in(route.acl, principal)
+        if level is None:
+            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {endpoint!r} does not exist")
+        if level == "CAN_VIEW":
+            raise ApiError(403, "PERMISSION_DENIED", f"CAN_QUERY is required to query {endpoint!r}")
+
+    def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:
+        """Log lines of a served entity: its lifecycle from the state, and the runner's log."""
+        assert self.store is not None
+        instances = [e for e in self.store.entities(row.name) if e.name == entity]
+        served = {e["name"] for e in (row.spec or {}).get("config", {}).get("served_entities", [])}
+        if not instances and entity not in served:
+            return None
+        lines = []
+        for instance in instances:
+            model = instance.config.get("external_model")
+            what = f"external model {model['provider']}/{model['name']}" if model else "runner"
+            if build:
+                lines.append(f"{what}: nothing to build (config version {instance.config_version})")
+                continue
+            lines.append(
+                f"{what} instance {instance.id} ({instance.role}): {instance.deployment}"
+                + (f": {instance.message}" if instance.message else "")
+            )
+            log_file = (instance.handle or {}).get("log_file")
+            if log_file:
+                try:
+                    with open(log_file, encoding="utf-8", errors="replace") as f:
+                        lines += f.read()[-65536:].splitlines()
+                except OSError:
+                    lines.append(f"(log file {log_file} is gone)")
+        for item in self.store.history(row.name)[-50:]:
+            lines.append(
+                f"{item.at_ms} {item.actor} {item.action} config_version={item.config_version}"
+            )
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,380 @@
+"""OpenAI and Azure OpenAI, and the transport every OpenAI-wire upstream shares.
+
+Upstream API: https://platform.openai.com/docs/api-reference/chat/create
+Azure OpenAI: https://learn.microsoft.com/azure/ai-services/openai/reference
+Entra ID token: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow
+
+    POST https://api.openai.com/v1/chat/completions
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16}
+    -> {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}}
+
+The upstream already speaks the unified schema, so translation is a pass-through: `model` is set
+by the adapter (dropped where the URL names the model), `stream` follows the method called, and a
+response only gets its `usage` completed where an OpenAI-compatible server leaves it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ._base import (
+    Json,
+    ProviderAdapter,
+    ProviderError,
+    send,
+    stream_lines,
+    upstream_error_message,
+    usage,
+)
+from ._registry import register_adapter
+from ._sse import parse_sse
+
+__all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "EMBEDDINGS",
+    "OpenAIAdapter",
+    "OpenAICompatibleAdapter",
+    "credential",
+    "model_to_chunk",
+    "model_to_response",
+    "request_to_model",
+    "require",
+    "response_json",
+    "scrub",
+]
+
+# Route suffixes of OpenAI's API (and of every server that copies it).
+CHAT = "chat/completions"
+COMPLETIONS = "completions"
+EMBEDDINGS = "embeddings"
+
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+# azure-identity reads the same variable, so sovereign clouds work the same way for both.
+ENTRA_AUTHORITY_ENV = "AZURE_AUTHORITY_HOST"
+ENTRA_DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+
+
+# -- config helpers (shared by every adapter in this family) ---------------------------------
+
+
+def credential(config: Json, field: str) -> str | None:
+    """A resolved secret from `field` or its `*_plaintext` twin (either may carry the value)."""
+    for name in (field, f"{field}_plaintext"):
+        value = config.get(name)
+        if value is None:
+            continue
+        # A pydantic dump may still hold a SecretStr; unwrap it rather than send its mask.
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+        if value.startswith("{{secrets/"):
+            # The engine resolves references before building adapters; sending one is a bug.
+            raise ProviderError("config", f"{field} is an unresolved secret reference")
+        if value:
+            return value
+    return None
+
+
+def require(value: str | None, provider: str, what: str) -> str:
+    if not value:
+        raise ProviderError("config", f"{provider}: {what} is required")
+    return value
+
+
+def scrub(exc: ProviderError, secrets: Iterable[str | None]) -> ProviderError:
+    """The same error with any secret an upstream echoed back masked (some echo the bad key)."""
+    message = exc.message
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
+
+
+def response_json(response: httpx.Response, provider: str) -> Any:
+    """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        raise ProviderError(
+            "upstream_server", f"{provider} sent a response that is not JSON"
+        ) from None
+
+
+# -- translation (pure: no I/O) ---------------------------------------------------------------
+
+
+def request_to_model(
+    body: Json, *, model: str | None, stream: bool = False, include_usage: bool = False
+) -> Json:
+    """Unified body -> upstream body: every key passes except `model` and `stream`, which we own."""
+    out = {k: v for k, v in body.items() if k not in ("model", "stream")}
+    if model is not None:
+        out["model"] = model
+    if stream:
+        out["stream"] = True
+        if include_usage:
+            out.setdefault("stream_options", {"include_usage": True})
+    else:
+        # OpenAI answers 400 to stream_options on a non-streaming request.
+        out.pop("stream_options", None)
+    return out
+
+
+def model_to_response(payload: Any, provider: str) -> Json:
+    """An OpenAI-shaped response as-is, with `usage` filled in where the upstream left gaps."""
+    if not isinstance(payload, dict):
+        raise ProviderError("upstream_server", f"{provider} sent an unexpected response")
+    raw = payload.get("usage")
+    raw = raw if isinstance(raw, dict) else {}
+    filled = usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
+    filled.update({k: v for k, v in raw.items() if v is not None})
+    return {**payload, "usage": filled}
+
+
+def model_to_chunk(data: str, provider: str) -> Json | None:
+    """One SSE `data:` payload -> the chunk dict as-is; None at the `[DONE]` sentinel."""
+    if data.strip() == "[DONE]":
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise ProviderError(
+            "upstream_server", f"{provider} sent a malformed stream event"
+        ) from None
+    if not isinstance(payload, dict):
+        raise ProviderError("upstream_server", f"{provider} sent a malformed stream event")
+    if "error" in payload and "choices" not in payload:
+        # An error after the 200 was sent: the status is gone, so it is the upstream's fault.
+        message = upstream_error_message(httpx.Response(500, json=payload))
+        raise ProviderError("upstream_server", f"{provider} stream error: {message}")
+    return payload
+
+
+# -- transport ----------------------------------------------------------------------------------
+
+
+class OpenAICompatibleAdapter(ProviderAdapter):
+    """Calls for upstreams that speak OpenAI's wire format; subclasses say where and how to auth.
+
+    Subclasses set `upstream_model` (None where the URL names the model) and `stream_usage`,
+    and implement `_url`, `_headers` and `_secrets`.
+    """
+
+    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+        super().__init__(model, client)
+        self.upstream_model: str | None = self.name
+        self.stream_usage = False
+
+    def _url(self, route: str) -> tuple[str, dict[str, str] | None]:
+        raise NotImplementedError
+
+    async def _headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _secrets(self) -> list[str | None]:
+        """Every value that must never reach an error message."""
+        return []
+
+    async def _chat(self, body: Json) -> Json:
+        return await self._call(CHAT, body)
+
+    def _chat_stream(self, body: Json) -> AsyncIterator[Json]:
+        return self._stream(CHAT, body)
+
+    async def _completions(self, body: Json) -> Json:
+        return await self._call(COMPLETIONS, body)
+
+    def _completions_stream(self, body: Json) -> AsyncIterator[Json]:
+        return self._stream(COMPLETIONS, body)
+
+    async def _embeddings(self, body: Json) -> Json:
+        # The contract is float vectors (the gateway encodes base64 itself when asked).
+        body = {k: v for k, v in body.items() if k != "encoding_format"}
+        return await self._call(EMBEDDINGS, body)
+
+    def _body(self, route: str, body: Json, stream: bool) -> Json:
+        include_usage = stream and self.stream_usage and route == CHAT
+        return request_to_model(
+            body, model=self.upstream_model, stream=stream, include_usage=include_usage
+        )
+
+    async def _call(self, route: str, body: Json) -> Json:
+        url, params = self._url(route)
+        try:
+            headers = await self._headers()
+            response = await send(
+                self.client,
+                self.PROVIDER,
+                "POST",
+                url,
+                params=params,
+                headers=headers,
+                json=self._body(route, body, stream=False),
+            )
+            return model_to_response(response_json(response, self.PROVIDER), self.PROVIDER)
+        except ProviderError as exc:
+            raise scrub(exc, self._secrets()) from None
+
+    async def _stream(self, route: str, body: Json) -> AsyncIterator[Json]:
+        url, params = self._url(route)
+        try:
+            headers = await self._headers()
+            lines = stream_lines(
+                self.client,
+                self.PROVIDER,
+                "POST",
+                url,
+                params=params,
+                headers=headers,
+                json=self._body(route, body, stream=True),
+            )
+            # Close both generators on [DONE] or on error so the connection goes back now.
+            async with aclosing(lines), aclosing(parse_sse(lines)) as events:
+                async for event in events:
+                    item = model_to_chunk(event.data, self.PROVIDER)
+                    if item is None:
+                        return
+                    yield item
+        except ProviderError as exc:
+            raise scrub(exc, self._secrets()) from None
+
+
+# -- OpenAI / Azure OpenAI ------------------------------------------------------------------------
+
+
+@register_adapter
+class OpenAIAdapter(OpenAICompatibleAdapter):
+    """OpenAI (`openai_api_type` openai), Azure OpenAI with a key (azure) or Entra ID (azuread)."""
+
+    PROVIDER = "openai"
+    DEFAULT_BASE = "https://api.openai.com/v1"
+    # Refresh a token this long before it expires (azure-identity refreshes 5 minutes early).
+    TOKEN_MARGIN_S = 300.0
+
+    def __init__(
+        self,
+        model: Json,
+        client: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(model, client)
+        config: Json = model.get("openai_config") or {}
+        p = self.PROVIDER
+        self.api_type = str(config.get("openai_api_type") or "openai").lower()
+        self.base = (config.get("openai_api_base") or self.DEFAULT_BASE).rstrip("/")
+        self.organization: str | None = config.get("openai_organization")
+        self.api_key = credential(config, "openai_api_key")
+        self.client_secret: str | None = None
+        self.api_version = self.deployment = self.tenant = self.client_id = self.token_url = ""
+        self._clock = clock
+        self._token: str | None = None
+        self._token_expiry = 0.0
+        self._token_lock = asyncio.Lock()
+
+        if self.api_type == "openai":
+            self.stream_usage = True
+            require(self.api_key, p, "openai_config.openai_api_key")
+            return
+        if self.api_type not in ("azure", "azuread"):
+            raise ProviderError("config", f"{p}: unknown openai_api_type {self.api_type!r}")
+        # Azure: the deployment in the URL picks the model, and it has no stream_options.
+        self.upstream_model = None
+        kind = f"openai_api_type {self.api_type!r}"
+        require(config.get("openai_api_base"), p, f"openai_config.openai_api_base for {kind}")
+        self.api_version = require(
+            config.get("openai_api_version"), p, f"openai_config.openai_api_version for {kind}"
+        )
+        self.deployment = require(
+            config.get("openai_deployment_name"),
+            p,
+            f"openai_config.openai_deployment_name for {kind}",
+        )
+        if self.api_type == "azure":
+            require(self.api_key, p, "openai_config.openai_api_key")
+            return
+        self.tenant = require(
+            config.get("microsoft_entra_tenant_id"), p, "openai_config.microsoft_entra_tenant_id"
+        )
+        self.client_id = require(
+            config.get("microsoft_entra_client_id"), p, "openai_config.microsoft_entra_client_id"
+        )
+        self.client_secret = require(
+            credential(config, "microsoft_entra_client_secret"),
+            p,
+            "openai_config.microsoft_entra_client_secret",
+        )
+        authority = os.environ.get(ENTRA_AUTHORITY_ENV) or ENTRA_DEFAULT_AUTHORITY
+        if "://" not in authority:
+            authority = f"https://{authority}"  # azure-identity accepts a bare host too
+        self.token_url = f"{authority.rstrip('/')}/{quote(self.tenant, safe='')}/oauth2/v2.0/token"
+
+    def _url(self, route: str) -> tuple[str, dict[str, str] | None]:
+        if self.api_type == "openai":
+            return f"{self.base}/{route}", None
+        deployment = quote(self.deployment, safe="")
+        return (
+            f"{self.base}/openai/deployments/{deployment}/{route}",
+            {"api-version": self.api_version},
+        )
+
+    async def _headers(self) -> dict[str, str]:
+        if self.api_type == "azure":
+            return {"api-key": self.api_key or ""}
+        if self.api_type == "azuread":
+            return {"Authorization": f"Bearer {await self._entra_token()}"}
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        return headers
+
+    def _secrets(self) -> list[str | None]:
+        return [self.api_key, self.client_secret, self._token]
+
+    async def _entra_token(self) -> str:
+        """A client-credentials token, cached until shortly before it expires."""
+        async with self._token_lock:  # one refresh, however many requests wait on it
+            if self._token is not None and self._clock() < self._token_expiry:
+                return self._token
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret or "",
+                "scope": ENTRA_SCOPE,
+            }
+            try:
+                response = await send(
+                    self.client, "Microsoft Entra ID", "POST", self.token_url, data=form
+                )
+            except ProviderError as exc:
+                if exc.kind != "upstream_client":
+                    raise
+                # A rejected tenant, client or secret is the entity's config, not the caller's.
+                raise ProviderError(
+                    "config",
+                    f"{self.PROVIDER}: token request failed: {exc.message}",
+                    status=exc.status,
+                ) from None
+            payload = response_json(response, "Microsoft Entra ID")
+            token = payload.get("access_token") if isinstance(payload, dict) else None
+            if not isinstance(token, str) or not token:
+                raise ProviderError("upstream_server", "Microsoft Entra ID sent no access_token")
+            try:
+                lifetime = float(payload.get("expires_in", 0))
+            except (TypeError, ValueError):
+                lifetime = 0.0
+            # Short-lived tokens get half their life instead of a margin larger than it.
+            margin = min(self.TOKEN_MARGIN_S, lifetime / 2)
+            self._token, self._token_expiry = token, self._clock() + lifetime - margin
+            return token
