@@ -17,8 +17,6 @@ class SpecModel(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        # YAML writes `entity_version: 2`; the API types it as a string.
-        coerce_numbers_to_str=True,
         populate_by_name=True,
         frozen=False,
     )

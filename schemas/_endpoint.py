@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, PrivateAttr
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    WithJsonSchema,
+)
 
 from ._base import SpecModel
 from ._enums import (
@@ -51,7 +59,28 @@ __all__ = [
 # Endpoint and served-entity names (rules N1, N3).
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+def _integral(value: object) -> object:
+    # JSON has one number type: 5.0 is an integer to JSON Schema, so accept it as one.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+NonNegativeInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0)]
+
+
+def _number_to_str(value: object) -> object:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# YAML writes `entity_version: 2`; the API types versions as strings.
+Version = Annotated[
+    str,
+    BeforeValidator(_number_to_str),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]}),
+]
 
 
 class ServedEntityInput(SpecModel):
@@ -60,16 +89,16 @@ class ServedEntityInput(SpecModel):
     name: str | None = None
     external_model: ExternalModel | None = None
     entity_name: str | None = None
-    entity_version: str | None = None
+    entity_version: Version | None = None
     workload_size: str | None = None
     workload_type: WorkloadType | None = None
-    scale_to_zero_enabled: bool | None = None
+    scale_to_zero_enabled: StrictBool | None = None
     min_provisioned_concurrency: NonNegativeInt | None = None
     max_provisioned_concurrency: NonNegativeInt | None = None
     min_provisioned_throughput: NonNegativeInt | None = None
     max_provisioned_throughput: NonNegativeInt | None = None
     provisioned_model_units: NonNegativeInt | None = None
-    burst_scaling_enabled: bool | None = None
+    burst_scaling_enabled: StrictBool | None = None
     environment_vars: dict[str, str] | None = None
     instance_profile_arn: str | None = None
 
@@ -78,8 +107,8 @@ class ServedModelInput(SpecModel):
     """Deprecated shape of a served entity (`served_models`); normalised to `served_entities`."""
 
     model_name: str
-    model_version: str
-    scale_to_zero_enabled: bool
+    model_version: Version
+    scale_to_zero_enabled: StrictBool
     name: str | None = None
     workload_size: str | None = None
     workload_type: WorkloadType | None = None
@@ -88,7 +117,7 @@ class ServedModelInput(SpecModel):
     min_provisioned_throughput: NonNegativeInt | None = None
     max_provisioned_throughput: NonNegativeInt | None = None
     provisioned_model_units: NonNegativeInt | None = None
-    burst_scaling_enabled: bool | None = None
+    burst_scaling_enabled: StrictBool | None = None
     environment_vars: dict[str, str] | None = None
     instance_profile_arn: str | None = None
 
@@ -102,7 +131,7 @@ class ServedModelInput(SpecModel):
 class Route(SpecModel):
     served_entity_name: str | None = None
     served_model_name: str | None = None
-    traffic_percentage: Annotated[int, Field(ge=0, le=100)]
+    traffic_percentage: Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0, le=100)]
 
     @property
     def target(self) -> str | None:
@@ -120,7 +149,7 @@ class AutoCaptureConfigInput(SpecModel):
     catalog_name: str | None = None
     schema_name: str | None = None
     table_name_prefix: str | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class EndpointCoreConfigInput(SpecModel):
@@ -166,7 +195,7 @@ class GuardrailPii(SpecModel):
 
 
 class AiGatewayGuardrailParameters(SpecModel):
-    safety: bool | None = None
+    safety: StrictBool | None = None
     pii: GuardrailPii | None = None
     invalid_keywords: list[str] | None = None
     valid_topics: list[str] | None = None
@@ -178,18 +207,18 @@ class AiGatewayGuardrails(SpecModel):
 
 
 class AiGatewayUsageTrackingConfig(SpecModel):
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class AiGatewayInferenceTableConfig(SpecModel):
     catalog_name: str | None = None
     schema_name: str | None = None
     table_name_prefix: str | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class FallbackConfig(SpecModel):
-    enabled: bool
+    enabled: StrictBool
 
 
 class AiGatewayConfig(SpecModel):
@@ -212,7 +241,7 @@ class EmailNotifications(SpecModel):
 
 class TelemetryInferenceTableConfig(SpecModel):
     name: str | None = None
-    sampling_fraction: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    sampling_fraction: Annotated[StrictFloat, Field(ge=0.0, le=1.0)] | None = None
 
 
 class UnityCatalogTableNames(SpecModel):
@@ -237,7 +266,7 @@ class EndpointSpec(SpecModel):
     rate_limits: list[RateLimit] | None = None
     ai_gateway: AiGatewayConfig | None = None
     tags: list[EndpointTag] | None = None
-    route_optimized: bool | None = None
+    route_optimized: StrictBool | None = None
     description: str | None = None
     budget_policy_id: str | None = None
     email_notifications: EmailNotifications | None = None

@@ -7,6 +7,7 @@ import copy
 import json
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -439,3 +440,53 @@ def test_openapi_document_is_served(server: ServerProcess) -> None:
     document = httpx.get(server.url + "/openapi.json").json()
     assert document["openapi"].startswith("3.1")
     assert "/api/2.0/serving-endpoints/{name}/config" in document["paths"]
+
+
+def test_secret_from_the_api_never_leaks(
+    server: ServerProcess, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    from engine_harness import run_cli, write_specs
+
+    value = "sk-api-secret-0d9c8b7a6f5e4d3c"
+    admin = {"Authorization": f"Bearer {server.admin}"}  # type: ignore[attr-defined]
+    seen: list[str] = []
+    with httpx.Client(base_url=server.url, headers=admin, timeout=30) as client:
+        assert (
+            client.post("/api/2.0/secrets/scopes/create", json={"scope": "leak"}).status_code == 200
+        )
+        client.post(
+            "/api/2.0/secrets/put", json={"scope": "leak", "key": "k", "string_value": value}
+        )
+        listed = client.get("/api/2.0/secrets/list", params={"scope": "leak"})
+        seen.append(listed.text)
+        entity = _entity(
+            "m", "gpt-4", upstream.url + "/v1", {"openai_api_key": "{{secrets/leak/k}}"}
+        )
+        seen.append(
+            client.post(
+                "/api/2.0/serving-endpoints",
+                json={"name": "leak", "config": {"served_entities": [entity]}},
+            ).text
+        )
+        seen.append(json.dumps(_poll(client, "leak")))
+        answer = client.post(
+            "/serving-endpoints/leak/invocations",
+            json={"messages": [{"role": "user", "content": "x"}]},
+        )
+        assert answer.status_code == 200
+        assert upstream.requests[-1].headers["authorization"] == f"Bearer {value}"
+        seen += [
+            client.get("/api/2.0/serving-endpoints").text,
+            client.get("/api/2.0/serving-endpoints/leak/served-models/m/logs").text,
+            client.get("/metrics").text,
+        ]
+    env = {"ENGINE_STATE": str(server.state)}
+    spec = {"name": "leak-too", "config": {"served_entities": [entity]}}
+    plan = run_cli("plan", str(write_specs(tmp_path / "specs", [spec])), "--json", env=env)
+    seen += [plan.stdout, plan.stderr, run_cli("state", "show", "leak", env=env).stdout]
+    for text in seen:
+        assert value not in text
+    assert value not in server.log.read_text()
+    for path in server.state.parent.iterdir():
+        if path.name.startswith(("state.db", "usage.db", "secrets.db")):
+            assert value.encode() not in path.read_bytes(), path.name

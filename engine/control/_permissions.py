@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..gateway._http import ApiError
+from ..asgi import ApiError
 from ..state import SqliteStateStore
 from ..tokens import Principal
 

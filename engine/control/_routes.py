@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from ..gateway._http import ApiError, read_json, send_json, send_text
+from ..asgi import ApiError, read_json, send_json, send_text
 from ..managed_secrets import MANAGED_SCOPE
 from ..secrets_store import SecretStoreError
 from ..state import EndpointRow, SqliteStateStore
@@ -61,6 +63,14 @@ class ControlPlane:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         path: str = scope["path"]
         method: str = scope["method"]
+        allowed = _allowed_methods(path)
+        if allowed and method not in allowed:
+            raise ApiError(
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"{method} is not allowed on {path}",
+                [("allow", ", ".join(sorted(allowed)))],
+            )
         if path == "/.well-known/databricks-config" and method == "GET":
             await send_json(send, 200, {"oidc_endpoint": "", "workspace_id": self.store.lineage})
             return True
@@ -306,7 +316,7 @@ class ControlPlane:
                 if isinstance(body.get("bytes_value"), str):
                     try:
                         raw = base64.b64decode(body["bytes_value"], validate=True)
-                    except binascii.Error:
+                    except (binascii.Error, ValueError):
                         raise ApiError(
                             400, "INVALID_PARAMETER_VALUE", "`bytes_value` is not base64"
                         ) from None
@@ -321,6 +331,24 @@ class ControlPlane:
         else:
             return None
         return {}
+
+
+@functools.cache
+def _route_patterns() -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    """(path pattern, methods) of every documented route, for 405s on undocumented methods."""
+    out = []
+    for template, item in openapi_document()["paths"].items():
+        methods = frozenset(m.upper() for m in item if m != "parameters")
+        pattern = re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(template))
+        out.append((re.compile(f"^{pattern}/?$"), methods))
+    return out
+
+
+def _allowed_methods(path: str) -> frozenset[str]:
+    for pattern, methods in _route_patterns():
+        if pattern.match(path):
+            return methods
+    return frozenset()
 
 
 async def _thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -20,7 +20,7 @@ from providers import ExecutorRegistry
 from schemas import format_path, validate_endpoint
 
 from ..apply import Applier, ApplyEvent, PlanNotApplicable
-from ..gateway._http import ApiError
+from ..asgi import ApiError
 from ..secrets_store import SecretStore, secret_store_for_state
 from ..state import LockHeld, SqliteStateStore
 

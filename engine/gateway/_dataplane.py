@@ -16,8 +16,8 @@ from typing import Any
 
 from providers.adapters import ProviderError
 
+from ..asgi import ApiError, send_json
 from ..tokens import Principal
-from ._http import ApiError, send_json
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
 from ._table import EndpointRoute, RoutingTable, ServedEntity

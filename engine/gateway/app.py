@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ..asgi import ApiError, header, read_json, send_error, send_json, send_text
 from ..control import ControlPlane, EndpointService
 from ..control._permissions import level_in
 from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
@@ -23,7 +24,6 @@ from ..state import EndpointRow, SqliteStateStore
 from ..tokens import Principal, TokenIndex
 from ..workspace import build_executors
 from ._dataplane import TASK_OF_ROUTE, DataPlane
-from ._http import ApiError, header, read_json, send_error, send_json, send_text
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
 from ._table import RoutingTable, TableBuilder
