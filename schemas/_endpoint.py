@@ -59,6 +59,7 @@ __all__ = [
 # Endpoint and served-entity names (rules N1, N3).
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 
+
 def _integral(value: object) -> object:
     # JSON has one number type: 5.0 is an integer to JSON Schema, so accept it as one.
     if isinstance(value, float) and value.is_integer():
