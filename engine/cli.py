@@ -8,6 +8,7 @@ import sys
 import typer
 
 from . import cli_plan, cli_serve, cli_state, cli_validate
+from .cli_models import models_app
 from .cli_output import EXIT_ERROR
 from .cli_secrets import secrets_app
 from .cli_tokens import tokens_app
@@ -27,6 +28,7 @@ cli_state.register(app)
 cli_serve.register(app)
 app.add_typer(secrets_app)
 app.add_typer(tokens_app)
+app.add_typer(models_app)
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from plans import (
 )
 
 from .apply import Applier, ApplyEvent, PlanNotApplicable
+from .catalog import ModelCatalog
 from .cli_output import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from .inventory import entity_checker
 from .secrets_store import SecretStore, SecretStoreError
 from .spec_loader import SpecUsageError, load_specs
 from .state import LockHeld, SqliteStateStore, StateError
@@ -91,6 +93,7 @@ def _make_plan(
         allow_replace=allow_replace,
         destroy=destroy,
         secret_exists=secrets.has,
+        entity_check=entity_checker(ModelCatalog(store)),
     )
     return plan, desired
 

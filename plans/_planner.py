@@ -28,6 +28,9 @@ SENSITIVE_BEFORE = "(sensitive value)"
 SENSITIVE_AFTER = "(sensitive value changed)"
 
 SecretExists = Callable[[str, str], bool]
+# What the running environment says about one served entity: (rule, message) problems, e.g.
+# an unknown model version or a GPU workload on a host without GPUs.
+EntityCheck = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 def make_plan(
@@ -38,6 +41,7 @@ def make_plan(
     allow_replace: bool = False,
     destroy: bool = False,
     secret_exists: SecretExists | None = None,
+    entity_check: EntityCheck | None = None,
 ) -> Plan:
     """Plan the changes that make `state` equal `desired` for the endpoints of `stack`.
 
@@ -53,6 +57,10 @@ def make_plan(
         change = _plan_endpoint(doc, state.endpoints.get(name), stack, allow_replace)
         if secret_exists is not None and change.action is not Action.NO_OP:
             change.errors += _unresolved_references(doc, secret_exists)
+        if entity_check is not None and change.action is not Action.NO_OP:
+            for entity in doc.get("config", {}).get("served_entities") or []:
+                path = render_path(("config", "served_entities", ("name", entity.get("name"))))
+                change.errors += [PlanError(r, path, m) for r, m in entity_check(entity)]
         plan.changes.append(change)
     for name in sorted(state.endpoints):
         record = state.endpoints[name]

@@ -117,3 +117,24 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+def register_test_models(
+    state: Path,
+    entities: tuple[str, ...] = ("a", "b", "c", "d", "e"),
+    versions: tuple[str, ...] = ("1", "2", "3"),
+) -> None:
+    """Catalog entries for the `main.default.<entity>` models the test executor "serves"."""
+    from engine.catalog import ModelCatalog
+
+    folder = state.parent / "test-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "test"}')
+    store = SqliteStateStore(state)
+    try:
+        catalog = ModelCatalog(store)
+        for entity in entities:
+            for version in versions:
+                catalog.register(f"main.default.{entity}", version, folder, "llm/v1/chat")
+    finally:
+        store.close()

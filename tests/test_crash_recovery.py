@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engine_harness import Engine, run_cli, self_hosted, write_specs
+from engine_harness import Engine, register_test_models, run_cli, self_hosted, write_specs
 from executor_fixture import ControllableExecutor
 
 BEFORE = [self_hosted("keep", {"a": 60, "b": 40}), self_hosted("gone", {"c": 100})]
@@ -13,6 +13,11 @@ AFTER = [
     self_hosted("keep", {"a": 60, "b": 40}, version="2"),
     self_hosted("new", {"d": 50, "e": 50}),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _catalog(tmp_path: Path) -> None:
+    register_test_models(tmp_path / "state.db")
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

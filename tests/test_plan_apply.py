@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import openai_chat
-from engine_harness import Engine, run_cli, self_hosted, write_specs
+from engine_harness import Engine, register_test_models, run_cli, self_hosted, write_specs
 from executor_fixture import ControllableExecutor
 
 from plans import Action, ChangeClass
@@ -215,6 +215,7 @@ def test_cli_plan_exit_codes_and_json(tmp_path: Path) -> None:
 
 def test_stale_plan_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
+    register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
         "ENGINE_EXECUTOR_PLUGINS": "executor_fixture:register",
@@ -238,6 +239,7 @@ def test_stale_plan_is_refused(tmp_path: Path) -> None:
 
 def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
+    register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
         "ENGINE_EXECUTOR_PLUGINS": "executor_fixture:register",
@@ -294,3 +296,21 @@ def test_force_unlock_and_state_commands(tmp_path: Path) -> None:
     assert run_cli("force-unlock", "nope", env=env).returncode == 1
     assert run_cli("force-unlock", "abc123", env=env).returncode == 0
     assert "no endpoints" in run_cli("state", "list", env=env).stdout
+
+
+def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    register_test_models(state, entities=("a",), versions=("1",))
+    env = {"ENGINE_STATE": str(state), "ENGINE_GPUS": "0"}
+    unknown = self_hosted("ep", {"a": 50, "b": 50})
+    unknown["config"]["served_entities"][0]["workload_type"] = "GPU_SMALL"
+    specs = write_specs(tmp_path / "specs", [unknown])
+    result = run_cli("plan", str(specs), "--json", env=env)
+    assert result.returncode == 1
+    errors = json.loads(result.stdout)["changes"][0]["errors"]
+    assert sorted((e["rule"], e["path"]) for e in errors) == [
+        ("G1", "config.served_entities[a]"),
+        ("M1", "config.served_entities[b]"),
+    ]
+    allowed = run_cli("plan", str(specs), "--json", env={**env, "ENGINE_ALLOW_CPU_FALLBACK": "1"})
+    assert [e["rule"] for e in json.loads(allowed.stdout)["changes"][0]["errors"]] == ["M1"]

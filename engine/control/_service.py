@@ -21,6 +21,8 @@ from schemas import format_path, validate_endpoint
 
 from ..apply import Applier, ApplyEvent, PlanNotApplicable
 from ..asgi import ApiError
+from ..catalog import ModelCatalog
+from ..inventory import entity_checker
 from ..secrets_store import SecretStore, secret_store_for_state
 from ..state import LockHeld, SqliteStateStore
 
@@ -189,7 +191,13 @@ class EndpointService:
             return make_plan([], only, stack=_API_STACK, destroy=True)
         only = {name: snapshot.endpoints[name]} if name in snapshot.endpoints else {}
         narrowed = StateSnapshot(snapshot.lineage, snapshot.serial, only)
-        return make_plan([doc], narrowed, stack=None, secret_exists=secrets.has)
+        return make_plan(
+            [doc],
+            narrowed,
+            stack=None,
+            secret_exists=secrets.has,
+            entity_check=entity_checker(ModelCatalog(store)),
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from ._records import EndpointRow, EntityRow, HistoryRow
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
 STATE_ENV_VAR = "ENGINE_STATE"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_LEASE_MS = 15 * 60 * 1000
 
 _MIGRATIONS: dict[int, str] = {
@@ -115,6 +115,21 @@ _MIGRATIONS: dict[int, str] = {
         principal TEXT NOT NULL,
         level TEXT NOT NULL,
         PRIMARY KEY (endpoint_id, principal_type, principal)
+    );
+    """,
+    # The local model catalog: what `entity_name` + `entity_version` serve.
+    4: """
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        path TEXT NOT NULL,
+        task TEXT NOT NULL,
+        model_type TEXT,
+        context_length INTEGER,
+        default_system_prompt TEXT,
+        throughput_chunk_size INTEGER,
+        registered_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
     );
     """,
 }
@@ -364,6 +379,24 @@ class SqliteStateStore:
                 "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
                 [(endpoint_id, t, p, level) for t, p, level in entries],
             )
+
+    # -- the model catalog ------------------------------------------------------------------
+
+    def put_model(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO models (name, version, path, task, model_type, "
+                "context_length, default_system_prompt, throughput_chunk_size, registered_ms) "
+                "VALUES (:name, :version, :path, :task, :model_type, :context_length, "
+                ":default_system_prompt, :throughput_chunk_size, :registered_ms)",
+                {"throughput_chunk_size": None, "registered_ms": _now_ms(), **record},
+            )
+
+    def models(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            cursor = conn.execute("SELECT * FROM models ORDER BY name, version")
+            names = [c[0] for c in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # -- tokens and hosts -------------------------------------------------------------------
 
