@@ -314,3 +314,18 @@ def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
     ]
     allowed = run_cli("plan", str(specs), "--json", env={**env, "ENGINE_ALLOW_CPU_FALLBACK": "1"})
     assert [e["rule"] for e in json.loads(allowed.stdout)["changes"][0]["errors"]] == ["M1"]
+
+
+def test_api_changes_show_as_drift_in_the_stack_plan(engine: Engine, tmp_path: Path) -> None:
+    from engine.control import EndpointService
+
+    specs = write_specs(tmp_path / "specs", [openai_chat("chat")])
+    engine.apply(specs)
+    service = EndpointService(engine.state, engine.registry)
+    service.replace_part("chat", "tags", [{"key": "owner", "value": "api"}], "someone")
+    plan, _ = engine.plan(specs)
+    (change,) = plan.actionable
+    assert change.action is Action.UPDATE and change.change_class is ChangeClass.HOT
+    assert change.fields and all(f.path.startswith("tags") for f in change.fields)
+    engine.apply(specs)
+    assert "tags" not in engine.store.get_endpoint("chat").spec
