@@ -194,8 +194,8 @@ def wrk(url: str, token: str | None, concurrency: int, seconds: float, work: Pat
         raise RuntimeError(f"errors during the run:\n{out}")
     return Run(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        p50_ms=_ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        p99_ms=_ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
         requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
     )
 
