@@ -43,4 +43,7 @@ def serve_command(
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
+        # Longer than clients' pool idle times: closing a kept-alive connection just as a
+        # pooled client reuses it resets that request (seen with 1,000 concurrent requests).
+        timeout_keep_alive=75,
     )

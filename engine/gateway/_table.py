@@ -104,8 +104,13 @@ def _task_of(spec: dict[str, Any]) -> str | None:
 class TableBuilder:
     """Builds tables; owns the upstreams so that unchanged entities keep their connections."""
 
-    def __init__(self, resolve: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        resolve: Callable[[str], str],
+        runner_task: Callable[[dict[str, Any]], str | None] = lambda entity: None,
+    ) -> None:
         self._resolve = resolve
+        self._runner_task = runner_task
         self._upstreams: dict[tuple[int, str], Upstream] = {}
 
     def build(
@@ -163,7 +168,7 @@ class TableBuilder:
         return EndpointRoute(
             name=row.name,
             id=row.id,
-            task=_task_of(spec),
+            task=_task_of(spec) or self._self_hosted_task(spec),
             config_version=row.config_version,
             entities=served,
             order=order,
@@ -180,6 +185,8 @@ class TableBuilder:
         upstream = self._upstreams.get(key)
         if upstream is None:
             model = instance.config.get("external_model")
+            if model is None:
+                model = self._runner_model(instance)
             if model is None:
                 return ServedEntity(instance.name, instance.id, None, "no runner for this entity")
             try:
@@ -201,6 +208,26 @@ class TableBuilder:
                 return ServedEntity(instance.name, instance.id, None, exc.message)
             upstream = self._upstreams[key] = Upstream(adapter, client)
         return ServedEntity(instance.name, instance.id, upstream)
+
+    def _self_hosted_task(self, spec: dict[str, Any]) -> str | None:
+        for entity in spec["config"].get("served_entities") or []:
+            task = self._runner_task(entity)
+            if task:
+                return task
+        return None
+
+    def _runner_model(self, instance: EntityRow) -> dict[str, Any] | None:
+        """A vLLM runner speaks OpenAI's API: serve it through the same adapter interface."""
+        base_url = (instance.handle or {}).get("base_url")
+        task = self._runner_task(instance.config)
+        if not base_url or not task:
+            return None
+        return {
+            "provider": "openai",
+            "name": instance.name,  # the runner serves the model under the entity's name
+            "task": task,
+            "openai_config": {"openai_api_key": "unused", "openai_api_base": base_url},
+        }
 
     def _resolved(self, value: Any) -> Any:
         if isinstance(value, str):

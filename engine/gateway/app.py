@@ -16,9 +16,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from providers import ExecutorRegistry
+from providers.runner import RunnerExecutor
+
 from ..asgi import ApiError, header, read_json, send_error, send_json, send_text
+from ..catalog import ModelCatalog
 from ..control import ControlPlane, EndpointService
 from ..control._permissions import level_in
+from ..runners import make_runner_executor, restart_runners, stop_runners
 from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
 from ..state import EndpointRow, SqliteStateStore
 from ..tokens import Principal, TokenIndex
@@ -63,6 +68,8 @@ class ServingApp:
         self.usage: UsageRecorder | None = None
         self.dataplane: DataPlane | None = None
         self._builder: TableBuilder | None = None
+        self.runners: RunnerExecutor | None = None
+        self._restart: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -72,9 +79,13 @@ class ServingApp:
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
         self.dataplane = DataPlane(self.limiter, self.metrics, self.usage)
-        self._builder = TableBuilder(self._resolve)
-        service = EndpointService(self.state_path, build_executors)
+        self.runners = make_runner_executor(self.state_path)
+        self._builder = TableBuilder(self._resolve, self._runner_task)
+        service = EndpointService(self.state_path, self._executors)
         self.extra_routes.append(ControlPlane(self, service))
+        # Runners of active entities start with their host (a background thread: queries to
+        # external models are served meanwhile).
+        self._restart = asyncio.create_task(asyncio.to_thread(self._restart_runners))
         await self.refresh(force=True)
         self._tasks = [
             asyncio.create_task(self._poll(), name="state-poll"),
@@ -89,6 +100,10 @@ class ServingApp:
                 await task
         if self._builder is not None:
             await self._builder.close()
+        if self.store is not None and self.runners is not None:
+            if self._restart is not None:
+                await asyncio.wait({self._restart})  # runners being started are stopped too
+            await asyncio.to_thread(stop_runners, self.store, self.runners)
         if self.usage is not None:
             self.usage.close()
         if self.store is not None:
@@ -96,6 +111,26 @@ class ServingApp:
             self.store.close()
         if self.secrets is not None:
             self.secrets.close()
+
+    def _executors(self) -> ExecutorRegistry:
+        registry = build_executors()
+        if self.runners is not None:
+            registry.register("self_hosted", self.runners, replace=True)
+        return registry
+
+    def _restart_runners(self) -> None:
+        store = SqliteStateStore(self.state_path)
+        try:
+            restart_runners(store, self.runners, self._resolve)
+        finally:
+            store.close()
+
+    def _runner_task(self, entity: dict[str, Any]) -> str | None:
+        assert self.store is not None
+        entry = ModelCatalog(self.store).get(
+            entity.get("entity_name", ""), entity.get("entity_version", "")
+        )
+        return entry.task if entry else None
 
     def _resolve(self, reference: str) -> str:
         assert self.secrets is not None

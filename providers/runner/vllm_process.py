@@ -18,12 +18,15 @@ Facts behind the choices here: shared/notes/vllm-cpu.md.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -115,8 +118,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def short_tmpdir(workdir: Path) -> Path:
+    """The server's TMPDIR: vLLM binds ZeroMQ IPC sockets in it, and a socket path longer than
+    107 bytes fails (sockaddr_un), so a deep workdir cannot hold them. A short folder derived from
+    the workdir stays unique to this server and can be found again to clean up."""
+    digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"vllm-{digest}"
+
+
 def _environment(spec: VllmServerSpec, workdir: Path) -> dict[str, str]:
-    tmp, cache = workdir / "tmp", workdir / "cache"
+    tmp, cache = short_tmpdir(workdir), workdir / "cache"
     for folder in (tmp, cache):
         folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -317,6 +328,8 @@ class RunningServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=1.0)  # reap: no zombie left behind
         (self.workdir / PID_FILE).unlink(missing_ok=True)
+        if not self._owns_group() or not group_members(self.pid):
+            shutil.rmtree(short_tmpdir(self.workdir), ignore_errors=True)
 
 
 def _kill_group(pgid: int, grace: float) -> None:

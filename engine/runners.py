@@ -1,0 +1,85 @@
+"""The serving host's runner executor: self-hosted entities on vLLM processes it owns.
+
+Only the host (`engine serve`) registers it: runner processes must never outlive or escape their
+host, so a CLI apply that would start one is refused with a hint instead (see providers'
+registry). On start the host restarts the runners of its active entities (RECOVERING -> READY);
+on shutdown it stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from providers import Deployment, ExecutorError
+from providers.runner import ModelInfo, RunnerExecutor
+
+from .catalog import ModelCatalog
+from .inventory import cpu_fallback_allowed, gpu_count
+from .state import SqliteStateStore
+
+__all__ = ["make_runner_executor", "restart_runners", "stop_runners"]
+
+log = logging.getLogger("engine.runners")
+
+
+def make_runner_executor(state_path: Path) -> RunnerExecutor:
+    def resolve(entity: dict[str, Any]) -> ModelInfo:
+        store = SqliteStateStore(state_path)
+        try:
+            entry = ModelCatalog(store).get(entity["entity_name"], entity["entity_version"])
+        finally:
+            store.close()
+        if entry is None:
+            raise KeyError(
+                f"model {entity['entity_name']} version {entity['entity_version']} is not in "
+                "the model catalog"
+            )
+        return ModelInfo(entry.path, entry.task, entry.model_type, entry.context_length)
+
+    return RunnerExecutor(
+        state_path.parent / "runners",
+        resolve,
+        cpu_fallback=cpu_fallback_allowed(),
+        gpus=gpu_count(),
+    )
+
+
+def _self_hosted(store: SqliteStateStore) -> list[Any]:
+    return [e for e in store.entities(role="active") if "external_model" not in e.config]
+
+
+def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:
+    """The host is stopping: its runners stop with it, and the state says so."""
+    for entity in _self_hosted(store):
+        deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
+        try:
+            executor.stop(deployment, entity.handle)
+        except ExecutorError as exc:
+            log.error("cannot stop %s: %s", deployment.label, exc.message)
+            continue
+        store.update_entity(
+            entity.id,
+            deployment="DEPLOYMENT_RECOVERING",
+            message="the serving host stopped; it restarts with the host",
+        )
+
+
+def restart_runners(store: SqliteStateStore, executor: RunnerExecutor, resolve: Any) -> None:
+    """Start every active self-hosted entity whose runner is not running (RECOVERING -> READY)."""
+    for entity in _self_hosted(store):
+        deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
+        if executor.status(deployment, entity.handle).deployment == "DEPLOYMENT_READY":
+            continue
+        store.update_entity(entity.id, deployment="DEPLOYMENT_RECOVERING", message="restarting")
+        try:
+            executor.stop(deployment, entity.handle)
+            executor.prepare(deployment, resolve)
+            handle = executor.start(deployment)
+            store.update_entity(entity.id, handle=handle)
+            executor.wait_ready(deployment, handle, 600)
+        except ExecutorError as exc:
+            store.update_entity(entity.id, deployment="DEPLOYMENT_FAILED", message=exc.message)
+            continue
+        store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
