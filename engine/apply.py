@@ -78,6 +78,7 @@ class Applier:
         on_event: Callable[[ApplyEvent], None] | None = None,
         ready_timeout: float = 600.0,
         lock_id: str | None = None,
+        drain: Callable[[EntityRow], None] | None = None,
     ) -> None:
         self.store = store
         self.secrets = secrets
@@ -87,6 +88,9 @@ class Applier:
         self.on_event = on_event or (lambda event: None)
         self.ready_timeout = ready_timeout
         self.lock_id = lock_id
+        # Called before an entity the old config used is stopped: the serving host waits until
+        # no request is routed to it any more and the ones in flight have finished.
+        self.drain = drain or (lambda row: None)
         self._stack: str | None = None
 
     # -- entry points -----------------------------------------------------------------------
@@ -201,6 +205,7 @@ class Applier:
         retiring = self.store.activate(name, keep=keep, actor=self.actor, summary=_summary(change))
         self._emit("activated", name, message=f"config version {version} active")
         for row in retiring:
+            self.drain(row)
             self._stop(row)
         self._forget_unused_secrets(name)
 

@@ -43,10 +43,12 @@ class EndpointService:
         executors: Callable[[], ExecutorRegistry],
         *,
         on_change: Callable[[], None] | None = None,
+        drain: Callable[[Any], None] | None = None,
     ) -> None:
         self.state_path = state_path
         self.executors = executors
         self.on_change = on_change or (lambda: None)
+        self.drain = drain
 
     # -- validation -------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class EndpointService:
                     plaintexts=plaintexts,
                     lock_id=lock.id,
                     on_event=lambda e: _mark(e, started),
+                    drain=self.drain,
                 )
                 outcome["report"] = applier.apply(plan)
             except PlanNotApplicable as exc:

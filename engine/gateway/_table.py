@@ -111,6 +111,8 @@ class TableBuilder:
     ) -> None:
         self._resolve = resolve
         self._runner_task = runner_task
+        self._retired: list[tuple[tuple[int, str], Upstream]] = []
+        self._draining: dict[tuple[int, str], list[Upstream]] = {}
         self._upstreams: dict[tuple[int, str], Upstream] = {}
 
     def build(
@@ -127,14 +129,27 @@ class TableBuilder:
             route = self._route(row, entities, live)
             route.acl = (acls or {}).get(row.id, [])
             table.endpoints[row.name] = route
-        self._retired = [u for k, u in self._upstreams.items() if k not in live]
+        self._retired = [(k, u) for k, u in self._upstreams.items() if k not in live]
+        for key, upstream in self._retired:
+            self._draining.setdefault(key, []).append(upstream)
         self._upstreams = {k: u for k, u in self._upstreams.items() if k in live}
         return table
 
+    def in_flight(self, key: tuple[int, str]) -> int:
+        """Requests still running on an entity instance (live or retired upstreams)."""
+        live = self._upstreams.get(key)
+        busy = live.in_flight if live is not None else 0
+        return busy + sum(u.in_flight for u in self._draining.get(key, []))
+
+    def routed(self, key: tuple[int, str]) -> bool:
+        return key in self._upstreams
+
     async def retire_unused(self) -> None:
-        for upstream in getattr(self, "_retired", []):
+        for _, upstream in self._retired:
             await upstream.retire()
         self._retired = []
+        self._draining = {k: [u for u in ups if u.in_flight] for k, ups in self._draining.items()}
+        self._draining = {k: ups for k, ups in self._draining.items() if ups}
 
     async def close(self) -> None:
         for upstream in self._upstreams.values():

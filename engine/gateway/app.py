@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..control import ControlPlane, EndpointService
 from ..control._permissions import level_in
 from ..runners import make_runner_executor, restart_runners, stop_runners
 from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
-from ..state import EndpointRow, SqliteStateStore
+from ..state import EndpointRow, EntityRow, SqliteStateStore
 from ..tokens import Principal, TokenIndex
 from ..workspace import build_executors
 from ._dataplane import TASK_OF_ROUTE, DataPlane
@@ -81,7 +82,7 @@ class ServingApp:
         self.dataplane = DataPlane(self.limiter, self.metrics, self.usage)
         self.runners = make_runner_executor(self.state_path)
         self._builder = TableBuilder(self._resolve, self._runner_task)
-        service = EndpointService(self.state_path, self._executors)
+        service = EndpointService(self.state_path, self._executors, drain=self.drain)
         self.extra_routes.append(ControlPlane(self, service))
         # Runners of active entities start with their host (a background thread: queries to
         # external models are served meanwhile).
@@ -111,6 +112,25 @@ class ServingApp:
             self.store.close()
         if self.secrets is not None:
             self.secrets.close()
+
+    def drain(self, row: EntityRow, timeout: float = 60.0) -> None:
+        """Block (in an apply's thread) until the routing table no longer sends requests to
+        this entity instance and those in flight have finished; bounded by `timeout`."""
+        if self.store is None or self._builder is None:
+            return
+        key = (row.id, row.fingerprint)
+        target = SqliteStateStore(self.state_path)
+        try:
+            serial = target.serial
+        finally:
+            target.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            refreshed = self.table.serial >= serial
+            if refreshed and not self._builder.routed(key) and not self._builder.in_flight(key):
+                return
+            time.sleep(0.05)
+        log.warning("entity instance %s still busy after %.0f s; stopping it", row.id, timeout)
 
     def _executors(self) -> ExecutorRegistry:
         registry = build_executors()
