@@ -29,27 +29,38 @@ import json
 import time
 import uuid
 from abc import ABC
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
 __all__ = [
+    "BaseStreamState",
     "ProviderAdapter",
     "ProviderError",
     "Json",
+    "chat_id",
     "chat_response",
     "completion_response",
     "chunk",
     "embeddings_response",
     "usage",
+    "new_id",
     "raise_for_upstream",
     "upstream_error_message",
+    "response_json",
+    "redact",
+    "redacting",
+    "REDACTED",
     "send",
+    "stream_bytes",
     "stream_lines",
 ]
 
 Json = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class ProviderError(Exception):
@@ -124,8 +135,33 @@ def usage(prompt: int | None, completion: int | None) -> Json:
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def _id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """A fresh response id, e.g. `chatcmpl-…`, for an upstream that sends none."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def chat_id() -> str:
+    """A fresh chat completion id (a stream state's default before the upstream names one)."""
+    return new_id("chatcmpl")
+
+
+def _response(
+    kind: str,
+    prefix: str,
+    model: str,
+    choices: list[Json],
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    response_id: str | None,
+) -> Json:
+    return {
+        "id": response_id or new_id(prefix),
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def chat_response(
@@ -137,21 +173,13 @@ def chat_response(
     response_id: str | None = None,
 ) -> Json:
     """`contents`: one (text, finish_reason) per choice."""
-    return {
-        "id": response_id or _id("chatcmpl"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
-            for i, (text, finish) in enumerate(contents)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        for i, (text, finish) in enumerate(contents)
+    ]
+    return _response(
+        "chat.completion", "chatcmpl", model, choices, prompt_tokens, completion_tokens, response_id
+    )
 
 
 def completion_response(
@@ -162,17 +190,13 @@ def completion_response(
     *,
     response_id: str | None = None,
 ) -> Json:
-    return {
-        "id": response_id or _id("cmpl"),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {"index": i, "text": text, "finish_reason": finish, "logprobs": None}
-            for i, (text, finish) in enumerate(contents)
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
+    choices = [
+        {"index": i, "text": text, "finish_reason": finish, "logprobs": None}
+        for i, (text, finish) in enumerate(contents)
+    ]
+    return _response(
+        "text_completion", "cmpl", model, choices, prompt_tokens, completion_tokens, response_id
+    )
 
 
 def chunk(
@@ -210,6 +234,19 @@ def chunk(
     return out
 
 
+@dataclass(slots=True)
+class BaseStreamState:
+    """What every stream translator tracks; each adapter's `StreamState` adds its own fields."""
+
+    model: str
+    chat: bool = True
+    response_id: str = field(default_factory=chat_id)
+
+    def chunk(self, **kwargs: Any) -> Json:
+        """One chunk of this stream: `chunk` with its model, id and shape."""
+        return chunk(self.model, self.response_id, chat=self.chat, **kwargs)
+
+
 def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int | None) -> Json:
     return {
         "object": "list",
@@ -224,16 +261,25 @@ def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: i
 
 # -- shared transport helpers -----------------------------------------------------------------
 
+REDACTED = "[REDACTED]"
 
-def upstream_error_message(response: httpx.Response) -> str:
-    """The provider's own message from an error body (every provider nests it differently)."""
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        text = response.text.strip()
-        return text[:500] or f"HTTP {response.status_code}"
+
+def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
+    """The provider's own message from an error body (every provider nests it differently).
+
+    `source` is the response, or its body already parsed (a stream's error event, say). A list
+    is looked into at its first item: Google's APIs can answer `[{"error": {...}}]`.
+    """
+    body: Any = source
+    if not isinstance(source, dict | list):
+        try:
+            body = source.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            text = source.text.strip()
+            return text[:500] or f"HTTP {source.status_code}"
+    first = body[0] if isinstance(body, list) and body else body
     for path in (("error", "message"), ("message",), ("error",), ("detail",), ("Message",)):
-        value: Any = body
+        value: Any = first
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
         if isinstance(value, str) and value:
@@ -247,6 +293,47 @@ def raise_for_upstream(response: httpx.Response, provider: str) -> None:
     message = f"{provider} error: {upstream_error_message(response)}"
     kind = "upstream_client" if response.status_code < 500 else "upstream_server"
     raise ProviderError(kind, message, status=response.status_code)
+
+
+def response_json(response: httpx.Response, provider: str, *, object_only: bool = False) -> Any:
+    """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller.
+
+    `object_only`: the body must be a JSON object, as every native (non-OpenAI) API answers.
+    """
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        if not object_only:
+            raise ProviderError(
+                "upstream_server", f"{provider} sent a response that is not JSON"
+            ) from None
+        body = None
+    if object_only and not isinstance(body, dict):
+        raise ProviderError("upstream_server", f"{provider} answered with a body that is not JSON")
+    return body
+
+
+def redact(
+    exc: ProviderError, secrets: Iterable[str | None], mask: str = REDACTED
+) -> ProviderError:
+    """The same error with any secret an upstream echoed back masked (some echo the bad key)."""
+    message = exc.message
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, mask)
+    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
+
+
+@contextmanager
+def redacting(*secrets: str | None, mask: str = REDACTED) -> Iterator[None]:
+    """`redact` every ProviderError raised inside the block (a call, a stream's whole life)."""
+    try:
+        yield
+    except ProviderError as exc:
+        masked = redact(exc, secrets, mask)
+        if masked is exc:
+            raise
+        raise masked from None
 
 
 async def send(
@@ -265,25 +352,47 @@ async def send(
     return response
 
 
-async def stream_lines(
+async def _streamed(
     client: httpx.AsyncClient,
     provider: str,
     method: str,
     url: str,
-    handle: Callable[[str], Any] | None = None,
-    **kwargs: Any,
-) -> AsyncIterator[str]:
-    """Lines of a streaming response; status is checked before the first line."""
+    pieces: Callable[[httpx.Response], AsyncIterator[_T]],
+    kwargs: Json,
+) -> AsyncIterator[_T]:
+    """`pieces` of a streaming response; status is checked before the first one arrives."""
     try:
         async with client.stream(method, url, **kwargs) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise_for_upstream(response, provider)
-            async for line in response.aiter_lines():
-                yield line
+            async for piece in pieces(response):
+                yield piece
     except httpx.TimeoutException:
         raise ProviderError("timeout", f"{provider} did not answer in time") from None
     except httpx.HTTPError as exc:
         raise ProviderError(
             "upstream_server", f"{provider} stream failed: {type(exc).__name__}"
         ) from None
+
+
+def stream_bytes(
+    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[bytes]:
+    """Bytes of a streaming response as they arrive (binary framing: AWS event streams).
+
+    The status is checked before the first byte (an error body becomes a ProviderError) and
+    transport errors are mapped to timeout / upstream_server.
+    """
+    return _streamed(client, provider, method, url, lambda r: r.aiter_bytes(), kwargs)
+
+
+def stream_lines(
+    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+) -> AsyncIterator[str]:
+    """Lines of a streaming response (SSE); the same checks and error mapping as `stream_bytes`.
+
+    The lines come from the client's own reader (httpx's, or aiohttp's on the gateway's hot
+    path), so they split and decode exactly as each client does.
+    """
+    return _streamed(client, provider, method, url, lambda r: r.aiter_lines(), kwargs)

@@ -31,26 +31,26 @@ sent as one user message and the answer comes back in ``text_completion`` shape.
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from ._base import (
+    BaseStreamState,
     Json,
     ProviderAdapter,
     ProviderError,
     chat_response,
-    chunk,
     completion_response,
+    redacting,
+    response_json,
     send,
     stream_lines,
     usage,
 )
+from ._common import credential, event_json, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
 
@@ -59,6 +59,7 @@ __all__ = [
     "StreamState",
     "chat_to_model",
     "completions_to_model",
+    "message_text",
     "model_to_chat",
     "model_to_completions",
     "model_to_chat_streaming",
@@ -94,23 +95,6 @@ def _finish_reason(stop_reason: Any) -> str | None:
 # -- request translation (pure) ---------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    """OpenAI message content (str, None or a list of parts) as plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ProviderError("unsupported", f"{PROVIDER}: content part {kind!r} unsupported")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise ProviderError("unsupported", f"{PROVIDER}: message content must be text")
-
-
 def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
     """Unified chat body -> Messages API body (a new dict; `body` is not touched)."""
     if (body.get("n") or 1) > 1:
@@ -119,7 +103,7 @@ def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
     turns: list[tuple[str, list[str]]] = []
     for message in body.get("messages") or []:
         role = message.get("role")
-        text = _text_of(message.get("content"))
+        text = text_of(message.get("content"), PROVIDER)
         if role == "system":
             system.append(text)
         elif role in ("user", "assistant"):
@@ -146,9 +130,9 @@ def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
     }
     if system:
         payload["system"] = "\n\n".join(system)
-    stop = body.get("stop")
+    stop = stop_list(body)
     if stop:
-        payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        payload["stop_sequences"] = stop
     for key in _PASSTHROUGH:
         if body.get(key) is not None:
             payload[key] = body[key]
@@ -159,69 +143,52 @@ def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
 
 def completions_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
     """Unified completions body -> Messages API body: the prompt is one user message."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise ProviderError("unsupported", f"{PROVIDER}: prompt must be one string")
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ProviderError("unsupported", f"{PROVIDER}: prompt must be a string")
     chat_body = {k: v for k, v in body.items() if k != "prompt"}
-    chat_body["messages"] = [{"role": "user", "content": prompt}]
+    chat_body["messages"] = [{"role": "user", "content": prompt_of(body, PROVIDER)}]
     return chat_to_model(chat_body, model, stream=stream)
 
 
 # -- response translation (pure) --------------------------------------------------------------
 
 
-def _message_parts(resp: Json) -> tuple[str, str | None, int | None, int | None]:
+def message_text(resp: Json, provider: str = PROVIDER) -> str:
+    """The answer in a Messages API response (Bedrock's too): its text blocks, joined."""
     content = resp.get("content")
     if not isinstance(content, list):
-        raise ProviderError("upstream_server", f"{PROVIDER} answered without a content list")
+        raise ProviderError("upstream_server", f"{provider} answered without a content list")
     # Only text blocks carry an answer; tool_use / thinking blocks have no OpenAI text.
-    text = "".join(
+    return "".join(
         str(block.get("text", ""))
         for block in content
         if isinstance(block, dict) and block.get("type") == "text"
     )
+
+
+def _to_openai(build: Callable[..., Json], resp: Json, model: str) -> Json:
+    """`resp` through `build` (chat_response or completion_response)."""
+    text = message_text(resp)
     tokens = resp.get("usage") or {}
-    return (
-        text,
-        _finish_reason(resp.get("stop_reason")),
+    return build(
+        resp.get("model") or model,
+        [(text, _finish_reason(resp.get("stop_reason")))],
         tokens.get("input_tokens"),
         tokens.get("output_tokens"),
+        response_id=resp.get("id"),
     )
 
 
 def model_to_chat(resp: Json, model: str) -> Json:
-    text, finish, prompt_tokens, completion_tokens = _message_parts(resp)
-    return chat_response(
-        resp.get("model") or model,
-        [(text, finish)],
-        prompt_tokens,
-        completion_tokens,
-        response_id=resp.get("id"),
-    )
+    return _to_openai(chat_response, resp, model)
 
 
 def model_to_completions(resp: Json, model: str) -> Json:
-    text, finish, prompt_tokens, completion_tokens = _message_parts(resp)
-    return completion_response(
-        resp.get("model") or model,
-        [(text, finish)],
-        prompt_tokens,
-        completion_tokens,
-        response_id=resp.get("id"),
-    )
+    return _to_openai(completion_response, resp, model)
 
 
 @dataclass(slots=True)
-class StreamState:
+class StreamState(BaseStreamState):
     """What one stream has seen so far; the translator reads and updates it."""
 
-    model: str
-    chat: bool = True
-    response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
@@ -230,16 +197,9 @@ class StreamState:
 
 def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
     """One Anthropic SSE event -> zero or more OpenAI chunks (chat or completion shape)."""
-    try:
-        data = json.loads(event.data)
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise ProviderError("upstream_server", f"{PROVIDER} sent a stream event that is not JSON")
+    data = event_json(event.data, PROVIDER)
     kind = data.get("type") or event.event
-
-    def out(**kwargs: Any) -> Json:
-        return chunk(state.model, state.response_id, chat=state.chat, **kwargs)
+    out = state.chunk
 
     if kind == "message_start":
         message = data.get("message") or {}
@@ -279,41 +239,6 @@ def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
 # -- transport --------------------------------------------------------------------------------
 
 
-def _secret(config: Json, field_name: str) -> str:
-    value = config.get(field_name) or config.get(f"{field_name}_plaintext")
-    # Tolerate a pydantic SecretStr that reached us unwrapped.
-    reveal = getattr(value, "get_secret_value", None)
-    if callable(reveal):
-        value = reveal()
-    if not isinstance(value, str) or not value:
-        raise ProviderError(
-            "config", f"{PROVIDER}_config needs {field_name} or {field_name}_plaintext"
-        )
-    return value
-
-
-@contextmanager
-def _redacting(secret: str) -> Iterator[None]:
-    """Upstream error bodies can echo the key back; never let it into our messages."""
-    try:
-        yield
-    except ProviderError as exc:
-        if secret not in exc.message:
-            raise
-        message = exc.message.replace(secret, "[REDACTED]")
-        raise ProviderError(exc.kind, message, status=exc.status) from None
-
-
-def _json_body(response: httpx.Response) -> Json:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ProviderError("upstream_server", f"{PROVIDER} answered with a body that is not JSON")
-    return body
-
-
 @register_adapter
 class AnthropicAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
@@ -322,7 +247,9 @@ class AnthropicAdapter(ProviderAdapter):
     def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
         super().__init__(model, client)
         config = model.get("anthropic_config") or {}
-        self._api_key = _secret(config, "anthropic_api_key")
+        self._api_key: str = credential(
+            config, "anthropic_api_key", required_in=f"{PROVIDER}_config"
+        )
         base = config.get("anthropic_api_base") or self.DEFAULT_BASE
         self.url = f"{base.rstrip('/')}/v1/messages"
 
@@ -330,15 +257,15 @@ class AnthropicAdapter(ProviderAdapter):
         return {"x-api-key": self._api_key, "anthropic-version": API_VERSION}
 
     async def _post(self, payload: Json) -> Json:
-        with _redacting(self._api_key):
+        with redacting(self._api_key):
             response = await send(
                 self.client, PROVIDER, "POST", self.url, headers=self._headers(), json=payload
             )
-            return _json_body(response)
+            return response_json(response, PROVIDER, object_only=True)
 
     async def _stream(self, payload: Json, *, chat: bool) -> AsyncIterator[Json]:
         state = StreamState(model=self.name, chat=chat)
-        with _redacting(self._api_key):
+        with redacting(self._api_key):
             lines = stream_lines(
                 self.client, PROVIDER, "POST", self.url, headers=self._headers(), json=payload
             )

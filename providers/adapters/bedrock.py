@@ -33,10 +33,9 @@ import asyncio
 import base64
 import binascii
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -50,17 +49,19 @@ from botocore.exceptions import BotoCoreError
 
 from . import anthropic as anthropic_api
 from ._base import (
+    BaseStreamState,
     Json,
     ProviderAdapter,
     ProviderError,
     chat_response,
-    chunk,
     completion_response,
     embeddings_response,
-    raise_for_upstream,
+    response_json,
     send,
+    stream_bytes,
     usage,
 )
+from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent
 
@@ -124,48 +125,6 @@ def _finish(table: dict[str, str], reason: Any) -> str | None:
 # -- request helpers (pure) -------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    """OpenAI message content (str, None or a list of parts) as plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ProviderError("unsupported", f"{PROVIDER}: content part {kind!r} unsupported")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise ProviderError("unsupported", f"{PROVIDER}: message content must be text")
-
-
-def _prompt_of(body: Json) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ProviderError("unsupported", f"{PROVIDER}: prompt must be one string")
-    return prompt
-
-
-def _texts_of(body: Json) -> list[str]:
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ProviderError("unsupported", f"{PROVIDER}: embeddings input must be text")
-    return texts
-
-
-def _stops(body: Json) -> list[str] | None:
-    stop = body.get("stop")
-    if not stop:
-        return None
-    return [stop] if isinstance(stop, str) else list(stop)
-
-
 def _max_tokens(body: Json) -> int | None:
     value = body.get("max_tokens")
     return body.get("max_completion_tokens") if value is None else value
@@ -180,7 +139,7 @@ def _flatten(messages: list[Json], user: str, assistant: str) -> str:
     """Chat turns as one prompt, for families that only take text in; ends on the reply cue."""
     lines = []
     for message in messages:
-        role, text = message.get("role"), _text_of(message.get("content"))
+        role, text = message.get("role"), text_of(message.get("content"), PROVIDER)
         if role == "system":
             lines.append(text)
         elif role == "assistant":
@@ -209,12 +168,9 @@ class Generation:
 
 
 @dataclass(slots=True)
-class StreamState:
+class StreamState(BaseStreamState):
     """What one stream has seen so far; the family translator reads and updates it."""
 
-    model: str
-    chat: bool = True
-    response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     role_sent: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -224,7 +180,7 @@ class StreamState:
         # OpenAI clients expect the role on the first chat chunk; completions have no role.
         role = None if self.role_sent or not self.chat else "assistant"
         self.role_sent = True
-        return chunk(self.model, self.response_id, text=text, role=role, chat=self.chat)
+        return self.chunk(text=text, role=role)
 
     def finish(self, reason: str | None, data: Json) -> Json:
         # Bedrock appends its own billing counts to the last chunk of every family.
@@ -233,12 +189,9 @@ class StreamState:
         self.completion_tokens = metrics.get("outputTokenCount", self.completion_tokens)
         self.done = True
         role = None if self.role_sent or not self.chat else "assistant"
-        return chunk(
-            self.model,
-            self.response_id,
+        return self.chunk(
             role=role,
             finish_reason=reason or "stop",
-            chat=self.chat,
             usage_=usage(self.prompt_tokens, self.completion_tokens),
         )
 
@@ -275,16 +228,6 @@ class Family:
         raise NotImplementedError
 
 
-def _chunk_json(data: str) -> Json:
-    try:
-        value = json.loads(data)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise ProviderError("upstream_server", f"{NAME} sent a stream chunk that is not JSON")
-    return value
-
-
 class AnthropicFamily(Family):
     """The Messages API, as Anthropic's own adapter speaks it, minus `model` and `stream`."""
 
@@ -304,14 +247,7 @@ class AnthropicFamily(Family):
         return self._to_bedrock(anthropic_api.completions_to_model(body, model))
 
     def model_to_generation(self, out: Json) -> Generation:
-        content = out.get("content")
-        if not isinstance(content, list):
-            raise ProviderError("upstream_server", f"{NAME} answered without a content list")
-        text = "".join(
-            str(block.get("text", ""))
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
-        )
+        text = anthropic_api.message_text(out, NAME)
         finish = _finish(anthropic_api.FINISH_REASONS, out.get("stop_reason"))
         tokens = out.get("usage") or {}
         return Generation(
@@ -335,14 +271,16 @@ class CohereFamily(Family):
 
     def _params(self, body: Json) -> Json:
         out = {theirs: body[ours] for ours, theirs in self._PARAMS.items() if ours in body}
-        return _drop_none({**out, "max_tokens": _max_tokens(body), "stop_sequences": _stops(body)})
+        return _drop_none(
+            {**out, "max_tokens": _max_tokens(body), "stop_sequences": stop_list(body)}
+        )
 
     def chat_to_model(self, body: Json, model: str) -> Json:
         _single_choice(body, self.name)
         preamble: list[str] = []
         turns: list[Json] = []
         for message in body.get("messages") or []:
-            role, text = message.get("role"), _text_of(message.get("content"))
+            role, text = message.get("role"), text_of(message.get("content"), PROVIDER)
             if role == "system":
                 preamble.append(text)
             else:
@@ -360,7 +298,7 @@ class CohereFamily(Family):
 
     def completions_to_model(self, body: Json, model: str) -> Json:
         _single_choice(body, self.name)
-        return {"message": _prompt_of(body), **self._params(body)}
+        return {"message": prompt_of(body, PROVIDER), **self._params(body)}
 
     @staticmethod
     def _finish(reason: Any) -> str | None:
@@ -382,7 +320,7 @@ class CohereFamily(Family):
         )
 
     def model_to_chat_streaming(self, data: str, state: Any) -> list[Json]:
-        event = _chunk_json(data)
+        event = event_json(data, NAME, "stream chunk")
         out = []
         # stream-end repeats the whole answer under `response`; only deltas carry `text`.
         text = event.get("text")
@@ -426,7 +364,7 @@ class TitanFamily(Family):
                 "maxTokenCount": _max_tokens(body),
                 "temperature": body.get("temperature"),
                 "topP": body.get("top_p"),
-                "stopSequences": _stops(body),
+                "stopSequences": stop_list(body),
             }
         )
         return {"inputText": prompt, "textGenerationConfig": config}
@@ -438,7 +376,7 @@ class TitanFamily(Family):
 
     def completions_to_model(self, body: Json, model: str) -> Json:
         _single_choice(body, self.name)
-        return self._body(_prompt_of(body), body)
+        return self._body(prompt_of(body, PROVIDER), body)
 
     def model_to_generation(self, out: Json) -> Generation:
         results = out.get("results")
@@ -454,7 +392,7 @@ class TitanFamily(Family):
         )
 
     def model_to_chat_streaming(self, data: str, state: Any) -> list[Json]:
-        event = _chunk_json(data)
+        event = event_json(data, NAME, "stream chunk")
         if event.get("inputTextTokenCount") is not None:
             state.prompt_tokens = event["inputTextTokenCount"]
         if event.get("totalOutputTextTokenCount") is not None:
@@ -493,7 +431,7 @@ class Ai21Family(Family):
                 "maxTokens": _max_tokens(body),
                 "temperature": body.get("temperature"),
                 "topP": body.get("top_p"),
-                "stopSequences": _stops(body),
+                "stopSequences": stop_list(body),
                 "numResults": body.get("n"),
             }
         )
@@ -502,7 +440,7 @@ class Ai21Family(Family):
         return self._body(_flatten(body.get("messages") or [], "User", "Assistant"), body)
 
     def completions_to_model(self, body: Json, model: str) -> Json:
-        return self._body(_prompt_of(body), body)
+        return self._body(prompt_of(body, PROVIDER), body)
 
     def model_to_generation(self, out: Json) -> Generation:
         completions = out.get("completions")
@@ -561,19 +499,6 @@ def decode_event(message: EventStreamMessage) -> str | None:
 # -- transport --------------------------------------------------------------------------------
 
 
-def _credential(config: Json, field_name: str) -> str | None:
-    """A resolved secret from the field or its `*_plaintext` twin."""
-    for name in (field_name, f"{field_name}_plaintext"):
-        value = config.get(name)
-        # Tolerate a pydantic SecretStr that reached us unwrapped.
-        reveal = getattr(value, "get_secret_value", None)
-        if callable(reveal):
-            value = reveal()
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 def _default_chain() -> Credentials:
     """botocore's chain (env, shared files, container, instance metadata). Blocking: thread it."""
     try:
@@ -602,38 +527,6 @@ def sign(
     )
     SigV4Auth(credentials, SIGNING_NAME, region).add_auth(request)
     return dict(request.headers.items())
-
-
-async def _stream_bytes(
-    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
-) -> AsyncIterator[bytes]:
-    """A streaming response's bytes; status is checked before the first byte.
-
-    `_base.stream_lines` splits on newlines, which binary event-stream frames do not respect.
-    """
-    try:
-        async with client.stream(method, url, **kwargs) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                raise_for_upstream(response, NAME)
-            async for data in response.aiter_bytes():
-                yield data
-    except httpx.TimeoutException as exc:
-        raise ProviderError("timeout", f"{NAME} did not answer in time") from exc
-    except httpx.HTTPError as exc:
-        raise ProviderError(
-            "upstream_server", f"{NAME} stream failed: {type(exc).__name__}"
-        ) from exc
-
-
-def _json_body(response: httpx.Response) -> Json:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ProviderError("upstream_server", f"{NAME} answered with a body that is not JSON")
-    return body
 
 
 def _header_tokens(response: httpx.Response) -> tuple[int | None, int | None]:
@@ -681,8 +574,8 @@ class BedrockAdapter(ProviderAdapter):
         self.invoke_url = f"{model_url}/invoke"
         self.stream_url = f"{model_url}/invoke-with-response-stream"
 
-        key_id = _credential(config, "aws_access_key_id")
-        secret = _credential(config, "aws_secret_access_key")
+        key_id = credential(config, "aws_access_key_id")
+        secret = credential(config, "aws_secret_access_key")
         self._static: ReadOnlyCredentials | None = None
         if key_id and secret:
             self._static = Credentials(key_id, secret).get_frozen_credentials()
@@ -722,7 +615,7 @@ class BedrockAdapter(ProviderAdapter):
         response = await send(
             self.client, NAME, "POST", self.invoke_url, content=body, headers=headers
         )
-        return _json_body(response), response
+        return response_json(response, NAME, object_only=True), response
 
     async def _generate(self, payload: Json) -> Generation:
         out, response = await self._invoke(payload)
@@ -737,7 +630,9 @@ class BedrockAdapter(ProviderAdapter):
     async def _events(self, payload: Json) -> AsyncIterator[str]:
         body, headers = await self._signed(self.stream_url, payload, EVENT_STREAM)
         buffer = EventStreamBuffer()
-        pieces = _stream_bytes(self.client, "POST", self.stream_url, content=body, headers=headers)
+        pieces = stream_bytes(
+            self.client, NAME, "POST", self.stream_url, content=body, headers=headers
+        )
         async with aclosing(pieces):
             async for data in pieces:
                 buffer.add_data(data)
@@ -801,7 +696,7 @@ class BedrockAdapter(ProviderAdapter):
     async def _embeddings(self, body: Json) -> Json:
         if not self.family.embeds:
             raise self._unsupported(f"embeddings with bedrock_provider {self.family.name!r}")
-        payloads = self.family.embeddings_to_model(_texts_of(body), body)
+        payloads = self.family.embeddings_to_model(input_texts(body, PROVIDER), body)
         limit = asyncio.Semaphore(TITAN_EMBED_CONCURRENCY)
 
         async def one(payload: Json) -> tuple[Json, httpx.Response]:

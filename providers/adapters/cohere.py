@@ -34,27 +34,27 @@ Completions go through /v2/chat: the prompt is one user message, the answer a te
 
 from __future__ import annotations
 
-import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from ._base import (
+    BaseStreamState,
     Json,
     ProviderAdapter,
     ProviderError,
     chat_response,
-    chunk,
     completion_response,
     embeddings_response,
+    redacting,
+    response_json,
     send,
     stream_lines,
     usage,
 )
+from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
 
@@ -105,28 +105,11 @@ def _finish_reason(reason: Any, error: Any = None) -> str | None:
 # -- request translation (pure) ---------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    """OpenAI message content (str, None or a list of parts) as plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ProviderError("unsupported", f"{PROVIDER}: content part {kind!r} unsupported")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise ProviderError("unsupported", f"{PROVIDER}: message content must be text")
-
-
 def _message_to_model(message: Json) -> Json:
     # v2 roles (system/user/assistant/tool) and tool-call fields match OpenAI's.
     out: Json = {"role": message.get("role")}
     if message.get("content") is not None or not message.get("tool_calls"):
-        out["content"] = _text_of(message.get("content"))
+        out["content"] = text_of(message.get("content"), PROVIDER)
     for key in ("tool_calls", "tool_call_id"):
         if message.get(key) is not None:
             out[key] = message[key]
@@ -146,9 +129,9 @@ def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
             payload[theirs] = body[ours]
     if payload.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         payload["max_tokens"] = body["max_completion_tokens"]
-    stop = body.get("stop")
+    stop = stop_list(body)
     if stop:
-        payload["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        payload["stop_sequences"] = stop
     if stream:
         payload["stream"] = True
     return payload
@@ -156,27 +139,15 @@ def chat_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
 
 def completions_to_model(body: Json, model: str, *, stream: bool = False) -> Json:
     """Unified completions body -> v2 chat body: the prompt is one user message."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        if len(prompt) != 1 or not isinstance(prompt[0], str):
-            raise ProviderError("unsupported", f"{PROVIDER}: prompt must be one string")
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ProviderError("unsupported", f"{PROVIDER}: prompt must be a string")
     chat_body = {k: v for k, v in body.items() if k != "prompt"}
-    chat_body["messages"] = [{"role": "user", "content": prompt}]
+    chat_body["messages"] = [{"role": "user", "content": prompt_of(body, PROVIDER)}]
     return chat_to_model(chat_body, model, stream=stream)
 
 
 def embeddings_to_model(body: Json, model: str) -> Json:
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ProviderError("unsupported", f"{PROVIDER}: embeddings input must be text")
     payload: Json = {
         "model": model,
-        "texts": texts,
+        "texts": input_texts(body, PROVIDER, allow_empty=True),
         # v3+ embed models require input_type; a caller embedding queries can override it.
         "input_type": body.get("input_type") or "search_document",
         "embedding_types": ["float"],
@@ -240,27 +211,17 @@ def model_to_embeddings(resp: Json, model: str) -> Json:
 
 
 @dataclass(slots=True)
-class StreamState:
+class StreamState(BaseStreamState):
     """What one stream has seen so far; the translator reads and updates it."""
 
-    model: str
-    chat: bool = True
-    response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     done: bool = False
 
 
 def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
     """One v2 SSE event -> zero or more OpenAI chunks (chat or completion shape)."""
-    try:
-        data = json.loads(event.data)
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise ProviderError("upstream_server", f"{PROVIDER} sent a stream event that is not JSON")
+    data = event_json(event.data, PROVIDER)
     kind = data.get("type") or event.event
-
-    def out(**kwargs: Any) -> Json:
-        return chunk(state.model, state.response_id, chat=state.chat, **kwargs)
+    out = state.chunk
 
     if kind == "message-start":
         state.response_id = data.get("id") or state.response_id
@@ -283,41 +244,6 @@ def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
 # -- transport --------------------------------------------------------------------------------
 
 
-def _secret(config: Json, field_name: str) -> str:
-    value = config.get(field_name) or config.get(f"{field_name}_plaintext")
-    # Tolerate a pydantic SecretStr that reached us unwrapped.
-    reveal = getattr(value, "get_secret_value", None)
-    if callable(reveal):
-        value = reveal()
-    if not isinstance(value, str) or not value:
-        raise ProviderError(
-            "config", f"{PROVIDER}_config needs {field_name} or {field_name}_plaintext"
-        )
-    return value
-
-
-@contextmanager
-def _redacting(secret: str) -> Iterator[None]:
-    """Upstream error bodies can echo the key back; never let it into our messages."""
-    try:
-        yield
-    except ProviderError as exc:
-        if secret not in exc.message:
-            raise
-        message = exc.message.replace(secret, "[REDACTED]")
-        raise ProviderError(exc.kind, message, status=exc.status) from None
-
-
-def _json_body(response: httpx.Response) -> Json:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ProviderError("upstream_server", f"{PROVIDER} answered with a body that is not JSON")
-    return body
-
-
 @register_adapter
 class CohereAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
@@ -326,14 +252,14 @@ class CohereAdapter(ProviderAdapter):
     def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
         super().__init__(model, client)
         config = model.get("cohere_config") or {}
-        self._api_key = _secret(config, "cohere_api_key")
+        self._api_key: str = credential(config, "cohere_api_key", required_in=f"{PROVIDER}_config")
         self.base = (config.get("cohere_api_base") or self.DEFAULT_BASE).rstrip("/")
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"}
 
     async def _post(self, path: str, payload: Json) -> Json:
-        with _redacting(self._api_key):
+        with redacting(self._api_key):
             response = await send(
                 self.client,
                 PROVIDER,
@@ -342,11 +268,11 @@ class CohereAdapter(ProviderAdapter):
                 headers=self._headers(),
                 json=payload,
             )
-            return _json_body(response)
+            return response_json(response, PROVIDER, object_only=True)
 
     async def _stream(self, payload: Json, *, chat: bool) -> AsyncIterator[Json]:
         state = StreamState(model=self.name, chat=chat)
-        with _redacting(self._api_key):
+        with redacting(self._api_key):
             lines = stream_lines(
                 self.client,
                 PROVIDER,

@@ -35,10 +35,13 @@ from ._base import (
     chat_response,
     completion_response,
     embeddings_response,
+    redacting,
+    response_json,
     send,
 )
+from ._common import input_texts, prompt_of
 from ._registry import register_adapter
-from .openai import credential, require, response_json, scrub
+from .openai import MASK, credential, require
 
 __all__ = ["Ai21LabsAdapter", "PalmAdapter"]
 
@@ -78,15 +81,6 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
     return content or ""
-
-
-def _one_prompt(body: Json, provider: str) -> str:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ProviderError("unsupported", f"provider {provider!r} takes one text prompt")
-    return prompt
 
 
 def flatten_messages(messages: list[Json]) -> str:
@@ -153,11 +147,9 @@ class _LegacyAdapter(ProviderAdapter):
         self.base = (config.get(f"{self.PROVIDER}_api_base") or self.DEFAULT_BASE).rstrip("/")
 
     async def _post(self, url: str, body: Json, **kwargs: Any) -> Any:
-        try:
+        with redacting(self.api_key, mask=MASK):
             response = await send(self.client, self.PROVIDER, "POST", url, json=body, **kwargs)
             return response_json(response, self.PROVIDER)
-        except ProviderError as exc:
-            raise scrub(exc, [self.api_key]) from None
 
     def _unexpected(self) -> ProviderError:
         return ProviderError("upstream_server", f"{self.PROVIDER} sent an unexpected response")
@@ -186,7 +178,7 @@ class Ai21LabsAdapter(_LegacyAdapter):
 
     async def _completions(self, body: Json) -> Json:
         contents, prompt_tokens, completion_tokens = await self._complete(
-            _one_prompt(body, self.PROVIDER), body
+            prompt_of(body, self.PROVIDER), body
         )
         return completion_response(self.name, contents, prompt_tokens, completion_tokens)
 
@@ -211,7 +203,7 @@ class PalmAdapter(_LegacyAdapter):
 
     async def _completions(self, body: Json) -> Json:
         payload = await self._call(
-            "generateText", palm_completions_to_model(_one_prompt(body, self.PROVIDER), body)
+            "generateText", palm_completions_to_model(prompt_of(body, self.PROVIDER), body)
         )
         try:
             # No candidates at all means the safety filters blocked every one.
@@ -229,10 +221,7 @@ class PalmAdapter(_LegacyAdapter):
         return chat_response(self.name, contents, None, None)
 
     async def _embeddings(self, body: Json) -> Json:
-        texts = body.get("input")
-        texts = [texts] if isinstance(texts, str) else texts
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-            raise ProviderError("unsupported", f"provider {self.PROVIDER!r} embeds text input only")
+        texts = input_texts(body, self.PROVIDER, allow_empty=True)
         vectors = []
         for text in texts:  # embedText takes one text; inputs are few for this legacy model
             payload = await self._call("embedText", {"text": text})

@@ -33,11 +33,14 @@ from ._base import (
     Json,
     ProviderAdapter,
     ProviderError,
+    redact,
+    response_json,
     send,
     stream_lines,
     upstream_error_message,
     usage,
 )
+from ._common import credential as _lookup
 from ._registry import register_adapter
 from ._sse import parse_sse
 
@@ -61,6 +64,9 @@ CHAT = "chat/completions"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
 
+# What an echoed secret becomes in an error message.
+MASK = "***"
+
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 # azure-identity reads the same variable, so sovereign clouds work the same way for both.
 ENTRA_AUTHORITY_ENV = "AZURE_AUTHORITY_HOST"
@@ -72,18 +78,14 @@ ENTRA_DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
 
 def credential(config: Json, field: str) -> str | None:
     """A resolved secret from `field` or its `*_plaintext` twin (either may carry the value)."""
-    for name in (field, f"{field}_plaintext"):
-        value = config.get(name)
-        if value is None:
-            continue
-        # A pydantic dump may still hold a SecretStr; unwrap it rather than send its mask.
-        value = value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-        if value.startswith("{{secrets/"):
-            # The engine resolves references before building adapters; sending one is a bug.
-            raise ProviderError("config", f"{field} is an unresolved secret reference")
-        if value:
-            return value
-    return None
+    value = _lookup(config, field)
+    if value is None:
+        return None
+    value = str(value)
+    if value.startswith("{{secrets/"):
+        # The engine resolves references before building adapters; sending one is a bug.
+        raise ProviderError("config", f"{field} is an unresolved secret reference")
+    return value
 
 
 def require(value: str | None, provider: str, what: str) -> str:
@@ -93,22 +95,8 @@ def require(value: str | None, provider: str, what: str) -> str:
 
 
 def scrub(exc: ProviderError, secrets: Iterable[str | None]) -> ProviderError:
-    """The same error with any secret an upstream echoed back masked (some echo the bad key)."""
-    message = exc.message
-    for secret in secrets:
-        if secret:
-            message = message.replace(secret, "***")
-    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
-
-
-def response_json(response: httpx.Response, provider: str) -> Any:
-    """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller."""
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        raise ProviderError(
-            "upstream_server", f"{provider} sent a response that is not JSON"
-        ) from None
+    """`redact` with this family's mask."""
+    return redact(exc, secrets, MASK)
 
 
 # -- translation (pure: no I/O) ---------------------------------------------------------------
@@ -156,7 +144,7 @@ def model_to_chunk(data: str, provider: str) -> Json | None:
         raise ProviderError("upstream_server", f"{provider} sent a malformed stream event")
     if "error" in payload and "choices" not in payload:
         # An error after the 200 was sent: the status is gone, so it is the upstream's fault.
-        message = upstream_error_message(httpx.Response(500, json=payload))
+        message = upstream_error_message(payload)
         raise ProviderError("upstream_server", f"{provider} stream error: {message}")
     return payload
 
@@ -203,42 +191,31 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         body = {k: v for k, v in body.items() if k != "encoding_format"}
         return await self._call(EMBEDDINGS, body)
 
-    def _body(self, route: str, body: Json, stream: bool) -> Json:
+    async def _request(self, route: str, body: Json, *, stream: bool) -> Json:
+        """The URL and keyword arguments of one POST (the headers may need a token fetched)."""
+        url, params = self._url(route)
         include_usage = stream and self.stream_usage and route == CHAT
-        return request_to_model(
-            body, model=self.upstream_model, stream=stream, include_usage=include_usage
-        )
+        return {
+            "url": url,
+            "params": params,
+            "headers": await self._headers(),
+            "json": request_to_model(
+                body, model=self.upstream_model, stream=stream, include_usage=include_usage
+            ),
+        }
 
     async def _call(self, route: str, body: Json) -> Json:
-        url, params = self._url(route)
         try:
-            headers = await self._headers()
-            response = await send(
-                self.client,
-                self.PROVIDER,
-                "POST",
-                url,
-                params=params,
-                headers=headers,
-                json=self._body(route, body, stream=False),
-            )
+            request = await self._request(route, body, stream=False)
+            response = await send(self.client, self.PROVIDER, "POST", **request)
             return model_to_response(response_json(response, self.PROVIDER), self.PROVIDER)
         except ProviderError as exc:
             raise scrub(exc, self._secrets()) from None
 
     async def _stream(self, route: str, body: Json) -> AsyncIterator[Json]:
-        url, params = self._url(route)
         try:
-            headers = await self._headers()
-            lines = stream_lines(
-                self.client,
-                self.PROVIDER,
-                "POST",
-                url,
-                params=params,
-                headers=headers,
-                json=self._body(route, body, stream=True),
-            )
+            request = await self._request(route, body, stream=True)
+            lines = stream_lines(self.client, self.PROVIDER, "POST", **request)
             # Close both generators on [DONE] or on error so the connection goes back now.
             async with aclosing(lines), aclosing(parse_sse(lines)) as events:
                 async for event in events:

@@ -34,7 +34,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
@@ -48,17 +47,20 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from google.oauth2 import service_account
 
 from ._base import (
+    BaseStreamState,
     Json,
     ProviderAdapter,
     ProviderError,
     chat_response,
-    chunk,
     completion_response,
     embeddings_response,
+    redacting,
+    response_json,
     send,
     stream_lines,
     usage,
 )
+from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
 
@@ -122,23 +124,6 @@ def _finish_reason(reason: Any) -> str | None:
 # -- request translation (pure) ---------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    """OpenAI message content (str, None or a list of parts) as plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ProviderError("unsupported", f"{PROVIDER}: content part {kind!r} unsupported")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise ProviderError("unsupported", f"{PROVIDER}: message content must be text")
-
-
 def _generation_config(body: Json) -> Json:
     config = {
         theirs: body[ours]
@@ -147,9 +132,9 @@ def _generation_config(body: Json) -> Json:
     }
     if "maxOutputTokens" not in config and body.get("max_completion_tokens") is not None:
         config["maxOutputTokens"] = body["max_completion_tokens"]
-    stop = body.get("stop")
+    stop = stop_list(body)
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+        config["stopSequences"] = stop
     return config
 
 
@@ -165,7 +150,7 @@ def chat_to_model(body: Json) -> Json:
     system: list[Json] = []
     contents: list[Json] = []
     for message in body.get("messages") or []:
-        role, text = message.get("role"), _text_of(message.get("content"))
+        role, text = message.get("role"), text_of(message.get("content"), PROVIDER)
         if role == "system":
             system.append({"text": text})
             continue
@@ -187,20 +172,12 @@ def chat_to_model(body: Json) -> Json:
 
 def completions_to_model(body: Json) -> Json:
     """Unified completions body -> generateContent body: the prompt is one user content."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1:
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ProviderError("unsupported", f"{PROVIDER}: prompt must be one string")
+    prompt = prompt_of(body, PROVIDER)
     return _with_config({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}, body)
 
 
 def embeddings_to_model(body: Json) -> Json:
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ProviderError("unsupported", f"{PROVIDER}: embeddings input must be text")
+    texts = input_texts(body, PROVIDER)
     instance_extra = {"task_type": body["task_type"]} if body.get("task_type") else {}
     payload: Json = {"instances": [{"content": text, **instance_extra} for text in texts]}
     if body.get("dimensions") is not None:
@@ -272,12 +249,9 @@ def model_to_embeddings(resp: Json, model: str) -> Json:
 
 
 @dataclass(slots=True)
-class StreamState:
+class StreamState(BaseStreamState):
     """What one stream has seen so far; the translator reads and updates it."""
 
-    model: str
-    chat: bool = True
-    response_id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     roles_sent: set[int] = field(default_factory=set)
     finish: dict[int, str] = field(default_factory=dict)
     prompt_tokens: int | None = None
@@ -293,12 +267,7 @@ class StreamState:
 
 def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
     """One SSE event (a partial GenerateContentResponse) -> text chunks; finishes are kept."""
-    try:
-        data = json.loads(event.data)
-    except json.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise ProviderError("upstream_server", f"{NAME} sent a stream event that is not JSON")
+    data = event_json(event.data, NAME)
     if isinstance(data.get("error"), dict):
         message = data["error"].get("message") or data["error"].get("status") or "unknown error"
         raise ProviderError("upstream_server", f"{NAME} stream error: {message}")
@@ -310,16 +279,7 @@ def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
         index = candidate.get("index") or 0
         text = _candidate_text(candidate)
         if text:
-            out.append(
-                chunk(
-                    state.model,
-                    state.response_id,
-                    text=text,
-                    role=state._role(index),
-                    index=index,
-                    chat=state.chat,
-                )
-            )
+            out.append(state.chunk(text=text, role=state._role(index), index=index))
         if candidate.get("finishReason"):
             state.finish[index] = _finish_reason(candidate["finishReason"]) or "stop"
     if not data.get("candidates") and (data.get("promptFeedback") or {}).get("blockReason"):
@@ -333,13 +293,10 @@ def finish_streaming(state: StreamState) -> list[Json]:
         raise ProviderError("upstream_server", f"{NAME} stream ended early")
     indexes = sorted(state.finish)
     return [
-        chunk(
-            state.model,
-            state.response_id,
+        state.chunk(
             role=state._role(index),
             finish_reason=state.finish[index],
             index=index,
-            chat=state.chat,
             usage_=usage(state.prompt_tokens, state.completion_tokens)
             if index == indexes[-1]
             else None,
@@ -496,31 +453,6 @@ def _refresh(
 # -- transport --------------------------------------------------------------------------------
 
 
-def _credential(config: Json, field_name: str) -> Any:
-    for name in (field_name, f"{field_name}_plaintext"):
-        value = config.get(name)
-        # Tolerate a pydantic SecretStr that reached us unwrapped.
-        reveal = getattr(value, "get_secret_value", None)
-        if callable(reveal):
-            value = reveal()
-        if value:
-            return value
-    raise ProviderError(
-        "config",
-        f"{NAME}: google_cloud_vertex_ai_config needs {field_name} or {field_name}_plaintext",
-    )
-
-
-def _json_body(response: httpx.Response) -> Json:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise ProviderError("upstream_server", f"{NAME} answered with a body that is not JSON")
-    return body
-
-
 @register_adapter
 class VertexAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
@@ -534,7 +466,9 @@ class VertexAdapter(ProviderAdapter):
             raise ProviderError(
                 "config", f"{NAME}: google_cloud_vertex_ai_config needs project_id and region"
             )
-        key = _credential(config, "private_key")
+        key = credential(
+            config, "private_key", required_in=f"{NAME}: google_cloud_vertex_ai_config"
+        )
         info = service_account_info(key)
         self._credentials = service_account_credentials(info)
         # Strings that must never reach an error message, should an upstream echo one.
@@ -573,16 +507,12 @@ class VertexAdapter(ProviderAdapter):
     def _calling(self, token: str) -> Iterator[None]:
         """Scrub secrets from errors; a 401 means the cached token is dead, so drop it."""
         try:
-            yield
+            with redacting(*self._secrets, token):
+                yield
         except ProviderError as exc:
             if exc.status == 401 and self._token == token:
                 self._token = None
-            message = exc.message
-            for secret in (*self._secrets, token):
-                message = message.replace(secret, "[REDACTED]")
-            if message == exc.message:
-                raise
-            raise ProviderError(exc.kind, message, status=exc.status) from None
+            raise
 
     async def _post(self, method: str, payload: Json) -> Json:
         token = await self._access_token()
@@ -595,7 +525,7 @@ class VertexAdapter(ProviderAdapter):
                 headers={"Authorization": f"Bearer {token}"},
                 json=payload,
             )
-            return _json_body(response)
+            return response_json(response, NAME, object_only=True)
 
     async def _stream(self, payload: Json, *, chat: bool) -> AsyncIterator[Json]:
         state = StreamState(model=self.name, chat=chat)
