@@ -9,6 +9,7 @@ on shutdown it stops them.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from .catalog import ModelCatalog
 from .inventory import cpu_fallback_allowed, gpu_count
 from .state import SqliteStateStore
 
-__all__ = ["make_runner_executor", "restart_runners", "stop_runners"]
+__all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
 
 log = logging.getLogger("engine.runners")
 
@@ -66,12 +67,46 @@ def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:
         )
 
 
-def restart_runners(store: SqliteStateStore, executor: RunnerExecutor, resolve: Any) -> None:
-    """Start every active self-hosted entity whose runner is not running (RECOVERING -> READY)."""
+class Backoff:
+    """Per entity instance: when the next restart may be tried (5 s, doubling, at most 120 s)."""
+
+    def __init__(self, first: float = 5.0, most: float = 120.0) -> None:
+        self.first, self.most = first, most
+        self._next: dict[int, tuple[float, float]] = {}
+
+    def due(self, entity_id: int) -> bool:
+        return time.monotonic() >= self._next.get(entity_id, (0.0, 0.0))[0]
+
+    def failed(self, entity_id: int) -> None:
+        delay = min(self.most, self._next.get(entity_id, (0.0, self.first / 2))[1] * 2)
+        self._next[entity_id] = (time.monotonic() + delay, delay)
+
+    def succeeded(self, entity_id: int) -> None:
+        self._next.pop(entity_id, None)
+
+
+def restart_runners(
+    store: SqliteStateStore,
+    executor: RunnerExecutor,
+    resolve: Any,
+    backoff: Backoff | None = None,
+) -> None:
+    """Start every active self-hosted entity whose runner is not running (RECOVERING -> READY).
+
+    Level-triggered: each pass re-reads the state and asks each runner; a runner that keeps
+    failing is retried with backoff.
+    """
+    backoff = backoff or Backoff()
     for entity in _self_hosted(store):
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
         if executor.status(deployment, entity.handle).deployment == "DEPLOYMENT_READY":
+            if entity.deployment != "DEPLOYMENT_READY":
+                store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
+            backoff.succeeded(entity.id)
             continue
+        if not backoff.due(entity.id):
+            continue
+        log.warning("%s: runner is not serving; restarting it", deployment.label)
         store.update_entity(entity.id, deployment="DEPLOYMENT_RECOVERING", message="restarting")
         try:
             executor.stop(deployment, entity.handle)
@@ -81,5 +116,7 @@ def restart_runners(store: SqliteStateStore, executor: RunnerExecutor, resolve: 
             executor.wait_ready(deployment, handle, 600)
         except ExecutorError as exc:
             store.update_entity(entity.id, deployment="DEPLOYMENT_FAILED", message=exc.message)
+            backoff.failed(entity.id)
             continue
         store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
+        backoff.succeeded(entity.id)

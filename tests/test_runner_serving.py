@@ -4,6 +4,8 @@ and queried through its gateway; the runner stops with the host."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -77,6 +79,25 @@ def test_self_hosted_endpoint_through_the_api(tmp_path: Path) -> None:
         logs = client.get("/api/2.0/serving-endpoints/tiny-chat/served-models/tiny/logs")
         assert logs.status_code == 200 and "runner" in logs.json()["logs"]
         (entity,) = engine.store.entities("tiny-chat")
+        assert group_members(entity.handle["pid"])
+
+        # kill -9 of the runner: the host's reconciler restarts it, without an apply.
+        os.kill(entity.handle["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 240
+        states = set()
+        while time.monotonic() < deadline:
+            (entity,) = engine.store.entities("tiny-chat")
+            states.add(entity.deployment)
+            if entity.deployment == "DEPLOYMENT_READY" and "DEPLOYMENT_RECOVERING" in states:
+                break
+            time.sleep(0.5)
+        assert "DEPLOYMENT_RECOVERING" in states and entity.deployment == "DEPLOYMENT_READY"
+        time.sleep(0.5)
+        again = client.post(
+            "/serving-endpoints/tiny-chat/invocations",
+            json={"messages": [{"role": "user", "content": "again"}], "max_tokens": 3},
+        )
+        assert again.status_code == 200, again.text
         pid = entity.handle["pid"]
         assert group_members(pid)
     # The host stopped: its runner stopped with it.

@@ -24,9 +24,9 @@ from ..asgi import ApiError, header, read_json, send_error, send_json, send_text
 from ..catalog import ModelCatalog
 from ..control import ControlPlane, EndpointService
 from ..control._permissions import level_in
-from ..runners import make_runner_executor, restart_runners, stop_runners
+from ..runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
-from ..state import EndpointRow, EntityRow, SqliteStateStore
+from ..state import EndpointRow, EntityRow, LockHeld, SqliteStateStore
 from ..tokens import Principal, TokenIndex
 from ..workspace import build_executors
 from ._dataplane import TASK_OF_ROUTE, DataPlane
@@ -51,6 +51,7 @@ class ServingApp:
         *,
         poll_interval: float = 0.2,
         heartbeat_interval: float = 2.0,
+        reconcile_interval: float = 3.0,
         address: str = "",
     ) -> None:
         self.state_path = Path(state_path)
@@ -71,6 +72,8 @@ class ServingApp:
         self._builder: TableBuilder | None = None
         self.runners: RunnerExecutor | None = None
         self._restart: asyncio.Task[None] | None = None
+        self._backoff = Backoff()
+        self.reconcile_interval = reconcile_interval
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -91,6 +94,7 @@ class ServingApp:
         self._tasks = [
             asyncio.create_task(self._poll(), name="state-poll"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._reconcile(), name="reconcile"),
         ]
 
     async def shutdown(self) -> None:
@@ -139,11 +143,29 @@ class ServingApp:
         return registry
 
     def _restart_runners(self) -> None:
+        """One reconcile pass, skipped while an apply holds the state lock."""
         store = SqliteStateStore(self.state_path)
         try:
-            restart_runners(store, self.runners, self._resolve)
-        finally:
+            lock = store.acquire_lock("reconcile", holder=f"host:{self.host_id}", timeout=0)
+        except LockHeld:
             store.close()
+            return
+        try:
+            restart_runners(store, self.runners, self._resolve, self._backoff)
+        finally:
+            store.release_lock(lock.id)
+            store.close()
+
+    async def _reconcile(self) -> None:
+        """The reconciler: a runner that dies is restarted with backoff, without an apply."""
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            if self._restart is not None and not self._restart.done():
+                continue
+            try:
+                await asyncio.to_thread(self._restart_runners)
+            except Exception:  # noqa: BLE001 - keep reconciling
+                log.exception("reconcile pass failed")
 
     def _runner_task(self, entity: dict[str, Any]) -> str | None:
         assert self.store is not None
