@@ -73,6 +73,7 @@ class ServingApp:
         self.runners: RunnerExecutor | None = None
         self._restart: asyncio.Task[None] | None = None
         self._backoff = Backoff()
+        self._reconciling: asyncio.Future[None] | None = None
         self.reconcile_interval = reconcile_interval
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -106,8 +107,10 @@ class ServingApp:
         if self._builder is not None:
             await self._builder.close()
         if self.store is not None and self.runners is not None:
-            if self._restart is not None:
-                await asyncio.wait({self._restart})  # runners being started are stopped too
+            # Runners being started (at startup or by a reconcile pass) are stopped too.
+            pending = {t for t in (self._restart, self._reconciling) if t is not None}
+            if pending:
+                await asyncio.wait(pending)
             await asyncio.to_thread(stop_runners, self.store, self.runners)
         if self.usage is not None:
             self.usage.close()
@@ -162,8 +165,10 @@ class ServingApp:
             await asyncio.sleep(self.reconcile_interval)
             if self._restart is not None and not self._restart.done():
                 continue
+            # Kept so that shutdown waits for a pass in progress before stopping runners.
+            self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
             try:
-                await asyncio.to_thread(self._restart_runners)
+                await self._reconciling
             except Exception:  # noqa: BLE001 - keep reconciling
                 log.exception("reconcile pass failed")
 
