@@ -7,7 +7,6 @@ cannot end up in shell history or ``ps`` output.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +17,9 @@ from typing import Annotated, NoReturn
 import typer
 
 from engine.secrets_store import SecretStore, SecretStoreError, secret_store_for_state
+from engine.state._sqlite import STATE_ENV_VAR, resolve_state_path
 
 __all__ = ["STATE_ENV_VAR", "resolve_state_path", "secrets_app"]
-
-STATE_ENV_VAR = "ENGINE_STATE"
 
 secrets_app = typer.Typer(
     name="secrets",
@@ -44,16 +42,6 @@ StateOption = Annotated[
 ScopeArg = Annotated[str, typer.Argument(help="Secret scope name.", show_default=False)]
 KeyArg = Annotated[str, typer.Argument(help="Secret key within the scope.", show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the REST API JSON shape.")]
-
-
-def resolve_state_path(state: Path | None) -> Path:
-    """``--state`` if given, else ``$ENGINE_STATE``, else ``./.engine/state.db``."""
-    if state is not None:
-        return state
-    from_env = os.environ.get(STATE_ENV_VAR, "").strip()
-    if from_env:
-        return Path(from_env)
-    return Path.cwd() / ".engine" / "state.db"
 
 
 def _fail(message: str) -> NoReturn:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import logging
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +20,13 @@ import httpx
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 
+from ..secrets_store import parse_secret_reference
 from ..state import EndpointRow, EntityRow
 from ._ratelimit import LimitRule, rules_from_spec
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
 log = logging.getLogger("engine.gateway")
-_REFERENCE = re.compile(r"^\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}$")
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=60.0)
 
 
@@ -246,8 +245,7 @@ class TableBuilder:
 
     def _resolved(self, value: Any) -> Any:
         if isinstance(value, str):
-            match = _REFERENCE.match(value)
-            return self._resolve(value) if match else value
+            return self._resolve(value) if parse_secret_reference(value) else value
         if isinstance(value, dict):
             return {k: self._resolved(v) for k, v in value.items()}
         if isinstance(value, list):
