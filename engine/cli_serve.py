@@ -22,6 +22,22 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     state: Annotated[Path | None, typer.Option("--state", help="State file.")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    scale_to_zero_after: Annotated[
+        float | None,
+        typer.Option(
+            "--scale-to-zero-after",
+            help="Idle seconds before a scale_to_zero_enabled runner stops "
+            "(default 1800, or $ENGINE_SCALE_TO_ZERO_AFTER).",
+        ),
+    ] = None,
+    cold_start_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--cold-start-wait",
+            help="Seconds a request waits for a scaled-to-zero runner to start before a 503 "
+            "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -31,7 +47,12 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = ServingApp(resolve_state_path(state), address=f"http://{host}:{port}")
+    app = ServingApp(
+        resolve_state_path(state),
+        address=f"http://{host}:{port}",
+        scale_to_zero_after=scale_to_zero_after,
+        cold_start_wait=cold_start_wait,
+    )
     typer.echo(f"serving on http://{host}:{port} (state {resolve_state_path(state)})", err=True)
     uvicorn.run(
         app,

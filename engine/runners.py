@@ -48,7 +48,13 @@ def make_runner_executor(state_path: Path) -> RunnerExecutor:
 
 
 def _self_hosted(store: SqliteStateStore) -> list[Any]:
-    return [e for e in store.entities(role="active") if "external_model" not in e.config]
+    """Active self-hosted entities that should have a running runner (a scaled-to-zero one
+    waits for a request instead, also across host restarts)."""
+    return [
+        e
+        for e in store.entities(role="active")
+        if "external_model" not in e.config and not (e.handle or {}).get("scaled_to_zero")
+    ]
 
 
 def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:

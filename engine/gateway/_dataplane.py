@@ -11,7 +11,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from providers.adapters import ProviderError
@@ -119,11 +119,38 @@ def _to_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
+# Starts a scaled-to-zero entity and returns it routable (or raises ApiError 503).
+Waker = Callable[[EndpointRoute, ServedEntity], Awaitable[ServedEntity]]
+
+
+def with_system_prompt(body: dict[str, Any], prompt: str | None) -> dict[str, Any]:
+    """The catalog's default system prompt first, unless the request brings its own."""
+    messages = body.get("messages")
+    if not prompt or not isinstance(messages, list):
+        return body
+    if any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        return body
+    return {**body, "messages": [{"role": "system", "content": prompt}, *messages]}
+
+
 class DataPlane:
-    def __init__(self, limiter: RateLimiter, metrics: Metrics, usage: UsageRecorder | None) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        metrics: Metrics,
+        usage: UsageRecorder | None,
+        *,
+        waker: Waker | None = None,
+    ) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.usage = usage
+        self.waker = waker
+
+    async def _routable(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
+        if entity.needs_start() and self.waker is not None:
+            return await self.waker(route, entity)
+        return entity
 
     async def invoke(
         self,
@@ -219,6 +246,7 @@ class DataPlane:
         raise ApiError(error.http_status, _code(error.http_status), error.message)
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
+        entity = await self._routable(route, entity)
         upstream = entity.upstream
         if upstream is None:
             raise ProviderError(
@@ -231,7 +259,7 @@ class DataPlane:
                 return await adapter.embeddings(body)
             if route.task == "llm/v1/completions":
                 return await adapter.completions(body)
-            return await adapter.chat(body)
+            return await adapter.chat(with_system_prompt(body, entity.system_prompt))
         finally:
             await upstream.release()
 
@@ -246,6 +274,7 @@ class DataPlane:
     ) -> None:
         if route.task == "llm/v1/embeddings":
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
+        entity = await self._routable(route, entity)
         upstream = entity.upstream
         if upstream is None:
             raise ApiError(
@@ -261,7 +290,7 @@ class DataPlane:
             chunks: AsyncIterator[dict[str, Any]] = (
                 adapter.completions_stream(body)
                 if route.task == "llm/v1/completions"
-                else adapter.chat_stream(body)
+                else adapter.chat_stream(with_system_prompt(body, entity.system_prompt))
             )
             try:
                 first = await anext(chunks, None)

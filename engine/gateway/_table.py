@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +39,18 @@ class Upstream:
         self.client = client
         self.in_flight = 0
         self.retired = False
+        # Scale to zero: when a request last used it, and whether its runner is being stopped
+        # (requests then wait for a cold start instead of calling a server that goes away).
+        self.last_used = time.monotonic()
+        self.parked = False
 
     def acquire(self) -> None:
         self.in_flight += 1
+        self.last_used = time.monotonic()
 
     async def release(self) -> None:
         self.in_flight -= 1
+        self.last_used = time.monotonic()
         if self.retired and self.in_flight == 0:
             await self.client.aclose()
 
@@ -60,6 +67,15 @@ class ServedEntity:
     upstream: Upstream | None
     # Why the entity cannot serve (no upstream), e.g. a secret that does not resolve.
     unavailable: str = ""
+    # A runner that stops when idle (scale_to_zero_enabled), and whether it is stopped now.
+    scale_to_zero: bool = False
+    scaled_to_zero: bool = False
+    # The catalog's default system prompt, added to chat requests that have none.
+    system_prompt: str | None = None
+
+    def needs_start(self) -> bool:
+        """A request must wait for a cold start: the runner is stopped or being stopped."""
+        return self.scaled_to_zero or (self.upstream is not None and self.upstream.parked)
 
 
 @dataclass
@@ -76,7 +92,6 @@ class EndpointRoute:
     usage_tracking: bool
     fallback: bool
     acl: list[tuple[str, str, str]] = field(default_factory=list)
-    default_system_prompt: str | None = None
 
     def pick(self, rnd: Callable[[], float] = random.random) -> ServedEntity | None:
         """A served entity by traffic weight (entities at 0% are never picked)."""
@@ -100,6 +115,10 @@ def _task_of(spec: dict[str, Any]) -> str | None:
     return None
 
 
+def _scaled_to_zero(instance: EntityRow) -> bool:
+    return bool((instance.handle or {}).get("scaled_to_zero"))
+
+
 class TableBuilder:
     """Builds tables; owns the upstreams so that unchanged entities keep their connections."""
 
@@ -107,9 +126,11 @@ class TableBuilder:
         self,
         resolve: Callable[[str], str],
         runner_task: Callable[[dict[str, Any]], str | None] = lambda entity: None,
+        system_prompt: Callable[[dict[str, Any]], str | None] = lambda entity: None,
     ) -> None:
         self._resolve = resolve
         self._runner_task = runner_task
+        self._system_prompt = system_prompt
         self._retired: list[tuple[tuple[int, str], Upstream]] = []
         self._draining: dict[tuple[int, str], list[Upstream]] = {}
         self._upstreams: dict[tuple[int, str], Upstream] = {}
@@ -166,7 +187,11 @@ class TableBuilder:
             name = entity_spec["name"]
             order.append(name)
             instance = by_name.get(name)
-            if instance is None or instance.deployment != "DEPLOYMENT_READY":
+            # A scaled-to-zero runner is started by the next request, also after a failed
+            # cold start (the request then waits for another try).
+            if instance is None or (
+                instance.deployment != "DEPLOYMENT_READY" and not _scaled_to_zero(instance)
+            ):
                 served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
                 continue
             served[name] = self._served(instance, live)
@@ -194,6 +219,18 @@ class TableBuilder:
         )
 
     def _served(self, instance: EntityRow, live: set[tuple[int, str]]) -> ServedEntity:
+        served = self._upstream_of(instance, live)
+        if "external_model" not in instance.config:
+            served.scale_to_zero = bool(instance.config.get("scale_to_zero_enabled"))
+            served.system_prompt = self._system_prompt(instance.config)
+        return served
+
+    def _upstream_of(self, instance: EntityRow, live: set[tuple[int, str]]) -> ServedEntity:
+        if _scaled_to_zero(instance):
+            # Not live: its old upstream retires; a cold start makes a new one (new port).
+            return ServedEntity(
+                instance.name, instance.id, None, "scaled to zero", scaled_to_zero=True
+            )
         key = (instance.id, instance.fingerprint)
         live.add(key)
         upstream = self._upstreams.get(key)

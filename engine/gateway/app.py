@@ -32,10 +32,21 @@ from ..workspace import build_executors
 from ._dataplane import TASK_OF_ROUTE, DataPlane
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
-from ._table import RoutingTable, TableBuilder
+from ._scale import ColdStartError, ScaleToZero
+from ._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
 from ._usage import UsageRecorder
 
 __all__ = ["ServingApp"]
+
+
+def _seconds(value: float | None, env: str, default: float) -> float:
+    if value is not None:
+        return value
+    try:
+        return float(os.environ[env])
+    except (KeyError, ValueError):
+        return default
+
 
 log = logging.getLogger("engine.gateway")
 PREFIX = "/serving-endpoints/"
@@ -53,6 +64,8 @@ class ServingApp:
         heartbeat_interval: float = 2.0,
         reconcile_interval: float = 3.0,
         address: str = "",
+        scale_to_zero_after: float | None = None,
+        cold_start_wait: float | None = None,
     ) -> None:
         self.state_path = Path(state_path)
         self.poll_interval = poll_interval
@@ -75,6 +88,13 @@ class ServingApp:
         self._backoff = Backoff()
         self._reconciling: asyncio.Future[None] | None = None
         self.reconcile_interval = reconcile_interval
+        # Scale to zero: idle seconds before a runner stops (Model Serving's 30 minutes by
+        # default), and how long a request waits for a cold start before a 503.
+        self.scale_to_zero_after = _seconds(
+            scale_to_zero_after, "ENGINE_SCALE_TO_ZERO_AFTER", 1800.0
+        )
+        self.cold_start_wait = _seconds(cold_start_wait, "ENGINE_COLD_START_WAIT", 120.0)
+        self.scaler: ScaleToZero | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -83,9 +103,17 @@ class ServingApp:
         self.secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
-        self.dataplane = DataPlane(self.limiter, self.metrics, self.usage)
+        self.dataplane = DataPlane(self.limiter, self.metrics, self.usage, waker=self.wake)
         self.runners = make_runner_executor(self.state_path)
-        self._builder = TableBuilder(self._resolve, self._runner_task)
+        self.scaler = ScaleToZero(
+            self.state_path,
+            self.runners,
+            self._resolve,
+            idle_after=self.scale_to_zero_after,
+            cold_start_wait=self.cold_start_wait,
+            holder=f"host:{self.host_id}",
+        )
+        self._builder = TableBuilder(self._resolve, self._runner_task, self._system_prompt)
         service = EndpointService(self.state_path, self._executors, drain=self.drain)
         self.extra_routes.append(ControlPlane(self, service))
         # Runners of active entities start with their host (a background thread: queries to
@@ -111,6 +139,8 @@ class ServingApp:
             pending = {t for t in (self._restart, self._reconciling) if t is not None}
             if pending:
                 await asyncio.wait(pending)
+            if self.scaler is not None:
+                await self.scaler.wait_starts()
             await asyncio.to_thread(stop_runners, self.store, self.runners)
         if self.usage is not None:
             self.usage.close()
@@ -139,11 +169,14 @@ class ServingApp:
             time.sleep(0.05)
         log.warning("entity instance %s still busy after %.0f s; stopping it", row.id, timeout)
 
-    def _executors(self) -> ExecutorRegistry:
+    def executors(self) -> ExecutorRegistry:
+        """The executors of applies done by this host: its runners start self-hosted entities."""
         registry = build_executors()
         if self.runners is not None:
             registry.register("self_hosted", self.runners, replace=True)
         return registry
+
+    _executors = executors
 
     def _restart_runners(self) -> None:
         """One reconcile pass, skipped while an apply holds the state lock."""
@@ -165,6 +198,8 @@ class ServingApp:
             await asyncio.sleep(self.reconcile_interval)
             if self._restart is not None and not self._restart.done():
                 continue
+            if self.scaler is not None:
+                await self.scaler.park_idle(self.table)
             # Kept so that shutdown waits for a pass in progress before stopping runners.
             self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
             try:
@@ -173,11 +208,46 @@ class ServingApp:
                 log.exception("reconcile pass failed")
 
     def _runner_task(self, entity: dict[str, Any]) -> str | None:
+        entry = self._catalog_entry(entity)
+        return entry.task if entry else None
+
+    def _system_prompt(self, entity: dict[str, Any]) -> str | None:
+        entry = self._catalog_entry(entity)
+        return entry.default_system_prompt if entry else None
+
+    def _catalog_entry(self, entity: dict[str, Any]) -> Any:
         assert self.store is not None
-        entry = ModelCatalog(self.store).get(
+        return ModelCatalog(self.store).get(
             entity.get("entity_name", ""), entity.get("entity_version", "")
         )
-        return entry.task if entry else None
+
+    async def wake(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
+        """A request for a scaled-to-zero runner: start it, wait (bounded), route to it."""
+        assert self.scaler is not None
+        retry = [("retry-after", str(max(1, round(min(self.cold_start_wait, 30)))))]
+        try:
+            await self.scaler.wake(entity.instance_id)
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"served entity {entity.name!r} of {route.name!r} is starting from zero; "
+                "retry shortly",
+                retry,
+            ) from None
+        except ColdStartError as exc:
+            raise ApiError(503, "TEMPORARILY_UNAVAILABLE", exc.message, retry) from None
+        await self.refresh()
+        fresh = self.table.endpoints.get(route.name)
+        started = fresh.entities.get(entity.name) if fresh is not None else None
+        if started is None or started.upstream is None or started.needs_start():
+            raise ApiError(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"served entity {entity.name!r} of {route.name!r} is not serving yet; retry",
+                retry,
+            )
+        return started
 
     def _resolve(self, reference: str) -> str:
         assert self.secrets is not None
