@@ -4,6 +4,11 @@ The embedded default is a local catalog in the state file, filled with
 `engine models register`. An entry carries the task the model serves, its model type (read from
 the folder's config.json), and optionally a context length (the runner's maximum model length)
 and a default system prompt that the gateway adds to chat requests that have none.
+
+With `MLFLOW_TRACKING_URI` set, a model version that is not in the local catalog is looked up in
+the MLflow Model Registry (engine/mlflow_registry.py); the local catalog wins. `exists` reads
+only the version's MLmodel; `get` downloads the version once into `<state dir>/models/mlflow/`.
+A registry that cannot answer, or a version without an llm/v1 task, is logged and reads as absent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import mlflow_registry
 from .state import SqliteStateStore
 
 __all__ = ["CatalogEntry", "ModelCatalog", "CatalogError", "TASKS"]
@@ -96,7 +102,10 @@ class ModelCatalog:
     def get(self, name: str, version: str) -> CatalogEntry | None:
         record = self._entries.get((name, str(version)))
         if record is None:
-            return None
+            found = self._registry(name, str(version), fetch=True)
+            if found is None or found.path is None:
+                return None
+            return CatalogEntry(name, str(version), found.path, found.task, _model_type(found.path))
         return CatalogEntry(
             name=record["name"],
             version=record["version"],
@@ -109,7 +118,22 @@ class ModelCatalog:
         )
 
     def exists(self, name: str, version: str) -> bool:
-        return (name, str(version)) in self._entries
+        if (name, str(version)) in self._entries:
+            return True
+        return self._registry(name, str(version), fetch=False) is not None
+
+    def _registry(
+        self, name: str, version: str, *, fetch: bool
+    ) -> mlflow_registry.RegistryVersion | None:
+        if not mlflow_registry.enabled():
+            return None
+        try:
+            if fetch:
+                cache = Path(self.store.path).parent / "models" / "mlflow"
+                return mlflow_registry.fetch(name, version, cache)
+            return mlflow_registry.describe(name, version)
+        except mlflow_registry.RegistryError:
+            return None  # logged by mlflow_registry, naming the model and the reason
 
     def entries(self) -> list[CatalogEntry]:
         return [e for e in (self.get(n, v) for n, v in self._entries) if e is not None]
