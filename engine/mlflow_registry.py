@@ -183,17 +183,31 @@ def _mlflow() -> Any:
     return mlflow
 
 
+_env_lock = threading.Lock()
+_env_users: dict[str, int] = {}  # variables this module set, and how many calls rely on them
+
+
 @contextlib.contextmanager
 def _env(defaults: dict[str, str]) -> Iterator[None]:
-    """Set the variables the user left unset, for the duration of a call only."""
-    added = [k for k in defaults if k not in os.environ]
-    for k in added:
-        os.environ[k] = defaults[k]
+    """Set the variables the user left unset, for the duration of a call only.
+
+    Counted, so that concurrent lookups (the host's threads) do not unset them under each other.
+    """
+    with _env_lock:
+        added = [k for k in defaults if k in _env_users or k not in os.environ]
+        for k in added:
+            if k not in _env_users:
+                os.environ[k] = defaults[k]
+            _env_users[k] = _env_users.get(k, 0) + 1
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        with _env_lock:
+            for k in added:
+                _env_users[k] -= 1
+                if not _env_users[k]:
+                    del _env_users[k]
+                    os.environ.pop(k, None)
 
 
 def _short(exc: BaseException) -> str:
