@@ -117,6 +117,20 @@ class ModelCatalog:
             throughput_chunk_size=record.get("throughput_chunk_size"),
         )
 
+    def set_throughput_chunk_size(self, name: str, version: str, value: int) -> CatalogEntry:
+        """Store the output tokens/s one replica sustains on this host (`models calibrate`)."""
+        record = self._entries.get((name, str(version)))
+        if record is None:
+            raise CatalogError(f"model {name} version {version} is not in the model catalog")
+        if value < 1:
+            raise CatalogError(f"throughput_chunk_size must be at least 1, not {value}")
+        record = {**record, "throughput_chunk_size": int(value)}
+        self.store.put_model(record)
+        self._entries[(name, str(version))] = record
+        entry = self.get(name, version)
+        assert entry is not None
+        return entry
+
     def exists(self, name: str, version: str) -> bool:
         if (name, str(version)) in self._entries:
             return True

@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from .catalog import ModelCatalog
+from .catalog import CatalogEntry, ModelCatalog
 
 __all__ = ["gpu_count", "entity_checker", "cpu_fallback_allowed"]
 
@@ -38,7 +38,8 @@ def cpu_fallback_allowed() -> bool:
 def entity_checker(
     catalog: ModelCatalog, *, gpus: int | None = None, allow_cpu_fallback: bool | None = None
 ) -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
-    """Plan-time checks of a self-hosted entity: known model version (M1), GPUs (G1)."""
+    """Plan-time checks of a self-hosted entity: known model version (M1), GPUs (G1),
+    provisioned throughput in multiples of the model's calibrated chunk size (E13)."""
     gpus = gpu_count() if gpus is None else gpus
     fallback = cpu_fallback_allowed() if allow_cpu_fallback is None else allow_cpu_fallback
 
@@ -55,6 +56,9 @@ def entity_checker(
                     f"`engine models register {name} --version {version} --path DIR --task TASK`",
                 )
             )
+        entry = catalog.get(name, version) if name and version else None
+        if entry is not None:
+            problems += _throughput_problems(entity, entry)
         workload = entity.get("workload_type") or "CPU"
         if workload.startswith(_GPU_TYPES) and gpus == 0 and not fallback:
             problems.append(
@@ -67,3 +71,42 @@ def entity_checker(
         return problems
 
     return check
+
+
+_THROUGHPUT_FIELDS = ("min_provisioned_throughput", "max_provisioned_throughput")
+
+
+def _throughput_problems(entity: dict[str, Any], entry: CatalogEntry) -> list[tuple[str, str]]:
+    """E13: min/max_provisioned_throughput are multiples of the model's throughput_chunk_size
+    (output tokens/s of one replica here, from `engine models calibrate`).
+
+    Whether vLLM implements the architecture (`optimizable`) is not asked here: that imports
+    vLLM (seconds) on every plan, and a calibrated model has already been served by vLLM.
+    """
+    values = {f: entity.get(f) for f in _THROUGHPUT_FIELDS if entity.get(f) is not None}
+    if not values:
+        return []
+    chunk = entry.throughput_chunk_size
+    if not chunk:
+        return [
+            (
+                "E13",
+                f"provisioned throughput needs the throughput_chunk_size of model {entry.name} "
+                f"version {entry.version}, which is not calibrated on this host; run `engine "
+                f"models calibrate {entry.name} --version {entry.version}` (or set a known "
+                "value with --chunk-size N)",
+            )
+        ]
+    problems = []
+    for field, value in values.items():
+        if value % chunk:
+            lower, upper = value - value % chunk, value - value % chunk + chunk
+            nearest = f"{lower} or {upper}" if lower else f"{upper}"
+            problems.append(
+                (
+                    "E13",
+                    f"{field} {value} is not a multiple of the throughput_chunk_size {chunk} "
+                    f"of model {entry.name} version {entry.version}; use {nearest}",
+                )
+            )
+    return problems

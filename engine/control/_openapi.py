@@ -244,10 +244,15 @@ def _document_text() -> str:
                 _ok(
                     {
                         "type": "object",
+                        "required": ["optimizable", "model_type"],
                         "properties": {
                             "optimizable": {"type": "boolean"},
                             "model_type": {"type": "string"},
-                            "throughput_chunk_size": {"type": "integer"},
+                            # Output tokens/s of one replica on this host; absent until the
+                            # model is calibrated (`engine models calibrate`), then `message`
+                            # says so.
+                            "throughput_chunk_size": {"type": "integer", "minimum": 1},
+                            "message": {"type": "string"},
                         },
                     }
                 ),

@@ -34,6 +34,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from ..asgi import ApiError, read_json, send_json, send_text
+from ..calibrate import optimization_info
+from ..catalog import ModelCatalog
 from ..managed_secrets import MANAGED_SCOPE
 from ..secrets_store import SecretStoreError
 from ..state import EndpointRow, SqliteStateStore
@@ -106,11 +108,8 @@ class ControlPlane:
                 raise _no_route(method, scope["path"])
             return
         if parts[0] == "get-model-optimization-info" and len(parts) == 3 and method == "GET":
-            raise ApiError(
-                404,
-                "RESOURCE_DOES_NOT_EXIST",
-                f"model {parts[1]} version {parts[2]} is not in the model catalog",
-            )
+            await send_json(send, 200, await _thread(self._optimization_info, parts[1], parts[2]))
+            return
         name = parts[0]
         handler = self._handlers().get((method, tuple(parts[1:2]), len(parts)))
         if handler is None:
@@ -129,6 +128,16 @@ class ControlPlane:
             ("GET", ("metrics",), 2): self._get_metrics,
             ("GET", ("served-models",), 4): self._get_logs,
         }
+
+    def _optimization_info(self, model: str, version: str) -> dict[str, Any]:
+        entry = ModelCatalog(self.store).get(model, version)
+        if entry is None:
+            raise ApiError(
+                404,
+                "RESOURCE_DOES_NOT_EXIST",
+                f"model {model} version {version} is not in the model catalog",
+            )
+        return optimization_info(entry)
 
     def _row(self, name: str, principal: Principal, needed: str, what: str) -> EndpointRow:
         row = self.store.get_endpoint(name)
