@@ -109,9 +109,14 @@ class Applier:
         for change in plan.actionable:
             for entity in _entities(change.desired):
                 try:
-                    self.executors.for_entity(entity)
+                    executor = self.executors.for_entity(entity)
                 except ExecutorUnavailable as exc:
                     raise PlanNotApplicable(f"{change.endpoint}: {exc.message}") from None
+                # An executor that can stop but not start (the CLI's runner executor) applies
+                # changes that start nothing of its kind: hot changes, deletes, reused entities.
+                refusal = getattr(executor, "start_refusal", None)
+                if refusal and self._starts(change, entity):
+                    raise PlanNotApplicable(f"{change.endpoint}: {refusal}")
 
     def apply(self, plan: Plan) -> ApplyReport:
         self.check(plan)
@@ -127,6 +132,23 @@ class Applier:
                 self._emit("failed", change.endpoint, message=str(exc))
         return report
 
+    def _starts(self, change: EndpointChange, entity: dict[str, Any]) -> bool:
+        """Whether applying `change` starts a new instance of `entity` (as _apply_change and
+        _update_config decide: only a config change starts anything, and an instance already
+        READY with the same fingerprint is reused)."""
+        if change.action is Action.REPLACE:
+            return True
+        row = self.store.get_endpoint(change.endpoint)
+        if row is not None and row.spec is not None and not _changes_config(change):
+            return False
+        key = (entity["name"], entity_fingerprint(entity))
+        running = {
+            (r.name, r.fingerprint)
+            for r in self.store.entities(change.endpoint)
+            if r.role in ("active", "pending") and r.deployment == READY
+        }
+        return key not in running
+
     # -- one endpoint -------------------------------------------------------------------------
 
     def _apply_change(self, change: EndpointChange) -> None:
@@ -138,11 +160,7 @@ class Applier:
         desired = change.desired
         assert desired is not None
         row = self.store.get_endpoint(change.endpoint)
-        config_changes = (
-            change.action in (Action.CREATE, Action.REPLACE)
-            or change.config_version_to != change.config_version_from
-        )
-        if row is not None and row.spec is not None and not config_changes:
+        if row is not None and row.spec is not None and not _changes_config(change):
             if row.in_progress:
                 self._discard_pending(change.endpoint)
                 self.store.clear_interrupted(change.endpoint, actor=self.actor)
@@ -282,6 +300,13 @@ def _entities(desired: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not desired:
         return []
     return list(desired.get("config", {}).get("served_entities") or [])
+
+
+def _changes_config(change: EndpointChange) -> bool:
+    return (
+        change.action in (Action.CREATE, Action.REPLACE)
+        or change.config_version_to != change.config_version_from
+    )
 
 
 def _references(value: Any) -> set[str]:

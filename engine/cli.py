@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from . import cli_demo, cli_plan, cli_serve, cli_state, cli_validate
+from . import cli_demo, cli_plan, cli_serve, cli_state, cli_up, cli_validate
 from .cli_models import models_app
 from .cli_output import EXIT_ERROR
 from .cli_secrets import secrets_app
@@ -27,6 +27,7 @@ cli_plan.register(app)
 cli_state.register(app)
 cli_serve.register(app)
 cli_demo.register(app)
+cli_up.register(app)
 app.add_typer(secrets_app)
 app.add_typer(tokens_app)
 app.add_typer(models_app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,17 +19,18 @@ from plans import (
     render_plan_text,
     write_plan_file,
 )
+from providers import ExecutorRegistry
 
 from .apply import Applier, ApplyEvent, PlanNotApplicable
 from .catalog import ModelCatalog
 from .cli_output import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
 from .inventory import entity_checker
+from .runner_stop_only import cli_executors
 from .secrets_store import SecretStore, SecretStoreError
 from .spec_loader import SpecUsageError, load_specs
-from .state import LockHeld, SqliteStateStore, StateError
+from .state import EntityRow, LockHeld, SqliteStateStore, StateError
 from .workspace import (
     actor_name,
-    build_executors,
     default_stack,
     desired_from,
     open_secrets,
@@ -83,8 +85,10 @@ def _make_plan(
     allow_replace: bool,
     destroy: bool = False,
     holding_lock: bool = False,
+    loaded=None,  # noqa: ANN001 - a LoadResult already loaded from `paths`
 ):  # noqa: ANN202 - (Plan, DesiredSpecs)
-    loaded = _load(paths) if paths else None
+    if loaded is None:
+        loaded = _load(paths) if paths else None
     desired = desired_from(loaded, secrets) if loaded is not None else None
     plan = make_plan(
         desired.documents if desired else [],
@@ -309,15 +313,21 @@ def _run_apply(
     secrets: SecretStore,
     plaintexts: dict[str, str],
     lock_id: str,
+    *,
+    executors: ExecutorRegistry | None = None,
+    drain: Callable[[EntityRow], None] | None = None,
 ) -> None:
+    """Apply with this process's executors (a serving host passes its own, and its drain)."""
+
     def show(event: ApplyEvent) -> None:
         who = f"{event.endpoint}/{event.entity}" if event.entity else event.endpoint
         typer.echo(f"{who}: {event.step}{': ' + event.message if event.message else ''}")
 
-    try:
-        executors = build_executors()
-    except (ImportError, AttributeError) as exc:
-        fail(f"cannot load executor plugins: {exc}")
+    if executors is None:
+        try:
+            executors = cli_executors(store.path)
+        except (ImportError, AttributeError) as exc:
+            fail(f"cannot load executor plugins: {exc}")
     applier = Applier(
         store,
         secrets,
@@ -326,6 +336,7 @@ def _run_apply(
         plaintexts=plaintexts,
         on_event=show,
         lock_id=lock_id,
+        drain=drain,
     )
     try:
         report = applier.apply(plan)

@@ -1,0 +1,63 @@
+"""The CLI's runner executor: it stops self-hosted runners, and never starts one.
+
+Runner processes belong to a serving host (`engine serve`, `engine up`): one started by a CLI
+command would outlive it. Stopping, though, is always safe: a runner is found by the pid file in
+its workdir under `<state dir>/runners/` (the same folders the host's executor uses), so
+`engine destroy`, or an `engine apply` that removes a self-hosted entity, stops the process even
+when a live host started it; the host then sees the endpoint gone and drops its route.
+
+Apply refuses, before it changes anything, a plan that would start a self-hosted entity with
+this executor (its `start_refusal`); hot changes, deletes and configs that reuse running
+instances go through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NoReturn
+
+from providers import Deployment, ExecutorRegistry, ExecutorUnavailable, SecretResolver
+from providers.runner import ModelInfo, RunnerExecutor
+
+from .workspace import build_executors
+
+__all__ = ["START_HINT", "StopOnlyRunnerExecutor", "cli_executors"]
+
+START_HINT = (
+    "self-hosted entities (entity_name/entity_version) run on a serving host, and this command "
+    "cannot start one: run `engine up PATH...` (starts a host and applies the specs), or apply "
+    "through a running host's REST API (`engine serve`)"
+)
+
+
+def _no_model(entity: dict[str, Any]) -> ModelInfo:
+    raise KeyError("this process does not start runners")
+
+
+class StopOnlyRunnerExecutor(RunnerExecutor):
+    """A RunnerExecutor whose prepare/start refuse; stop works by pid file.
+
+    (`engine refresh` keeps reporting self-hosted entities as unreadable: only the host knows
+    which of its runners are scaled to zero on purpose.)
+    """
+
+    start_refusal = START_HINT
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, _no_model, cpu_fallback=False, gpus=0)
+
+    def prepare(self, deployment: Deployment, resolve: SecretResolver) -> NoReturn:
+        raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
+
+    def start(self, deployment: Deployment) -> NoReturn:
+        raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
+
+
+def cli_executors(state_path: Path) -> ExecutorRegistry:
+    """The executors of a CLI command: the built-in ones and plugins, plus (unless a plugin
+    provides one) a runner executor that can stop the runners of this state but not start any."""
+    registry = build_executors()
+    if not registry.has("self_hosted"):
+        root = Path(state_path).parent / "runners"
+        registry.register("self_hosted", StopOnlyRunnerExecutor(root))
+    return registry
