@@ -56,7 +56,10 @@ def entity_checker(
                     f"`engine models register {name} --version {version} --path DIR --task TASK`",
                 )
             )
-        entry = catalog.get(name, version) if name and version else None
+        # Only provisioned throughput needs the entry itself (for a registry model, `get`
+        # downloads the weights; a plan must not).
+        provisioned = any(entity.get(f) is not None for f in _THROUGHPUT_FIELDS)
+        entry = catalog.get(name, version) if provisioned and name and version else None
         if entry is not None:
             problems += _throughput_problems(entity, entry)
         workload = entity.get("workload_type") or "CPU"
