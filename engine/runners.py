@@ -37,7 +37,13 @@ def make_runner_executor(state_path: Path) -> RunnerExecutor:
                 f"model {entity['entity_name']} version {entity['entity_version']} is not in "
                 "the model catalog"
             )
-        return ModelInfo(entry.path, entry.task, entry.model_type, entry.context_length)
+        return ModelInfo(
+            entry.path,
+            entry.task,
+            entry.model_type,
+            entry.context_length,
+            entry.throughput_chunk_size,
+        )
 
     return RunnerExecutor(
         state_path.parent / "runners",

@@ -18,6 +18,7 @@ from providers.adapters import ProviderError
 
 from ..asgi import ApiError, send_json
 from ..tokens import Principal
+from ._autoscale import ThroughputMeter
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
 from ._table import EndpointRoute, RoutingTable, ServedEntity
@@ -141,11 +142,13 @@ class DataPlane:
         usage: UsageRecorder | None,
         *,
         waker: Waker | None = None,
+        meter: ThroughputMeter | None = None,
     ) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.usage = usage
         self.waker = waker
+        self.meter = meter  # output tokens per entity instance: provisioned throughput's load
 
     async def _routable(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
         if entity.needs_start() and self.waker is not None:
@@ -342,6 +345,8 @@ class DataPlane:
         prompt = int((usage or {}).get("prompt_tokens") or 0)
         completion = int((usage or {}).get("completion_tokens") or 0)
         self.metrics.observe(route.name, entity.name, status, elapsed, prompt, completion)
+        if self.meter is not None and entity.provisioned is not None:
+            self.meter.record(entity.instance_id, completion)
         if prompt or completion:
             self.limiter.charge_tokens(
                 route.name,

@@ -27,7 +27,7 @@ from providers.runner import RunnerExecutor
 from ..state import EntityRow, LockHeld, SqliteStateStore
 from ._table import RoutingTable
 
-__all__ = ["ColdStartError", "ScaleToZero"]
+__all__ = ["ColdStartError", "ScaleToZero", "active_entity"]
 
 log = logging.getLogger("engine.gateway")
 READY_TIMEOUT = 600.0
@@ -99,7 +99,7 @@ class ScaleToZero:
                 return False  # an apply or a reconcile pass runs: try again on the next pass
             try:
                 with self._locks[instance_id]:
-                    row = _active(store, instance_id)
+                    row = active_entity(store, instance_id)
                     if row is None or _scaled(row) or row.deployment != "DEPLOYMENT_READY":
                         return False
                     deployment = Deployment(row.endpoint, row.name, row.id, row.config)
@@ -149,7 +149,7 @@ class ScaleToZero:
         with self._locks[instance_id]:
             store = SqliteStateStore(self.state_path)
             try:
-                row = _active(store, instance_id)
+                row = active_entity(store, instance_id)
                 if row is None:
                     raise ColdStartError("the served entity is no longer active")
                 if not _scaled(row):
@@ -175,12 +175,12 @@ class ScaleToZero:
             raise ColdStartError(
                 f"served entity {row.name!r} cannot start: {exc.message}"
             ) from None
-        if _active(store, row.id) is None:
+        if active_entity(store, row.id) is None:
             self.runners.stop(deployment, handle)  # an apply retired it meanwhile
             raise ColdStartError("the served entity is no longer active")
         store.update_entity(row.id, handle=handle, deployment="DEPLOYMENT_READY", message="")
         log.info("%s: started from zero", deployment.label)
 
 
-def _active(store: SqliteStateStore, instance_id: int) -> EntityRow | None:
+def active_entity(store: SqliteStateStore, instance_id: int) -> EntityRow | None:
     return next((e for e in store.entities(role="active") if e.id == instance_id), None)

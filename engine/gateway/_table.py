@@ -20,10 +20,12 @@ import httpx
 
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
+from providers.runner.executor import replica_bounds, replicas_of
 
 from ..secrets_store import parse_secret_reference
 from ..state import EndpointRow, EntityRow
 from ._ratelimit import LimitRule, rules_from_spec
+from ._replicas import ReplicaSet
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
@@ -34,7 +36,7 @@ UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=60.0
 class Upstream:
     """An adapter with its own keep-alive client, closed when retired and idle."""
 
-    def __init__(self, adapter: ProviderAdapter, client: AiohttpClient) -> None:
+    def __init__(self, adapter: ProviderAdapter | ReplicaSet, client: AiohttpClient) -> None:
         self.adapter = adapter
         self.client = client
         self.in_flight = 0
@@ -72,6 +74,9 @@ class ServedEntity:
     scaled_to_zero: bool = False
     # The catalog's default system prompt, added to chat requests that have none.
     system_prompt: str | None = None
+    # Provisioned throughput: runner replicas now, and (chunk tokens/s, fewest, most).
+    replicas: int = 1
+    provisioned: tuple[int, int, int] | None = None
 
     def needs_start(self) -> bool:
         """A request must wait for a cold start: the runner is stopped or being stopped."""
@@ -115,6 +120,9 @@ def _task_of(spec: dict[str, Any]) -> str | None:
     return None
 
 
+_Key = tuple[int, str, tuple[str, ...]]
+
+
 def _scaled_to_zero(instance: EntityRow) -> bool:
     return bool((instance.handle or {}).get("scaled_to_zero"))
 
@@ -127,13 +135,16 @@ class TableBuilder:
         resolve: Callable[[str], str],
         runner_task: Callable[[dict[str, Any]], str | None] = lambda entity: None,
         system_prompt: Callable[[dict[str, Any]], str | None] = lambda entity: None,
+        chunk_size: Callable[[dict[str, Any]], int | None] = lambda entity: None,
     ) -> None:
         self._resolve = resolve
         self._runner_task = runner_task
         self._system_prompt = system_prompt
-        self._retired: list[tuple[tuple[int, str], Upstream]] = []
-        self._draining: dict[tuple[int, str], list[Upstream]] = {}
-        self._upstreams: dict[tuple[int, str], Upstream] = {}
+        self._chunk_size = chunk_size
+        # Keyed by (instance id, fingerprint, replica URLs): a new replica set is a new upstream.
+        self._retired: list[tuple[_Key, Upstream]] = []
+        self._draining: dict[_Key, list[Upstream]] = {}
+        self._upstreams: dict[_Key, Upstream] = {}
 
     def build(
         self,
@@ -142,7 +153,7 @@ class TableBuilder:
         acls: dict[str, list[tuple[str, str, str]]] | None = None,
     ) -> RoutingTable:
         table = RoutingTable(serial=serial)
-        live: set[tuple[int, str]] = set()
+        live: set[_Key] = set()
         for row, entities in view:
             if row.spec is None or row.deleting or "config" not in row.spec:
                 continue
@@ -157,12 +168,19 @@ class TableBuilder:
 
     def in_flight(self, key: tuple[int, str]) -> int:
         """Requests still running on an entity instance (live or retired upstreams)."""
-        live = self._upstreams.get(key)
-        busy = live.in_flight if live is not None else 0
-        return busy + sum(u.in_flight for u in self._draining.get(key, []))
+        busy = sum(u.in_flight for k, u in self._upstreams.items() if k[:2] == key)
+        return busy + sum(
+            u.in_flight for k, ups in self._draining.items() if k[:2] == key for u in ups
+        )
 
     def routed(self, key: tuple[int, str]) -> bool:
-        return key in self._upstreams
+        return any(k[:2] == key for k in self._upstreams)
+
+    def draining(self, instance_id: int) -> int:
+        """Requests still running on retired upstreams of an instance (e.g. a removed replica)."""
+        return sum(
+            u.in_flight for k, ups in self._draining.items() if k[0] == instance_id for u in ups
+        )
 
     async def retire_unused(self) -> None:
         for _, upstream in self._retired:
@@ -176,9 +194,7 @@ class TableBuilder:
             await upstream.retire()
         self._upstreams = {}
 
-    def _route(
-        self, row: EndpointRow, entities: list[EntityRow], live: set[tuple[int, str]]
-    ) -> EndpointRoute:
+    def _route(self, row: EndpointRow, entities: list[EntityRow], live: set[_Key]) -> EndpointRoute:
         spec = row.spec or {}
         by_name = {e.name: e for e in entities}
         served: dict[str, ServedEntity] = {}
@@ -218,30 +234,37 @@ class TableBuilder:
             fallback=bool((gateway.get("fallback_config") or {}).get("enabled")),
         )
 
-    def _served(self, instance: EntityRow, live: set[tuple[int, str]]) -> ServedEntity:
+    def _served(self, instance: EntityRow, live: set[_Key]) -> ServedEntity:
         served = self._upstream_of(instance, live)
         if "external_model" not in instance.config:
-            served.scale_to_zero = bool(instance.config.get("scale_to_zero_enabled"))
-            served.system_prompt = self._system_prompt(instance.config)
+            config = instance.config
+            served.scale_to_zero = bool(config.get("scale_to_zero_enabled"))
+            served.system_prompt = self._system_prompt(config)
+            served.replicas = max(1, len(replicas_of(instance.handle)))
+            chunk = self._chunk_size(config)
+            if chunk and config.get("max_provisioned_throughput"):
+                served.provisioned = (chunk, *replica_bounds(config, chunk))
         return served
 
-    def _upstream_of(self, instance: EntityRow, live: set[tuple[int, str]]) -> ServedEntity:
+    def _upstream_of(self, instance: EntityRow, live: set[_Key]) -> ServedEntity:
         if _scaled_to_zero(instance):
             # Not live: its old upstream retires; a cold start makes a new one (new port).
             return ServedEntity(
                 instance.name, instance.id, None, "scaled to zero", scaled_to_zero=True
             )
-        key = (instance.id, instance.fingerprint)
+        external = instance.config.get("external_model")
+        urls = (
+            () if external else tuple(r.get("base_url", "") for r in replicas_of(instance.handle))
+        )
+        key = (instance.id, instance.fingerprint, urls)
         live.add(key)
         upstream = self._upstreams.get(key)
         if upstream is None:
-            model = instance.config.get("external_model")
-            if model is None:
-                model = self._runner_model(instance)
-            if model is None:
+            models = [external] if external else self._runner_models(instance, urls)
+            if not models:
                 return ServedEntity(instance.name, instance.id, None, "no runner for this entity")
             try:
-                resolved = self._resolved(model)
+                resolved = [self._resolved(model) for model in models]
             except KeyError as exc:
                 log.error(
                     "%s/%s: secret %s does not resolve",
@@ -254,9 +277,10 @@ class TableBuilder:
                 )
             client = AiohttpClient(timeout=UPSTREAM_TIMEOUT, max_connections=256)
             try:
-                adapter = adapter_for(resolved, client)
+                adapters = [adapter_for(model, client) for model in resolved]
             except ProviderError as exc:
                 return ServedEntity(instance.name, instance.id, None, exc.message)
+            adapter = adapters[0] if len(adapters) == 1 else ReplicaSet(adapters)
             upstream = self._upstreams[key] = Upstream(adapter, client)
         return ServedEntity(instance.name, instance.id, upstream)
 
@@ -267,18 +291,21 @@ class TableBuilder:
                 return task
         return None
 
-    def _runner_model(self, instance: EntityRow) -> dict[str, Any] | None:
-        """A vLLM runner speaks OpenAI's API: serve it through the same adapter interface."""
-        base_url = (instance.handle or {}).get("base_url")
+    def _runner_models(self, instance: EntityRow, urls: tuple[str, ...]) -> list[dict[str, Any]]:
+        """A vLLM runner speaks OpenAI's API: serve each replica through the same adapter
+        interface as external models."""
         task = self._runner_task(instance.config)
-        if not base_url or not task:
-            return None
-        return {
-            "provider": "openai",
-            "name": instance.name,  # the runner serves the model under the entity's name
-            "task": task,
-            "openai_config": {"openai_api_key": "unused", "openai_api_base": base_url},
-        }
+        if not urls or not all(urls) or not task:
+            return []
+        return [
+            {
+                "provider": "openai",
+                "name": instance.name,  # the runner serves the model under the entity's name
+                "task": task,
+                "openai_config": {"openai_api_key": "unused", "openai_api_base": base_url},
+            }
+            for base_url in urls
+        ]
 
     def _resolved(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -29,6 +29,7 @@ from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_stat
 from ..state import EndpointRow, EntityRow, LockHeld, SqliteStateStore
 from ..tokens import Principal, TokenIndex
 from ..workspace import build_executors
+from ._autoscale import Autoscaler, ThroughputMeter
 from ._dataplane import TASK_OF_ROUTE, DataPlane
 from ._metrics import Metrics
 from ._ratelimit import RateLimiter
@@ -95,6 +96,10 @@ class ServingApp:
         )
         self.cold_start_wait = _seconds(cold_start_wait, "ENGINE_COLD_START_WAIT", 120.0)
         self.scaler: ScaleToZero | None = None
+        # Provisioned throughput: seconds of low load before a replica is removed.
+        self.scale_down_after = _seconds(None, "ENGINE_SCALE_DOWN_AFTER", 300.0)
+        self.meter = ThroughputMeter()
+        self.autoscaler: Autoscaler | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -103,7 +108,9 @@ class ServingApp:
         self.secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
-        self.dataplane = DataPlane(self.limiter, self.metrics, self.usage, waker=self.wake)
+        self.dataplane = DataPlane(
+            self.limiter, self.metrics, self.usage, waker=self.wake, meter=self.meter
+        )
         self.runners = make_runner_executor(self.state_path)
         self.scaler = ScaleToZero(
             self.state_path,
@@ -113,7 +120,17 @@ class ServingApp:
             cold_start_wait=self.cold_start_wait,
             holder=f"host:{self.host_id}",
         )
-        self._builder = TableBuilder(self._resolve, self._runner_task, self._system_prompt)
+        self.autoscaler = Autoscaler(
+            self.state_path,
+            self.runners,
+            self._resolve,
+            self.meter,
+            drain=self._drain_replica,
+            scale_down_after=self.scale_down_after,
+        )
+        self._builder = TableBuilder(
+            self._resolve, self._runner_task, self._system_prompt, self._chunk_size
+        )
         service = EndpointService(self.state_path, self._executors, drain=self.drain)
         self.extra_routes.append(ControlPlane(self, service))
         # Runners of active entities start with their host (a background thread: queries to
@@ -141,6 +158,8 @@ class ServingApp:
                 await asyncio.wait(pending)
             if self.scaler is not None:
                 await self.scaler.wait_starts()
+            if self.autoscaler is not None:
+                await self.autoscaler.wait()
             await asyncio.to_thread(stop_runners, self.store, self.runners)
         if self.usage is not None:
             self.usage.close()
@@ -200,6 +219,8 @@ class ServingApp:
                 continue
             if self.scaler is not None:
                 await self.scaler.park_idle(self.table)
+            if self.autoscaler is not None:
+                self.autoscaler.step(self.table)
             # Kept so that shutdown waits for a pass in progress before stopping runners.
             self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
             try:
@@ -210,6 +231,20 @@ class ServingApp:
     def _runner_task(self, entity: dict[str, Any]) -> str | None:
         entry = self._catalog_entry(entity)
         return entry.task if entry else None
+
+    def _chunk_size(self, entity: dict[str, Any]) -> int | None:
+        entry = self._catalog_entry(entity)
+        return entry.throughput_chunk_size if entry else None
+
+    def _drain_replica(self, instance_id: int, serial: int, timeout: float = 60.0) -> None:
+        """Block (in a thread) until the routing table is at `serial` and the retired upstreams
+        of an instance (a replica set that lost a replica) have no request in flight."""
+        assert self._builder is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.table.serial >= serial and not self._builder.draining(instance_id):
+                return
+            time.sleep(0.05)
 
     def _system_prompt(self, entity: dict[str, Any]) -> str | None:
         entry = self._catalog_entry(entity)

@@ -13,8 +13,11 @@ error message.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from .vllm_process import (
     stop_by_pidfile,
 )
 
-__all__ = ["ModelInfo", "RunnerExecutor", "gpus_needed"]
+__all__ = ["ModelInfo", "RunnerExecutor", "gpus_needed", "replica_bounds", "replicas_of"]
 
 _REFERENCE = re.compile(r"\{\{secrets/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+\}\}")
 # GPUs each GPU workload type stands for (tensor parallel size); CPU types need none.
@@ -54,6 +57,32 @@ class ModelInfo:
     task: str  # llm/v1/chat | llm/v1/completions | llm/v1/embeddings
     model_type: str | None = None
     context_length: int | None = None  # served as --max-model-len when set
+    # Output tokens/s one replica sustains on this host (`engine models calibrate`).
+    throughput_chunk_size: int | None = None
+
+
+def replica_bounds(config: dict[str, Any], chunk: int | None) -> tuple[int, int]:
+    """(fewest, most) replicas of an entity: provisioned throughput / the chunk one replica
+    sustains. Without provisioned throughput (or a calibrated chunk), one replica."""
+    most_tokens = config.get("max_provisioned_throughput")
+    if not chunk or not isinstance(most_tokens, int) or most_tokens <= 0:
+        return 1, 1
+    most = max(1, most_tokens // chunk)
+    fewest = (config.get("min_provisioned_throughput") or 0) // chunk
+    # Zero replicas is scale to zero's job; provisioned capacity keeps one serving.
+    return min(max(1, fewest), most), most
+
+
+def replicas_of(handle: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The replicas recorded in a handle (a handle from before replicas is one replica)."""
+    if not handle:
+        return []
+    return list(handle.get("replicas") or ([handle] if handle.get("pid") else []))
+
+
+def _handle(replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    # Replica 0's fields stay at the top: readers of single-server handles keep working.
+    return {**replicas[0], "replicas": replicas} if replicas else {}
 
 
 def gpus_needed(workload_type: str | None) -> int:
@@ -89,33 +118,51 @@ class RunnerExecutor(Executor):
         self.kv_cache_bytes = kv_cache_bytes
         self._lock = threading.Lock()
         self._prepared: dict[int, VllmServerSpec] = {}
-        # Servers this process started: the Popen lets stop() reap them (no zombies).
-        self._servers: dict[int, RunningServer] = {}
+        # Kept after start: more replicas of an instance start from the same spec.
+        self._specs: dict[int, tuple[VllmServerSpec, tuple[int, int]]] = {}
+        # Servers this process started, by workdir: the Popen lets stop() reap them (no zombies).
+        self._servers: dict[Path, RunningServer] = {}
+        # CPU runners: the core each was bound to ("auto": vLLM's own binding).
+        self._bindings: dict[Path, str] = {}
 
     # -- paths and lookups --------------------------------------------------------------------
 
-    def workdir(self, deployment: Deployment) -> Path:
+    def workdir(self, deployment: Deployment, replica: int = 0) -> Path:
         entity = f"{_safe_name(deployment.entity)}-{deployment.instance_id}"
-        return self.root / _safe_name(deployment.endpoint) / entity
+        # Replica 0 keeps the folder of single-server instances; more replicas are siblings.
+        suffix = f".r{replica}" if replica else ""
+        return self.root / _safe_name(deployment.endpoint) / (entity + suffix)
 
-    def _workdir_of(self, deployment: Deployment, handle: dict[str, Any] | None) -> Path:
-        expected = self.workdir(deployment)
-        if handle and handle.get("workdir"):
-            recorded = Path(handle["workdir"])
-            # Trust a recorded folder only inside our root: a handle never makes us kill
-            # something elsewhere.
-            if recorded.resolve().is_relative_to(self.root.resolve()):
-                return recorded
-        return expected
+    def _trusted(self, recorded: Any) -> Path | None:
+        # Trust a recorded folder only inside our root: a handle never makes us kill
+        # something elsewhere.
+        if recorded and Path(recorded).resolve().is_relative_to(self.root.resolve()):
+            return Path(recorded)
+        return None
 
-    def _server(
-        self, deployment: Deployment, handle: dict[str, Any] | None
-    ) -> RunningServer | None:
+    def _workdirs(self, deployment: Deployment, handle: dict[str, Any] | None) -> list[Path]:
+        """Every replica folder of an instance: recorded ones and any found on disk (a crash
+        may have come between starting a replica and recording it)."""
+        base = self.workdir(deployment)
+        found = [base, *sorted(base.parent.glob(base.name + ".r*"))]
+        recorded = [self._trusted(r.get("workdir")) for r in replicas_of(handle)]
+        return list(dict.fromkeys([*(r for r in recorded if r is not None), *found]))
+
+    def _server_at(self, workdir: Path) -> RunningServer | None:
         with self._lock:
-            server = self._servers.get(deployment.instance_id)
-        if server is not None:
-            return server
-        return RunningServer.attach(self._workdir_of(deployment, handle))
+            server = self._servers.get(workdir)
+        return server if server is not None else RunningServer.attach(workdir)
+
+    def _recorded_servers(
+        self, deployment: Deployment, handle: dict[str, Any] | None
+    ) -> list[RunningServer | None]:
+        replicas = replicas_of(handle)
+        if not replicas:
+            return [self._server_at(self.workdir(deployment))]
+        return [
+            self._server_at(self._trusted(r.get("workdir")) or self.workdir(deployment, k))
+            for k, r in enumerate(replicas)
+        ]
 
     # -- Executor -------------------------------------------------------------------------------
 
@@ -161,8 +208,10 @@ class RunnerExecutor(Executor):
             cpu=cpu,
             **({"kv_cache_bytes": self.kv_cache_bytes} if self.kv_cache_bytes else {}),
         )
+        bounds = replica_bounds(config, info.throughput_chunk_size)
         with self._lock:
             self._prepared[deployment.instance_id] = spec
+            self._specs[deployment.instance_id] = (spec, bounds)
 
     @staticmethod
     def _resolve_secrets(label: str, value: str, resolve: SecretResolver) -> str:
@@ -180,12 +229,42 @@ class RunnerExecutor(Executor):
     def start(self, deployment: Deployment) -> dict[str, Any]:
         with self._lock:
             spec = self._prepared.pop(deployment.instance_id, None)
-        if spec is None:
+            kept = self._specs.get(deployment.instance_id)
+        if spec is None or kept is None:
             raise ExecutorError(f"{deployment.label}: start without prepare")
-        workdir = self.workdir(deployment)
-        # A server left by an earlier start of this same instance (a crashed apply re-running):
-        # stop it, so that one instance never has two servers.
+        fewest = kept[1][0]
+        # Servers left by an earlier start of this same instance (a crashed apply re-running):
+        # stop them, so that one instance never has two servers per replica.
+        for workdir in self._workdirs(deployment, None):
+            stop_by_pidfile(workdir)
+        return _handle([self._launch(deployment, spec, k) for k in range(fewest)])
+
+    def _cpu_binding(self) -> str | None:
+        """The core for one more CPU runner. vLLM pins each engine to a core of its own choice,
+        the same one for every server, so a second runner (an update's new version, a replica)
+        would share a core with the first one while another idles. The first runner keeps
+        vLLM's choice; each further one gets the least used core."""
+        with self._lock:
+            live = [b for w, b in self._bindings.items() if w in self._servers]
+        if not live:
+            return None
+        cores = sorted(os.sched_getaffinity(0))
+        load = dict.fromkeys(cores, 0)
+        for binding in live:
+            # vLLM's automatic binding leaves the last core to its scheduler.
+            for core in (cores[:-1] or cores) if binding == "auto" else [int(binding)]:
+                load[core] = load.get(core, 0) + 1
+        return str(min(reversed(cores), key=load.__getitem__))
+
+    def _launch(self, deployment: Deployment, spec: VllmServerSpec, replica: int) -> dict[str, Any]:
+        workdir = self.workdir(deployment, replica)
         stop_by_pidfile(workdir)
+        binding = None
+        if spec.cpu and "VLLM_CPU_OMP_THREADS_BIND" not in spec.env:
+            binding = self._cpu_binding()
+            if binding is not None:
+                env = {**spec.env, "VLLM_CPU_OMP_THREADS_BIND": binding}
+                spec = dataclasses.replace(spec, env=env)
         log = workdir / "server.log"
         if log.exists():
             log.replace(workdir / "server.log.1")
@@ -194,46 +273,94 @@ class RunnerExecutor(Executor):
         except OSError as exc:
             raise ExecutorError(f"{deployment.label}: cannot start vLLM: {exc}") from None
         with self._lock:
-            self._servers[deployment.instance_id] = server
+            self._servers[workdir] = server
+            self._bindings[workdir] = binding or "auto"
         return server.handle()
 
     def wait_ready(self, deployment: Deployment, handle: dict[str, Any], timeout: float) -> None:
-        server = self._server(deployment, handle)
-        if server is None:
-            raise ExecutorError(f"{deployment.label}: no server was started (no {PID_FILE})")
-        try:
-            server.wait_ready(timeout)
-        except ServerStartError as exc:
-            # A timeout may pass on a retry; a server that exited will exit again.
-            raise ExecutorError(
-                f"{deployment.label}: {exc}", permanent=not server.alive()
-            ) from None
+        deadline = time.monotonic() + timeout
+        for server in self._recorded_servers(deployment, handle):
+            if server is None:
+                raise ExecutorError(f"{deployment.label}: no server was started (no {PID_FILE})")
+            try:
+                server.wait_ready(max(1.0, deadline - time.monotonic()))
+            except ServerStartError as exc:
+                # A timeout may pass on a retry; a server that exited will exit again.
+                raise ExecutorError(
+                    f"{deployment.label}: {exc}", permanent=not server.alive()
+                ) from None
 
     def stop(self, deployment: Deployment, handle: dict[str, Any] | None) -> None:
         with self._lock:
             self._prepared.pop(deployment.instance_id, None)
-            server = self._servers.pop(deployment.instance_id, None)
+            self._specs.pop(deployment.instance_id, None)
+        for workdir in self._workdirs(deployment, handle):
+            self._stop_at(deployment, workdir)
+
+    def _stop_at(self, deployment: Deployment, workdir: Path) -> None:
+        with self._lock:
+            server = self._servers.pop(workdir, None)
+            self._bindings.pop(workdir, None)
         try:
             if server is not None:
                 server.stop()
             else:
-                stop_by_pidfile(self._workdir_of(deployment, handle))
+                stop_by_pidfile(workdir)
         except OSError as exc:
             raise ExecutorError(f"{deployment.label}: cannot stop its vLLM server: {exc}") from None
 
     def status(self, deployment: Deployment, handle: dict[str, Any] | None) -> EntityStatus:
-        server = self._server(deployment, handle)
-        if server is None:
-            return EntityStatus("DEPLOYMENT_FAILED", "no vLLM server is recorded for this entity")
-        if not server.alive():
-            code = server.exit_code()
-            how = f" (exit code {code})" if code is not None else ""
-            reason = f"the vLLM server is not running{how}"
-        elif not server.health():
-            reason = "the vLLM server does not answer /health"
-        else:
-            return EntityStatus("DEPLOYMENT_READY")
-        return EntityStatus(
-            "DEPLOYMENT_FAILED",
-            f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
-        )
+        for server in self._recorded_servers(deployment, handle):
+            if server is None:
+                return EntityStatus(
+                    "DEPLOYMENT_FAILED", "no vLLM server is recorded for this entity"
+                )
+            if not server.alive():
+                code = server.exit_code()
+                how = f" (exit code {code})" if code is not None else ""
+                reason = f"the vLLM server is not running{how}"
+            elif not server.health():
+                reason = "the vLLM server does not answer /health"
+            else:
+                continue
+            return EntityStatus(
+                "DEPLOYMENT_FAILED",
+                f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
+            )
+        return EntityStatus("DEPLOYMENT_READY")
+
+    # -- replicas (provisioned throughput) ------------------------------------------------------
+
+    def bounds(self, deployment: Deployment) -> tuple[int, int] | None:
+        """(fewest, most) replicas of a prepared or started instance."""
+        with self._lock:
+            kept = self._specs.get(deployment.instance_id)
+        return kept[1] if kept else None
+
+    def add_replica(
+        self, deployment: Deployment, handle: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
+        """Start one more replica and wait until it serves; returns the handle with it."""
+        with self._lock:
+            kept = self._specs.get(deployment.instance_id)
+        if kept is None:
+            raise ExecutorError(f"{deployment.label}: add a replica without prepare")
+        replicas = replicas_of(handle)
+        started = self._launch(deployment, kept[0], len(replicas))
+        server = self._server_at(Path(started["workdir"]))
+        assert server is not None
+        try:
+            server.wait_ready(timeout)
+        except ServerStartError as exc:
+            self._stop_at(deployment, Path(started["workdir"]))
+            raise ExecutorError(f"{deployment.label}: {exc}") from None
+        return _handle([*replicas, started])
+
+    def without_last_replica(self, handle: dict[str, Any]) -> dict[str, Any]:
+        """The handle once its last replica is gone (the caller drains, then stops it)."""
+        return _handle(replicas_of(handle)[:-1])
+
+    def stop_replica(self, deployment: Deployment, replica: dict[str, Any]) -> None:
+        workdir = self._trusted(replica.get("workdir"))
+        if workdir is not None:
+            self._stop_at(deployment, workdir)
