@@ -97,11 +97,23 @@ class Backoff:
         self._next.pop(entity_id, None)
 
 
+def _serving(executor: RunnerExecutor, deployment: Deployment, entity: Any, store: Any) -> bool:
+    if executor.status(deployment, entity.handle).deployment == "DEPLOYMENT_READY":
+        return True
+    # A replica removed since the row was read is stopped on purpose: ask again with the
+    # handle as it is now.
+    fresh = next((e for e in store.entities(role="active") if e.id == entity.id), None)
+    if fresh is None or fresh.handle == entity.handle:
+        return False
+    return executor.status(deployment, fresh.handle).deployment == "DEPLOYMENT_READY"
+
+
 def restart_runners(
     store: SqliteStateStore,
     executor: RunnerExecutor,
     resolve: Any,
     backoff: Backoff | None = None,
+    busy: Any = lambda entity_id: False,
 ) -> None:
     """Start every active self-hosted entity whose runner is not running (RECOVERING -> READY).
 
@@ -109,9 +121,12 @@ def restart_runners(
     failing is retried with backoff.
     """
     backoff = backoff or Backoff()
+    executor.reap()
     for entity in _self_hosted(store):
+        if busy(entity.id):
+            continue  # a replica is being added or removed: its handle is about to change
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
-        if executor.status(deployment, entity.handle).deployment == "DEPLOYMENT_READY":
+        if _serving(executor, deployment, entity, store):
             if entity.deployment != "DEPLOYMENT_READY":
                 store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
             backoff.succeeded(entity.id)

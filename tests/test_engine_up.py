@@ -355,6 +355,11 @@ def test_up_runs_a_self_hosted_endpoint_that_destroy_stops(tmp_path: Path) -> No
                     break
                 time.sleep(0.2)
             assert query.status_code == 404, query.text
+            # The host reaps its child that the CLI stopped: no zombie until the host exits.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.2)
+            assert not Path(f"/proc/{pid}").exists()
     finally:
         code = up.stop()
     assert code == 0, up.output

@@ -118,6 +118,10 @@ class Autoscaler:
 
         task.add_done_callback(done)
 
+    def busy(self, instance_id: int) -> bool:
+        """A replica of this instance is being added or removed."""
+        return instance_id in self._busy
+
     async def wait(self) -> None:
         """For shutdown: replica changes in progress finish before the runners stop."""
         if self._busy:

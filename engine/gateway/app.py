@@ -161,6 +161,8 @@ class ServingApp:
             if self.autoscaler is not None:
                 await self.autoscaler.wait()
             await asyncio.to_thread(stop_runners, self.store, self.runners)
+            # Runners of applies still starting (pending entities) stop with the host too.
+            await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
         if self.store is not None:
@@ -206,7 +208,8 @@ class ServingApp:
             store.close()
             return
         try:
-            restart_runners(store, self.runners, self._resolve, self._backoff)
+            busy = self.autoscaler.busy if self.autoscaler is not None else (lambda _: False)
+            restart_runners(store, self.runners, self._resolve, self._backoff, busy)
         finally:
             store.release_lock(lock.id)
             store.close()

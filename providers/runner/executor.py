@@ -14,7 +14,6 @@ error message.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import threading
 import time
@@ -240,21 +239,15 @@ class RunnerExecutor(Executor):
         return _handle([self._launch(deployment, spec, k) for k in range(fewest)])
 
     def _cpu_binding(self) -> str | None:
-        """The core for one more CPU runner. vLLM pins each engine to a core of its own choice,
-        the same one for every server, so a second runner (an update's new version, a replica)
-        would share a core with the first one while another idles. The first runner keeps
-        vLLM's choice; each further one gets the least used core."""
+        """How one more CPU runner binds its threads. vLLM pins each engine's worker to a core
+        of its own choice (the same one every time) and moves its other processes to the cores
+        left over. With a runner already busy on that core, a second one pinned next to it
+        starved for minutes on two cores (a process moved onto the busy core hung in
+        sched_setaffinity). So the first runner keeps vLLM's binding and each further one
+        runs unbound: the kernel spreads it over the cores that have room."""
         with self._lock:
-            live = [b for w, b in self._bindings.items() if w in self._servers]
-        if not live:
-            return None
-        cores = sorted(os.sched_getaffinity(0))
-        load = dict.fromkeys(cores, 0)
-        for binding in live:
-            # vLLM's automatic binding leaves the last core to its scheduler.
-            for core in (cores[:-1] or cores) if binding == "auto" else [int(binding)]:
-                load[core] = load.get(core, 0) + 1
-        return str(min(reversed(cores), key=load.__getitem__))
+            live = any(workdir in self._servers for workdir in self._bindings)
+        return "nobind" if live else None
 
     def _launch(self, deployment: Deployment, spec: VllmServerSpec, replica: int) -> dict[str, Any]:
         workdir = self.workdir(deployment, replica)
@@ -328,6 +321,28 @@ class RunnerExecutor(Executor):
                 f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
             )
         return EntityStatus("DEPLOYMENT_READY")
+
+    def stop_all(self) -> None:
+        """Stop every server this process started and has not stopped: the host is going, and
+        runners never outlive it (also those of an apply or a replica still starting)."""
+        with self._lock:
+            servers = list(self._servers.items())
+            self._servers.clear()
+            self._bindings.clear()
+        for _, server in servers:
+            try:
+                server.stop()
+            except OSError:
+                stop_by_pidfile(server.workdir)
+
+    def reap(self) -> None:
+        """Forget servers that exited (e.g. stopped by a CLI destroy through their pid files):
+        polling an exited child collects it, so no zombie waits for the host to exit."""
+        with self._lock:
+            for workdir, server in list(self._servers.items()):
+                if server.process is not None and server.process.poll() is not None:
+                    del self._servers[workdir]
+                    self._bindings.pop(workdir, None)
 
     # -- replicas (provisioned throughput) ------------------------------------------------------
 
