@@ -275,7 +275,10 @@ class TableBuilder:
                 return ServedEntity(
                     instance.name, instance.id, None, f"secret {exc.args[0]} does not resolve"
                 )
-            client = AiohttpClient(timeout=UPSTREAM_TIMEOUT, max_connections=256)
+            # vLLM's server (uvicorn) closes idle connections after 5 s: keep ours for less.
+            client = AiohttpClient(
+                timeout=UPSTREAM_TIMEOUT, max_connections=256, keepalive=15.0 if external else 3.0
+            )
             try:
                 adapters = [adapter_for(model, client) for model in resolved]
             except ProviderError as exc:

@@ -105,16 +105,23 @@ class AiohttpClient:
         *,
         timeout: httpx.Timeout | float | None = None,
         max_connections: int = 256,
+        keepalive: float = 15.0,
     ) -> None:
         self._timeout = _client_timeout(timeout)
         self._max_connections = max_connections
+        # Idle seconds a pooled connection is kept: below the server's own idle timeout, or a
+        # request may be sent on a connection the server is closing (a reset, then a 502).
+        self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop.
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+                limit=self._max_connections,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+                keepalive_timeout=self._keepalive,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
