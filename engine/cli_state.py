@@ -11,9 +11,10 @@ import typer
 from providers import Deployment, ExecutorError
 
 from .cli_output import fail
-from .state import EndpointRow, SqliteStateStore, StateError
+from .runner_stop_only import cli_executors
+from .state import EndpointRow, SqliteStateStore, StateError, resolve_state_path
 from .views import endpoint_detail
-from .workspace import actor_name, build_executors, open_store
+from .workspace import actor_name, open_store
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
 
@@ -101,9 +102,13 @@ def state_show(name: str, state: StateOpt = None) -> None:
 def refresh_command(state: StateOpt = None) -> None:
     """Ask the executors for each entity's live status and record drift."""
     store = _open(state)
-    executors = build_executors()
+    # Runners are asked too (by their pid files), so a dead one shows as FAILED until the
+    # host's reconciler restarts it (RECOVERING, then READY).
+    executors = cli_executors(resolve_state_path(state))
     drift = 0
     for entity in store.entities(role="active"):
+        if (entity.handle or {}).get("scaled_to_zero"):
+            continue  # no process by design: the next request starts it
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
         try:
             status = executors.for_entity(entity.config).status(deployment, entity.handle)

@@ -189,3 +189,22 @@ def test_the_default_system_prompt_comes_first_unless_the_request_has_one() -> N
     own = {"messages": [{"role": "system", "content": "mine"}, {"role": "user", "content": "x"}]}
     assert with_system_prompt(own, "You are terse.") is own
     assert with_system_prompt(asked, None) is asked
+
+
+def test_refresh_reports_a_missing_runner_and_leaves_a_scaled_to_zero_one_alone(
+    engine: Engine,
+) -> None:
+    from engine_harness import run_cli
+
+    env = {"ENGINE_STATE": str(engine.state)}
+    refreshed = run_cli("refresh", env=env)
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert "DEPLOYMENT_READY -> DEPLOYMENT_FAILED" in refreshed.stdout
+    assert "no vLLM server is recorded" in refreshed.stdout
+    assert _entity(engine).deployment == "DEPLOYMENT_FAILED"
+
+    entity_id = _scale_down(engine)
+    engine.store.update_entity(entity_id, deployment="DEPLOYMENT_READY", message="scaled to zero")
+    refreshed = run_cli("refresh", env=env)
+    assert refreshed.returncode == 0 and "0 entities changed" in refreshed.stdout
+    assert _entity(engine).deployment == "DEPLOYMENT_READY"
