@@ -121,8 +121,6 @@ class RunnerExecutor(Executor):
         self._specs: dict[int, tuple[VllmServerSpec, tuple[int, int]]] = {}
         # Servers this process started, by workdir: the Popen lets stop() reap them (no zombies).
         self._servers: dict[Path, RunningServer] = {}
-        # CPU runners: the core each was bound to ("auto": vLLM's own binding).
-        self._bindings: dict[Path, str] = {}
 
     # -- paths and lookups --------------------------------------------------------------------
 
@@ -238,26 +236,17 @@ class RunnerExecutor(Executor):
             stop_by_pidfile(workdir)
         return _handle([self._launch(deployment, spec, k) for k in range(fewest)])
 
-    def _cpu_binding(self) -> str | None:
-        """How one more CPU runner binds its threads. vLLM pins each engine's worker to a core
-        of its own choice (the same one every time) and moves its other processes to the cores
-        left over. With a runner already busy on that core, a second one pinned next to it
-        starved for minutes on two cores (a process moved onto the busy core hung in
-        sched_setaffinity). So the first runner keeps vLLM's binding and each further one
-        runs unbound: the kernel spreads it over the cores that have room."""
-        with self._lock:
-            live = any(workdir in self._servers for workdir in self._bindings)
-        return "nobind" if live else None
-
     def _launch(self, deployment: Deployment, spec: VllmServerSpec, replica: int) -> dict[str, Any]:
         workdir = self.workdir(deployment, replica)
         stop_by_pidfile(workdir)
-        binding = None
         if spec.cpu and "VLLM_CPU_OMP_THREADS_BIND" not in spec.env:
-            binding = self._cpu_binding()
-            if binding is not None:
-                env = {**spec.env, "VLLM_CPU_OMP_THREADS_BIND": binding}
-                spec = dataclasses.replace(spec, env=env)
+            # vLLM pins each CPU engine's worker to a core of its choice, the same one for
+            # every server. With one runner busy on that core, a second runner's processes
+            # starting next to it hung for minutes in sched_setaffinity on two cores (seen
+            # in updates and replica starts under load). Unbound runners let the kernel
+            # spread them; an entity's environment_vars may still set a binding.
+            env = {**spec.env, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+            spec = dataclasses.replace(spec, env=env)
         log = workdir / "server.log"
         if log.exists():
             log.replace(workdir / "server.log.1")
@@ -267,7 +256,6 @@ class RunnerExecutor(Executor):
             raise ExecutorError(f"{deployment.label}: cannot start vLLM: {exc}") from None
         with self._lock:
             self._servers[workdir] = server
-            self._bindings[workdir] = binding or "auto"
         return server.handle()
 
     def wait_ready(self, deployment: Deployment, handle: dict[str, Any], timeout: float) -> None:
@@ -293,7 +281,6 @@ class RunnerExecutor(Executor):
     def _stop_at(self, deployment: Deployment, workdir: Path) -> None:
         with self._lock:
             server = self._servers.pop(workdir, None)
-            self._bindings.pop(workdir, None)
         try:
             if server is not None:
                 server.stop()
@@ -328,7 +315,6 @@ class RunnerExecutor(Executor):
         with self._lock:
             servers = list(self._servers.items())
             self._servers.clear()
-            self._bindings.clear()
         for _, server in servers:
             try:
                 server.stop()
@@ -342,7 +328,6 @@ class RunnerExecutor(Executor):
             for workdir, server in list(self._servers.items()):
                 if server.process is not None and server.process.poll() is not None:
                     del self._servers[workdir]
-                    self._bindings.pop(workdir, None)
 
     # -- replicas (provisioned throughput) ------------------------------------------------------
 
