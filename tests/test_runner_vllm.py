@@ -203,7 +203,9 @@ def test_handle_shape_and_no_secret_outside_the_server(
     chat: tuple[Deployment, dict[str, Any]],
 ) -> None:
     deployment, handle = chat
-    assert set(handle) == {"pid", "port", "base_url", "log_file", "workdir"}
+    # Replica 0's fields at the top, and the replicas (one without provisioned throughput).
+    assert set(handle) == {"pid", "port", "base_url", "log_file", "workdir", "replicas"}
+    assert handle["replicas"] == [{k: v for k, v in handle.items() if k != "replicas"}]
     assert handle["base_url"] == f"http://127.0.0.1:{handle['port']}/v1"
     assert Path(handle["workdir"]).name == "tiny-1-101"
     json.dumps(handle)  # JSON, as the state store keeps it
