@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .state import resolve_state_path
 
-__all__ = ["register"]
+__all__ = ["ColdStartWaitOpt", "ScaleToZeroAfterOpt", "UVICORN_SETTINGS", "register"]
+
+ScaleToZeroAfterOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--scale-to-zero-after",
+        help="Idle seconds before a scale_to_zero_enabled runner stops "
+        "(default 1800, or $ENGINE_SCALE_TO_ZERO_AFTER).",
+    ),
+]
+ColdStartWaitOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--cold-start-wait",
+        help="Seconds a request waits for a scaled-to-zero runner to start before a 503 "
+        "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
+    ),
+]
+# How every serving host runs uvicorn (`engine serve`, `engine up`).
+UVICORN_SETTINGS: dict[str, Any] = {
+    "loop": "auto",
+    "http": "httptools",
+    "lifespan": "on",
+    "access_log": False,
+    "log_level": "warning",
+    "timeout_graceful_shutdown": 10,
+    # Longer than clients' pool idle times: closing a kept-alive connection just as a
+    # pooled client reuses it resets that request (seen with 1,000 concurrent requests).
+    "timeout_keep_alive": 75,
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -22,22 +51,8 @@ def serve_command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     state: Annotated[Path | None, typer.Option("--state", help="State file.")] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
-    scale_to_zero_after: Annotated[
-        float | None,
-        typer.Option(
-            "--scale-to-zero-after",
-            help="Idle seconds before a scale_to_zero_enabled runner stops "
-            "(default 1800, or $ENGINE_SCALE_TO_ZERO_AFTER).",
-        ),
-    ] = None,
-    cold_start_wait: Annotated[
-        float | None,
-        typer.Option(
-            "--cold-start-wait",
-            help="Seconds a request waits for a scaled-to-zero runner to start before a 503 "
-            "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
-        ),
-    ] = None,
+    scale_to_zero_after: ScaleToZeroAfterOpt = None,
+    cold_start_wait: ColdStartWaitOpt = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -54,17 +69,4 @@ def serve_command(
         cold_start_wait=cold_start_wait,
     )
     typer.echo(f"serving on http://{host}:{port} (state {resolve_state_path(state)})", err=True)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        loop="auto",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-        # Longer than clients' pool idle times: closing a kept-alive connection just as a
-        # pooled client reuses it resets that request (seen with 1,000 concurrent requests).
-        timeout_keep_alive=75,
-    )
+    uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)

@@ -54,6 +54,7 @@ from providers.runner import RunnerExecutor
 from .catalog import ModelCatalog
 from .cli_output import EXIT_ERROR, EXIT_OK, fail
 from .cli_plan import _load, _make_plan, _print_plan, _run_apply, _session
+from .cli_serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
 from .spec_loader import LoadResult
 from .state import LockHeld, SqliteStateStore, resolve_state_path
 from .workspace import actor_name
@@ -93,22 +94,8 @@ def up_command(
         float, typer.Option("--lock-timeout", help="Seconds to wait for the state lock.")
     ] = 600.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
-    scale_to_zero_after: Annotated[
-        float | None,
-        typer.Option(
-            "--scale-to-zero-after",
-            help="Idle seconds before a scale_to_zero_enabled runner stops "
-            "(default 1800, or $ENGINE_SCALE_TO_ZERO_AFTER).",
-        ),
-    ] = None,
-    cold_start_wait: Annotated[
-        float | None,
-        typer.Option(
-            "--cold-start-wait",
-            help="Seconds a request waits for a scaled-to-zero runner to start before a 503 "
-            "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
-        ),
-    ] = None,
+    scale_to_zero_after: ScaleToZeroAfterOpt = None,
+    cold_start_wait: ColdStartWaitOpt = None,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     loaded = _load(paths)
@@ -144,20 +131,7 @@ def up_command(
         lock_timeout=lock_timeout,
         state_option=state,
     )
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="auto",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=10,
-            timeout_keep_alive=75,
-        )
-    )
+    server = _Server(uvicorn.Config(app, host=host, port=port, **UVICORN_SETTINGS))
     app.server = server
     typer.echo(f"starting the serving host on {url} (state {state_path})", err=True)
     server.run()
