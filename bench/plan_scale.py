@@ -39,7 +39,7 @@ import yaml
 # Run from a checkout without installing: make the repo root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.spec_loader import load_specs  # noqa: E402
+from engine.specs.loader import load_specs  # noqa: E402
 from plans import (  # noqa: E402
     Canonical,
     EndpointRecord,

@@ -51,9 +51,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.catalog import ModelCatalog  # noqa: E402
+from engine.access.tokens import create_token  # noqa: E402
+from engine.catalog.models import ModelCatalog  # noqa: E402
 from engine.state import SqliteStateStore  # noqa: E402
-from engine.tokens import create_token  # noqa: E402
 from providers.runner import build_tiny_llama, group_members  # noqa: E402
 
 ENDPOINT = "bench-runner"

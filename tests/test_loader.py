@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.spec_loader import SpecUsageError, load_specs, load_text
+from engine.specs.loader import SpecUsageError, load_specs, load_text
 from schemas import format_path
 
 CHAT = """\

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from engine_harness import Engine, run_cli, self_hosted, write_specs
 
-from engine import mlflow_registry
-from engine.catalog import ModelCatalog
-from engine.inventory import entity_checker
+from engine.catalog import mlflow_registry
+from engine.catalog.models import ModelCatalog
+from engine.host.inventory import entity_checker
 from engine.state import SqliteStateStore
 
 pytest.importorskip("mlflow")

@@ -11,7 +11,7 @@ from engine_harness import Engine
 from hypothesis import HealthCheck, settings
 from serving_harness import ServerProcess
 
-from engine.tokens import create_token
+from engine.access.tokens import create_token
 
 TOKEN: dict[str, str] = {}
 

@@ -178,7 +178,7 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
         write_specs(specs, [self_hosted("ep", {"a": 100}, version="3")])
         loaded_plan = engine.store.snapshot()
         assert loaded_plan.endpoints["ep"].update_interrupted is False
-        from engine.spec_loader import load_specs
+        from engine.specs.loader import load_specs
         from engine.workspace import desired_from
         from plans import make_plan
 

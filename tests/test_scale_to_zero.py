@@ -17,9 +17,9 @@ import pytest
 from engine_harness import Engine, register_test_models, self_hosted, write_specs
 from executor_fixture import ControllableExecutor
 
-from engine.gateway._scale import ColdStartError, ScaleToZero
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, Upstream
-from engine.gateway.app import ServingApp
+from engine.host.app import ServingApp
+from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from providers import ExecutorError
 
 

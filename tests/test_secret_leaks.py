@@ -74,7 +74,7 @@ def test_secret_only_change_never_leaks(tmp_path: Path) -> None:
     # The secret store holds the value, encrypted; the engine can still read it.
     for path in state_dir.glob("secrets.db*"):
         _assert_absent(path.read_bytes(), path.name)
-    from engine.secrets_store import secret_store_for_state
+    from engine.secrets.store import secret_store_for_state
 
     store = secret_store_for_state(state_dir / "state.db")
     values = [

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
-import engine.cli_secrets as cli_secrets
-import engine.secrets_store as secrets_store
-from engine.cli_secrets import secrets_app
-from engine.secrets_store import (
+import engine.cli.secrets as cli_secrets
+import engine.secrets.store as secrets_store
+from engine.cli.secrets import secrets_app
+from engine.secrets.store import (
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     KEY_ENV_VAR,

@@ -11,7 +11,7 @@ from conftest import custom_model, openai_chat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.spec_loader import load_text
+from engine.specs.loader import load_text
 
 KEYS = [
     "name",

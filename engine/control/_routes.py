@@ -33,17 +33,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from ..asgi import ApiError, read_json, send_json, send_text
-from ..calibrate import optimization_info
-from ..catalog import ModelCatalog
-from ..managed_secrets import MANAGED_SCOPE
-from ..secrets_store import SecretStoreError
-from ..state import EndpointRow, SqliteStateStore
-from ..tokens import Principal
-from ..views import endpoint_detail, endpoint_summary, task_of
-from ._openapi import endpoint_openapi, openapi_document
-from ._permissions import LEVEL_DESCRIPTIONS, LEVELS, acl_json, level_of, parse_acl, require
-from ._service import EndpointService
+from engine.access.permissions import (
+    LEVEL_DESCRIPTIONS,
+    LEVELS,
+    acl_json,
+    level_of,
+    parse_acl,
+    require,
+)
+from engine.access.tokens import Principal
+from engine.asgi import ApiError, read_json, send_json, send_text
+from engine.catalog.calibrate import optimization_info
+from engine.catalog.models import ModelCatalog
+from engine.control._openapi import endpoint_openapi, openapi_document
+from engine.control._service import EndpointService
+from engine.control.views import endpoint_detail, endpoint_summary, task_of
+from engine.secrets.managed import MANAGED_SCOPE
+from engine.secrets.store import SecretStoreError
+from engine.state import EndpointRow, SqliteStateStore
 
 __all__ = ["ControlPlane"]
 

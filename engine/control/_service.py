@@ -15,16 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.apply import Applier, ApplyEvent, PlanNotApplicable
+from engine.asgi import ApiError
+from engine.catalog.models import ModelCatalog
+from engine.host.inventory import entity_checker
+from engine.secrets.store import SecretStore, secret_store_for_state
+from engine.state import LockHeld, SqliteStateStore
 from plans import Canonical, Plan, StateSnapshot, canonical_endpoint, make_plan
 from providers import ExecutorRegistry
 from schemas import format_path, validate_endpoint
-
-from ..apply import Applier, ApplyEvent, PlanNotApplicable
-from ..asgi import ApiError
-from ..catalog import ModelCatalog
-from ..inventory import entity_checker
-from ..secrets_store import SecretStore, secret_store_for_state
-from ..state import LockHeld, SqliteStateStore
 
 __all__ = ["EndpointService"]
 

@@ -1,5 +1,1 @@
-"""The serving host's data plane: routing, rate limits, adapters, metrics, usage."""
-
-from .app import ServingApp
-
-__all__ = ["ServingApp"]
+"""The data plane: routing table, dispatch, rate limits, metrics, usage."""

@@ -14,15 +14,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from engine.access.tokens import Principal
+from engine.asgi import ApiError, send_json
+from engine.gateway._metrics import Metrics
+from engine.gateway._ratelimit import RateLimiter
+from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
+from engine.gateway._usage import UsageRecord, UsageRecorder
+from engine.host.autoscale import ThroughputMeter
 from providers.adapters import ProviderError
-
-from ..asgi import ApiError, send_json
-from ..tokens import Principal
-from ._autoscale import ThroughputMeter
-from ._metrics import Metrics
-from ._ratelimit import RateLimiter
-from ._table import EndpointRoute, RoutingTable, ServedEntity
-from ._usage import UsageRecord, UsageRecorder
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 

@@ -1,8 +1,8 @@
 """The state store: the one truth about endpoints, config versions, entities and the lock."""
 
-from ._lock import LockHeld, LockInfo
-from ._records import EndpointRow, EntityRow, HistoryRow
-from ._sqlite import SqliteStateStore, StateError, open_state, resolve_state_path
+from engine.state._lock import LockHeld, LockInfo
+from engine.state._records import EndpointRow, EntityRow, HistoryRow
+from engine.state._sqlite import SqliteStateStore, StateError, open_state, resolve_state_path
 
 __all__ = [
     "EndpointRow",

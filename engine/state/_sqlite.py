@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.state._lock import LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
-
-from ._lock import LockHeld, LockInfo, holder_is_alive, this_host
-from ._records import EndpointRow, EntityRow, HistoryRow
 
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 

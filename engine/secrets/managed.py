@@ -11,9 +11,8 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from engine.secrets.store import SecretStore, SecretStoreError
 from plans import SENSITIVE, is_sensitive
-
-from .secrets_store import SecretStore, SecretStoreError
 
 __all__ = ["MANAGED_SCOPE", "with_managed_references", "delete_unused_managed_secrets"]
 

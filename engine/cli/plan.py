@@ -9,6 +9,21 @@ from typing import Annotated
 
 import typer
 
+from engine.apply import Applier, ApplyEvent, PlanNotApplicable
+from engine.catalog.models import ModelCatalog
+from engine.cli.output import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from engine.executors import cli_executors
+from engine.host.inventory import entity_checker
+from engine.secrets.store import SecretStore, SecretStoreError
+from engine.specs.loader import SpecUsageError, load_specs
+from engine.state import EntityRow, LockHeld, SqliteStateStore, StateError
+from engine.workspace import (
+    actor_name,
+    default_stack,
+    desired_from,
+    open_secrets,
+    open_store,
+)
 from plans import (
     Plan,
     PlanFile,
@@ -20,22 +35,6 @@ from plans import (
     write_plan_file,
 )
 from providers import ExecutorRegistry
-
-from .apply import Applier, ApplyEvent, PlanNotApplicable
-from .catalog import ModelCatalog
-from .cli_output import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
-from .inventory import entity_checker
-from .runner_stop_only import cli_executors
-from .secrets_store import SecretStore, SecretStoreError
-from .spec_loader import SpecUsageError, load_specs
-from .state import EntityRow, LockHeld, SqliteStateStore, StateError
-from .workspace import (
-    actor_name,
-    default_stack,
-    desired_from,
-    open_secrets,
-    open_store,
-)
 
 __all__ = ["register"]
 
@@ -211,7 +210,7 @@ def show_command(
             fail(str(exc))
         _print_plan(saved.plan, as_json)
         return
-    from .cli_state import print_state_list
+    from engine.cli.state import print_state_list
 
     with _session(state) as (store, _):
         print_state_list(store, as_json)

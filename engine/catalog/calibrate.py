@@ -40,9 +40,8 @@ from typing import Any
 
 import httpx
 
+from engine.catalog.models import CatalogEntry
 from providers.runner.vllm_process import ServerStartError, VllmServerSpec, launch
-
-from .catalog import CatalogEntry
 
 __all__ = [
     "CalibrationError",

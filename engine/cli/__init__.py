@@ -7,11 +7,16 @@ import sys
 
 import typer
 
-from . import cli_demo, cli_plan, cli_serve, cli_state, cli_up, cli_validate
-from .cli_models import models_app
-from .cli_output import EXIT_ERROR
-from .cli_secrets import secrets_app
-from .cli_tokens import tokens_app
+from engine.cli import demo as cli_demo
+from engine.cli import plan as cli_plan
+from engine.cli import serve as cli_serve
+from engine.cli import state as cli_state
+from engine.cli import up as cli_up
+from engine.cli import validate as cli_validate
+from engine.cli.models import models_app
+from engine.cli.output import EXIT_ERROR
+from engine.cli.secrets import secrets_app
+from engine.cli.tokens import tokens_app
 
 __all__ = ["app", "main"]
 
@@ -48,5 +53,5 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no cover
     main()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..asgi import ApiError
-from ..state import SqliteStateStore
-from ..tokens import Principal
+from engine.access.tokens import Principal
+from engine.asgi import ApiError
+from engine.state import SqliteStateStore
 
 __all__ = [
     "LEVELS",

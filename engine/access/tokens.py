@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from .state import SqliteStateStore
+from engine.state import SqliteStateStore
 
 __all__ = ["Principal", "TokenIndex", "create_token", "hash_token", "TOKEN_PREFIX"]
 

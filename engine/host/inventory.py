@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from .catalog import CatalogEntry, ModelCatalog
+from engine.catalog.models import CatalogEntry, ModelCatalog
 
 __all__ = ["gpu_count", "entity_checker", "cpu_fallback_allowed"]
 

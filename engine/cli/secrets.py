@@ -16,7 +16,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from engine.secrets_store import SecretStore, SecretStoreError, secret_store_for_state
+from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
 from engine.state._sqlite import STATE_ENV_VAR, resolve_state_path
 
 __all__ = ["STATE_ENV_VAR", "resolve_state_path", "secrets_app"]

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.catalog.models import ModelCatalog
+from engine.host.inventory import cpu_fallback_allowed, gpu_count
+from engine.state import SqliteStateStore
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
-
-from .catalog import ModelCatalog
-from .inventory import cpu_fallback_allowed, gpu_count
-from .state import SqliteStateStore
 
 __all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
 

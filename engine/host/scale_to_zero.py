@@ -21,11 +21,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.gateway._table import RoutingTable
+from engine.state import EntityRow, LockHeld, SqliteStateStore
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
-
-from ..state import EntityRow, LockHeld, SqliteStateStore
-from ._table import RoutingTable
 
 __all__ = ["ColdStartError", "ScaleToZero", "active_entity"]
 

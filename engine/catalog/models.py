@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import mlflow_registry
-from .state import SqliteStateStore
+from engine.catalog import mlflow_registry
+from engine.state import SqliteStateStore
 
 __all__ = ["CatalogEntry", "ModelCatalog", "CatalogError", "TASKS"]
 

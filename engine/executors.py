@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.workspace import build_executors
 from providers import Deployment, ExecutorRegistry, ExecutorUnavailable, SecretResolver
 from providers.runner import ModelInfo, RunnerExecutor
-
-from .workspace import build_executors
 
 __all__ = ["START_HINT", "StopOnlyRunnerExecutor", "cli_executors"]
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from engine.state import EndpointRow, EntityRow, SqliteStateStore
 from plans import is_sensitive
-
-from .state import EndpointRow, EntityRow, SqliteStateStore
 
 __all__ = ["endpoint_detail", "endpoint_summary", "strip_sensitive", "task_of"]
 

@@ -41,6 +41,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from engine.catalog.models import ModelCatalog
+from engine.cli.output import EXIT_ERROR, EXIT_OK, fail
+from engine.cli.plan import _load, _make_plan, _print_plan, _run_apply, _session
+from engine.cli.serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
+from engine.specs.loader import LoadResult
+from engine.state import LockHeld, SqliteStateStore, resolve_state_path
+from engine.workspace import actor_name
 from providers import (
     Deployment,
     EntityStatus,
@@ -51,16 +58,8 @@ from providers import (
 )
 from providers.runner import RunnerExecutor
 
-from .catalog import ModelCatalog
-from .cli_output import EXIT_ERROR, EXIT_OK, fail
-from .cli_plan import _load, _make_plan, _print_plan, _run_apply, _session
-from .cli_serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
-from .spec_loader import LoadResult
-from .state import LockHeld, SqliteStateStore, resolve_state_path
-from .workspace import actor_name
-
 if TYPE_CHECKING:
-    from .gateway import ServingApp
+    from engine.host.app import ServingApp
 
 __all__ = ["register"]
 
@@ -111,7 +110,7 @@ def up_command(
 
     import uvicorn
 
-    from .gateway import ServingApp
+    from engine.host.app import ServingApp
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

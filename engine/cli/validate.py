@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
+from engine.cli.output import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
+from engine.specs.loader import LoadResult, SpecUsageError, load_specs
 from schemas import RuleOptions, render_json_schema
-
-from .cli_output import EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail
-from .spec_loader import LoadResult, SpecUsageError, load_specs
 
 __all__ = ["register"]
 

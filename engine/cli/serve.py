@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .state import resolve_state_path
+from engine.state import resolve_state_path
 
 __all__ = ["ColdStartWaitOpt", "ScaleToZeroAfterOpt", "UVICORN_SETTINGS", "register"]
 
@@ -57,7 +57,7 @@ def serve_command(
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
 
-    from .gateway import ServingApp
+    from engine.host.app import ServingApp
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

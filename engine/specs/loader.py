@@ -25,9 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
 from typing import Any
 
+from engine.specs.yaml_source import ParsedDocument, YamlSourceError, parse_documents
 from schemas import Diagnostic, EndpointSpec, Path, RuleOptions, validate_endpoint
-
-from .yaml_source import ParsedDocument, YamlSourceError, parse_documents
 
 __all__ = ["LoadResult", "LoadedEndpoint", "SpecUsageError", "load_specs", "SPEC_SUFFIXES"]
 

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from .cli_output import fail
-from .state import StateError
-from .tokens import create_token
-from .workspace import open_store
+from engine.access.tokens import create_token
+from engine.cli.output import fail
+from engine.state import StateError
+from engine.workspace import open_store
 
 __all__ = ["tokens_app"]
 

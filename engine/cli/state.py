@@ -8,13 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.cli.output import fail
+from engine.control.views import endpoint_detail
+from engine.executors import cli_executors
+from engine.state import EndpointRow, SqliteStateStore, StateError, resolve_state_path
+from engine.workspace import actor_name, open_store
 from providers import Deployment, ExecutorError
-
-from .cli_output import fail
-from .runner_stop_only import cli_executors
-from .state import EndpointRow, SqliteStateStore, StateError, resolve_state_path
-from .views import endpoint_detail
-from .workspace import actor_name, open_store
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
 

@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from .catalog import CatalogError, ModelCatalog
-from .cli_output import fail
-from .state import StateError, resolve_state_path
-from .workspace import open_store
+from engine.catalog.models import CatalogError, ModelCatalog
+from engine.cli.output import fail
+from engine.state import StateError, resolve_state_path
+from engine.workspace import open_store
 
 __all__ = ["models_app"]
 
@@ -97,8 +97,8 @@ def calibrate_model(
     Starts one vLLM server for the model (stopped afterwards, also on Ctrl-C): run it when
     the host is otherwise idle, or the number will be low.
     """
-    from . import calibrate as cal
-    from .inventory import gpu_count
+    from engine.catalog import calibrate as cal
+    from engine.host.inventory import gpu_count
 
     catalog = _catalog(state)
     entry = catalog.get(name, version)

@@ -20,10 +20,10 @@ import httpx
 import typer
 import yaml
 
-from .catalog import ModelCatalog
-from .cli_output import fail
-from .state import SqliteStateStore, resolve_state_path
-from .tokens import create_token
+from engine.access.tokens import create_token
+from engine.catalog.models import ModelCatalog
+from engine.cli.output import fail
+from engine.state import SqliteStateStore, resolve_state_path
 
 __all__ = ["register"]
 
@@ -65,7 +65,7 @@ def demo_command(
 
     import uvicorn
 
-    from .gateway import ServingApp
+    from engine.host.app import ServingApp
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

@@ -17,25 +17,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from engine.access.permissions import level_in
+from engine.access.tokens import Principal, TokenIndex
+from engine.asgi import ApiError, header, read_json, send_error, send_json, send_text
+from engine.catalog.models import ModelCatalog
+from engine.control import ControlPlane, EndpointService
+from engine.gateway._dataplane import TASK_OF_ROUTE, DataPlane
+from engine.gateway._metrics import Metrics
+from engine.gateway._ratelimit import RateLimiter
+from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
+from engine.gateway._usage import UsageRecorder
+from engine.host.autoscale import Autoscaler, ThroughputMeter
+from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
+from engine.host.scale_to_zero import ColdStartError, ScaleToZero
+from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
+from engine.state import EndpointRow, EntityRow, LockHeld, SqliteStateStore
+from engine.workspace import build_executors
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
-
-from ..asgi import ApiError, header, read_json, send_error, send_json, send_text
-from ..catalog import ModelCatalog
-from ..control import ControlPlane, EndpointService
-from ..control._permissions import level_in
-from ..runners import Backoff, make_runner_executor, restart_runners, stop_runners
-from ..secrets_store import SecretStore, SecretStoreError, secret_store_for_state
-from ..state import EndpointRow, EntityRow, LockHeld, SqliteStateStore
-from ..tokens import Principal, TokenIndex
-from ..workspace import build_executors
-from ._autoscale import Autoscaler, ThroughputMeter
-from ._dataplane import TASK_OF_ROUTE, DataPlane
-from ._metrics import Metrics
-from ._ratelimit import RateLimiter
-from ._scale import ColdStartError, ScaleToZero
-from ._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
-from ._usage import UsageRecorder
 
 __all__ = ["ServingApp"]
 

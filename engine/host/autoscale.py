@@ -21,13 +21,12 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.gateway._table import RoutingTable
+from engine.host.scale_to_zero import READY_TIMEOUT, active_entity
+from engine.state import SqliteStateStore
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 from providers.runner.executor import replicas_of
-
-from ..state import SqliteStateStore
-from ._scale import READY_TIMEOUT, active_entity
-from ._table import RoutingTable
 
 __all__ = ["Autoscaler", "ThroughputMeter", "desired_replicas"]
 

@@ -1,0 +1,1 @@
+"""The model catalog: local registrations, an MLflow Model Registry, throughput calibration."""

@@ -1,0 +1,1 @@
+"""Endpoint specs from files: the loader and the YAML source with line numbers."""
