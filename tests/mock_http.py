@@ -4,9 +4,11 @@
     with MockUpstream(handler) as upstream:
         upstream.url                # http://127.0.0.1:PORT
         upstream.requests           # every request received, in order
+        upstream.streams_abandoned  # streams whose client closed the connection mid-way
 
 A response with `chunks` is streamed with chunked transfer encoding, one chunk at a time, so
-streaming translation is exercised over a real socket.
+streaming translation is exercised over a real socket. `cut=True` then closes the connection
+without ending the body, as a crashed upstream or a dropped connection does.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class MockResponse:
     headers: dict[str, str] = field(default_factory=dict)
     chunks: Iterable[bytes] | None = None
     delay: float = 0.0
+    cut: bool = False
 
 
 def sse(events: Iterable[tuple[str | None, Any]]) -> list[bytes]:
@@ -62,10 +65,15 @@ class MockUpstream:
     def __init__(self, handler: Callable[[RecordedRequest], MockResponse]) -> None:
         self.handler = handler
         self.requests: list[RecordedRequest] = []
+        self.streams_abandoned = 0
+        self._lock = threading.Lock()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and each chunk are separate writes: with Nagle's algorithm the next one
+            # waits for the reader's delayed ACK (40 ms a stream).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -93,11 +101,19 @@ class MockUpstream:
                         self.send_header(k, v)
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    for piece in response.chunks:
-                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    try:
+                        for piece in response.chunks:
+                            self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                            self.wfile.flush()
+                        if response.cut:
+                            self.close_connection = True
+                            return
+                        self.wfile.write(b"0\r\n\r\n")
                         self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                    self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True
+                        with upstream._lock:
+                            upstream.streams_abandoned += 1
                     return
                 payload = response.body
                 if response.json is not None:
