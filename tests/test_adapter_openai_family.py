@@ -21,8 +21,10 @@ from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 
 # Imported for their registrations: adapter_for loads modules only while the registry is empty.
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for, databricks, legacy  # noqa: F401
+from providers.adapters._base import StreamError, StreamTally
+from providers.adapters._sse import EventFramer
 from providers.adapters.custom import route_url
-from providers.adapters.openai import OpenAIAdapter
+from providers.adapters.openai import OpenAIAdapter, model_to_sse
 
 Json = dict[str, Any]
 
@@ -434,6 +436,92 @@ def test_wire_stream(wire: Wire, route: str, upstream: MockUpstream) -> None:
     assert chunks == CHUNKS[route]  # as-is, in order, stopped at [DONE]
     assert chunks[-1]["usage"] == USAGE
     settle()
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+@pytest.mark.parametrize("wire", WIRE, ids=WIRE_IDS)
+def test_wire_sse_passes_the_upstream_bytes_through(
+    wire: Wire, route: str, upstream: MockUpstream
+) -> None:
+    method, body = CALLS[route]
+    tally = StreamTally()
+
+    async def collect_bytes(adapter: ProviderAdapter) -> bytes:
+        return b"".join([b async for b in getattr(adapter, f"{method}_sse")(body, tally)])
+
+    sent, requests = exchange(upstream, wire_upstream(), wire.model, collect_bytes)
+
+    (request,) = api_requests(requests)
+    assert_request(wire, route, request, stream=True)
+    assert sent == b"".join(sse_frames(CHUNKS[route])[:-1])  # as sent, up to [DONE] included
+    assert tally.usage == USAGE
+    settle()
+
+
+def scan(pieces: list[bytes]) -> tuple[bytes, StreamTally, bool, StreamError | None]:
+    """Feed `pieces` to a framer and `model_to_sse`, as the passthrough does."""
+    framer, tally, out = EventFramer(), StreamTally(), b""
+    for piece in pieces:
+        block = framer.feed(piece)
+        if block:
+            forward, done, error = model_to_sse(block, tally, "openai")
+            out += forward
+            if done or error:
+                return out, tally, done, error
+    return out, tally, False, None
+
+
+STREAM = b"".join(sse_frames(CHUNKS["chat"])[:-1])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, len(STREAM)])
+def test_passthrough_framing_does_not_depend_on_how_bytes_arrive(size: int) -> None:
+    pieces = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    out, tally, done, error = scan(pieces)
+    assert (out, tally.usage, done, error) == (STREAM, USAGE, True, None)
+
+
+def test_passthrough_reads_only_usage_objects_and_errors() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")
+    out, tally, done, _ = scan([crlf[:5], crlf[5:]])
+    assert (out, tally.usage, done) == (STREAM, USAGE, True)  # line ends made LF
+
+    # `"usage": null` on every chunk (OpenAI with include_usage) and "usage" as content text.
+    text = sse([(None, {**_chat_chunk({"content": "usage"}), "usage": None}), (None, "[DONE]")])
+    out, tally, done, _ = scan(text)
+    assert (out, tally.usage, done) == (b"".join(text), None, True)
+
+    # Continuous usage (vLLM's continuous_usage_stats): the last one is the total.
+    counts = [{**USAGE, "completion_tokens": n} for n in (1, 2)]
+    frames = sse([(None, {**_chat_chunk({"content": "x"}), "usage": u}) for u in counts])
+    assert scan(frames)[1].usage == counts[-1]
+
+    failing = sse([(None, _chat_chunk({"content": "Hel"})), (None, {"error": {"message": "boom"}})])
+    out, _, done, error = scan([b"".join(failing)])
+    assert out == failing[0] and not done  # what came before the error event, not the event
+    assert isinstance(error, StreamError) and "boom" in error.message
+
+
+def test_a_stream_without_done_is_an_error(upstream: MockUpstream) -> None:
+    model = WIRE[0].model
+    cut = lambda _: MockResponse(chunks=sse_frames(CHUNKS["chat"])[:-2])  # noqa: E731
+    tally = StreamTally()
+    body = CALLS["chat"][1]
+
+    async def sse_bytes(adapter: ProviderAdapter) -> ProviderError:
+        return await failure(lambda: collect_sse(adapter.chat_sse(body, tally)))
+
+    async def chunks(adapter: ProviderAdapter) -> ProviderError:
+        return await failure(lambda: collect(adapter.chat_stream(body)))
+
+    for use in (sse_bytes, chunks):
+        exc, _ = exchange(upstream, cut, model, use)
+        assert isinstance(exc, StreamError) and "ended before [DONE]" in exc.message
+    settle()
+
+
+async def collect_sse(frames: AsyncIterator[bytes]) -> bytes:
+    return b"".join([f async for f in frames])
 
 
 # -- errors, for all eight providers ----------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 from engine.access.tokens import Principal
@@ -21,7 +22,7 @@ from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
-from providers.adapters import ProviderError
+from providers.adapters import ProviderError, StreamError, StreamTally
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -285,20 +286,40 @@ class DataPlane:
                 f"served entity {entity.name!r}: {entity.unavailable}",
             )
         upstream.acquire()
-        usage: dict[str, Any] | None = None
-        status = 200
+        tally = StreamTally()
         try:
             adapter = upstream.adapter
-            chunks: AsyncIterator[dict[str, Any]] = (
-                adapter.completions_stream(body)
+            frames = (
+                adapter.completions_sse(body, tally)
                 if route.task == "llm/v1/completions"
-                else adapter.chat_stream(with_system_prompt(body, entity.system_prompt))
+                else adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
             )
+            status = await self._relay(send, route, entity, frames)
+            await send({"type": "http.response.body", "body": b""})
+        except ApiError as exc:  # refused before the stream started: the error has a status
+            self._account(route, entity, principal, exc.status, started, None)
+            raise
+        finally:
+            await upstream.release()
+        self._account(route, entity, principal, status, started, tally.usage)
+
+    async def _relay(
+        self, send: Any, route: EndpointRoute, entity: ServedEntity, frames: AsyncIterator[bytes]
+    ) -> int:
+        """Send the stream's SSE frames as they come; the status to account for it.
+
+        Until the first frame, an upstream that refuses keeps its status (an ApiError); once
+        it has accepted the stream (a StreamError) or a frame is out, a failure is the
+        stream's last event, with no `[DONE]`. The caller ends the response.
+        """
+        failure: ProviderError | None = None
+        async with aclosing(frames):
             try:
-                first = await anext(chunks, None)
+                first = await anext(frames, b"")
+            except StreamError as exc:
+                first, failure = b"", exc
             except ProviderError as exc:
                 self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
-                self._account(route, entity, principal, exc.http_status, started, None)
                 raise ApiError(exc.http_status, _code(exc.http_status), exc.message) from None
             await send(
                 {
@@ -311,25 +332,20 @@ class DataPlane:
                     ],
                 }
             )
-            if first is not None:
-                usage = first.get("usage") or usage
-                await send({"type": "http.response.body", "body": _event(first), "more_body": True})
-            try:
-                async for piece in chunks:
-                    usage = piece.get("usage") or usage
-                    await send(
-                        {"type": "http.response.body", "body": _event(piece), "more_body": True}
-                    )
-            except ProviderError as exc:
-                # Headers are sent: the error becomes the stream's last event.
-                status = exc.http_status
-                self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
-                error = {"error_code": _code(exc.http_status), "message": exc.message}
-                await send({"type": "http.response.body", "body": _event(error), "more_body": True})
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-        finally:
-            await upstream.release()
-        self._account(route, entity, principal, status, started, usage)
+            if failure is None:
+                try:
+                    if first:
+                        await send({"type": "http.response.body", "body": first, "more_body": True})
+                    async for frame in frames:
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+                except ProviderError as exc:
+                    failure = exc
+        if failure is None:
+            return 200
+        self.metrics.upstream_errors[(route.name, entity.name, failure.kind)] += 1
+        error = {"error_code": _code(failure.http_status), "message": failure.message}
+        await send({"type": "http.response.body", "body": _event(error), "more_body": True})
+        return failure.http_status
 
     def _account(
         self,

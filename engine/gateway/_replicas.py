@@ -7,13 +7,15 @@ a replica that is slow to answer gets less of the load.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from contextlib import aclosing
+from typing import Any, TypeVar
 
-from providers.adapters import ProviderAdapter
+from providers.adapters import ProviderAdapter, StreamTally
 
 __all__ = ["ReplicaSet"]
 
 Json = dict[str, Any]
+_T = TypeVar("_T")
 
 
 class ReplicaSet:
@@ -37,13 +39,15 @@ class ReplicaSet:
             self.busy[index] -= 1
 
     async def _stream(
-        self, method: Callable[[ProviderAdapter], AsyncIterator[Json]]
-    ) -> AsyncIterator[Json]:
+        self, method: Callable[[ProviderAdapter], AsyncIterator[_T]]
+    ) -> AsyncIterator[_T]:
         index = self._pick()
         self.busy[index] += 1
         try:
-            async for chunk in method(self.adapters[index]):
-                yield chunk
+            # Closed with this one (a client gone mid-stream), so its connection goes back now.
+            async with aclosing(method(self.adapters[index])) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             self.busy[index] -= 1
 
@@ -53,11 +57,17 @@ class ReplicaSet:
     def chat_stream(self, body: Json) -> AsyncIterator[Json]:
         return self._stream(lambda a: a.chat_stream(body))
 
+    def chat_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return self._stream(lambda a: a.chat_sse(body, tally))
+
     async def completions(self, body: Json) -> Json:
         return await self._call(lambda a: a.completions(body))
 
     def completions_stream(self, body: Json) -> AsyncIterator[Json]:
         return self._stream(lambda a: a.completions_stream(body))
+
+    def completions_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return self._stream(lambda a: a.completions_sse(body, tally))
 
     async def embeddings(self, body: Json) -> Json:
         return await self._call(lambda a: a.embeddings(body))

@@ -13,6 +13,11 @@ Responses are OpenAI's shapes with `usage` (`prompt_tokens`, `completion_tokens`
 the last chunk carries `usage` when the provider reports it. Embeddings are float lists (the
 gateway encodes base64 when asked).
 
+The gateway streams through `chat_sse` / `completions_sse`: the client's SSE bytes, ending in
+`data: [DONE]` only when the upstream's stream ended as its format says a stream ends, with
+the usage seen recorded in a `StreamTally`. By default they frame the translated chunks;
+adapters whose upstream already speaks OpenAI's stream format pass its bytes through.
+
 Exceptions::
 
     ProviderError                 kind + upstream status + message (never a key or token)
@@ -21,6 +26,8 @@ Exceptions::
       kind = "timeout"            no answer in time: 504
       kind = "unsupported"        this provider cannot do this task: 400
       kind = "config"             the entity's config cannot work: 500
+      StreamError                 the upstream accepted a stream (2xx), then broke it: not an
+                                  event stream, cut before its end, a failure mid-stream
 """
 
 from __future__ import annotations
@@ -30,16 +37,20 @@ import time
 import uuid
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
 
+from ._sse import DONE, event
+
 __all__ = [
     "BaseStreamState",
     "ProviderAdapter",
     "ProviderError",
+    "StreamError",
+    "StreamTally",
     "Json",
     "chat_id",
     "chat_response",
@@ -54,7 +65,9 @@ __all__ = [
     "redact",
     "redacting",
     "REDACTED",
+    "SSE_TYPE",
     "send",
+    "sse_frames",
     "stream_bytes",
     "stream_lines",
 ]
@@ -76,6 +89,22 @@ class ProviderError(Exception):
         if self.kind == "upstream_client" and self.status is not None:
             return self.status
         return {"timeout": 504, "unsupported": 400, "config": 500}.get(self.kind, 502)
+
+
+class StreamError(ProviderError):
+    """The upstream answered a stream request with 2xx and then failed it.
+
+    Whatever the gateway has sent by then, the client's answer is a stream: the error is its
+    last event (an upstream that refused the stream keeps its status instead).
+    """
+
+
+@dataclass(slots=True)
+class StreamTally:
+    """What the gateway accounts for one stream, filled in as its events pass."""
+
+    # The upstream's last `usage` object (OpenAI's keys), None until one is seen.
+    usage: Json | None = None
 
 
 class ProviderAdapter(ABC):
@@ -107,6 +136,13 @@ class ProviderAdapter(ABC):
     async def embeddings(self, body: Json) -> Json:
         return await self._embeddings(body)
 
+    def chat_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        """The chat stream as the client's SSE bytes (see the module docstring)."""
+        return self._chat_sse(body, tally)
+
+    def completions_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return self._completions_sse(body, tally)
+
     # Implementations.
     async def _chat(self, body: Json) -> Json:
         raise self._unsupported("llm/v1/chat")
@@ -122,6 +158,12 @@ class ProviderAdapter(ABC):
 
     async def _embeddings(self, body: Json) -> Json:
         raise self._unsupported("llm/v1/embeddings")
+
+    def _chat_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return sse_frames(lambda: self.chat_stream(body), tally)
+
+    def _completions_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return sse_frames(lambda: self.completions_stream(body), tally)
 
     def _unsupported(self, what: str) -> ProviderError:
         return ProviderError("unsupported", f"provider {self.PROVIDER!r} does not support {what}")
@@ -247,6 +289,21 @@ class BaseStreamState:
         return chunk(self.model, self.response_id, chat=self.chat, **kwargs)
 
 
+async def sse_frames(
+    open_chunks: Callable[[], AsyncIterator[Json]], tally: StreamTally
+) -> AsyncIterator[bytes]:
+    """Translated chunks as SSE events, then `[DONE]` (a translator raises if its stream broke).
+
+    The chunks are opened at the first frame: an adapter that rejects the request at the call
+    (content it cannot send, say) raises where every other stream error is raised.
+    """
+    async with aclosing(open_chunks()) as chunks:
+        async for item in chunks:
+            tally.usage = item.get("usage") or tally.usage
+            yield event(item)
+    yield DONE
+
+
 def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: int | None) -> Json:
     return {
         "object": "list",
@@ -321,7 +378,9 @@ def redact(
     for secret in secrets:
         if secret:
             message = message.replace(secret, mask)
-    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
+    if message == exc.message:
+        return exc
+    return type(exc)(exc.kind, message, status=exc.status)  # a StreamError stays one
 
 
 @contextmanager
@@ -352,6 +411,30 @@ async def send(
     return response
 
 
+SSE_TYPE = "text/event-stream"
+# How much of a body that is not a stream is read for its message.
+_PEEK = 4096
+
+
+async def _not_a_stream(response: httpx.Response, provider: str, media: str) -> StreamError:
+    """A 2xx answer in another format, e.g. a JSON body from a server that ignored `stream`."""
+    head = b""
+    async for piece in response.aiter_bytes():
+        head += piece
+        if len(head) >= _PEEK:
+            break
+    text = head[:_PEEK].decode("utf-8", errors="replace").strip()
+    try:
+        said = upstream_error_message(json.loads(text)) if text else ""
+    except ValueError:
+        said = text[:200]
+    detail = f": {said}" if said else ""
+    return StreamError(
+        "upstream_server",
+        f"{provider} answered the stream request with {media}, not an event stream{detail}",
+    )
+
+
 async def _streamed(
     client: httpx.AsyncClient,
     provider: str,
@@ -359,40 +442,56 @@ async def _streamed(
     url: str,
     pieces: Callable[[httpx.Response], AsyncIterator[_T]],
     kwargs: Json,
+    content_type: str | None,
 ) -> AsyncIterator[_T]:
-    """`pieces` of a streaming response; status is checked before the first one arrives."""
+    """`pieces` of a streaming response; status and format are checked before the first one.
+
+    Failures after a 2xx are StreamErrors: the upstream had accepted the stream.
+    """
+    accepted = False
     try:
         async with client.stream(method, url, **kwargs) as response:
             if response.status_code >= 400:
                 await response.aread()
                 raise_for_upstream(response, provider)
+            accepted = True
+            media = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+            if content_type is not None and media and media != content_type:
+                raise await _not_a_stream(response, provider, media)
             async for piece in pieces(response):
                 yield piece
     except httpx.TimeoutException:
-        raise ProviderError("timeout", f"{provider} did not answer in time") from None
+        error = StreamError if accepted else ProviderError
+        raise error("timeout", f"{provider} did not answer in time") from None
     except httpx.HTTPError as exc:
-        raise ProviderError(
-            "upstream_server", f"{provider} stream failed: {type(exc).__name__}"
-        ) from None
+        error = StreamError if accepted else ProviderError
+        raise error("upstream_server", f"{provider} stream failed: {type(exc).__name__}") from None
 
 
 def stream_bytes(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: httpx.AsyncClient,
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    content_type: str | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[bytes]:
-    """Bytes of a streaming response as they arrive (binary framing: AWS event streams).
+    """Bytes of a streaming response as they arrive (passed-through SSE, AWS event streams).
 
-    The status is checked before the first byte (an error body becomes a ProviderError) and
-    transport errors are mapped to timeout / upstream_server.
+    The status is checked before the first byte (an error body becomes a ProviderError), a
+    2xx of another `content_type` than the one given is a StreamError, and transport errors
+    are mapped to timeout / upstream_server.
     """
-    return _streamed(client, provider, method, url, lambda r: r.aiter_bytes(), kwargs)
+    return _streamed(client, provider, method, url, lambda r: r.aiter_bytes(), kwargs, content_type)
 
 
 def stream_lines(
     client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[str]:
-    """Lines of a streaming response (SSE); the same checks and error mapping as `stream_bytes`.
+    """Lines of an SSE response; the same checks and error mapping as `stream_bytes`.
 
     The lines come from the client's own reader (httpx's, or aiohttp's on the gateway's hot
     path), so they split and decode exactly as each client does.
     """
-    return _streamed(client, provider, method, url, lambda r: r.aiter_lines(), kwargs)
+    return _streamed(client, provider, method, url, lambda r: r.aiter_lines(), kwargs, SSE_TYPE)

@@ -32,6 +32,7 @@ sent as one user message and the answer comes back in ``text_completion`` shape.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from ._base import (
     Json,
     ProviderAdapter,
     ProviderError,
+    StreamError,
     chat_response,
     completion_response,
     redacting,
@@ -269,11 +271,13 @@ class AnthropicAdapter(ProviderAdapter):
             lines = stream_lines(
                 self.client, PROVIDER, "POST", self.url, headers=self._headers(), json=payload
             )
-            async for event in parse_sse(lines):
-                for out in model_to_chat_streaming(event, state):
-                    yield out
+            # Closed with this stream (a client gone mid-stream): the connection goes back now.
+            async with aclosing(lines), aclosing(parse_sse(lines)) as events:
+                async for event in events:
+                    for out in model_to_chat_streaming(event, state):
+                        yield out
             if not state.done:
-                raise ProviderError("upstream_server", f"{PROVIDER} stream ended early")
+                raise StreamError("upstream_server", f"{PROVIDER} stream ended early")
 
     async def _chat(self, body: Json) -> Json:
         return model_to_chat(await self._post(chat_to_model(body, self.name)), self.name)

@@ -53,6 +53,7 @@ from ._base import (
     Json,
     ProviderAdapter,
     ProviderError,
+    StreamError,
     chat_response,
     completion_response,
     embeddings_response,
@@ -631,7 +632,13 @@ class BedrockAdapter(ProviderAdapter):
         body, headers = await self._signed(self.stream_url, payload, EVENT_STREAM)
         buffer = EventStreamBuffer()
         pieces = stream_bytes(
-            self.client, NAME, "POST", self.stream_url, content=body, headers=headers
+            self.client,
+            NAME,
+            "POST",
+            self.stream_url,
+            content_type=EVENT_STREAM,
+            content=body,
+            headers=headers,
         )
         async with aclosing(pieces):
             async for data in pieces:
@@ -642,7 +649,7 @@ class BedrockAdapter(ProviderAdapter):
                     except StopIteration:
                         break  # the rest of the frame is still on the wire
                     except ParserError as exc:
-                        raise ProviderError(
+                        raise StreamError(
                             "upstream_server",
                             f"{NAME} sent a malformed event stream: {type(exc).__name__}",
                         ) from exc
@@ -658,7 +665,7 @@ class BedrockAdapter(ProviderAdapter):
                 for out in self.family.model_to_chat_streaming(text, state):
                     yield out
         if not state.done:
-            raise ProviderError("upstream_server", f"{NAME} stream ended early")
+            raise StreamError("upstream_server", f"{NAME} stream ended early")
 
     def _check_stream(self) -> None:
         if not self.family.streams:

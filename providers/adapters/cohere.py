@@ -35,6 +35,7 @@ Completions go through /v2/chat: the prompt is one user message, the answer a te
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from ._base import (
     Json,
     ProviderAdapter,
     ProviderError,
+    StreamError,
     chat_response,
     completion_response,
     embeddings_response,
@@ -281,11 +283,13 @@ class CohereAdapter(ProviderAdapter):
                 headers=self._headers(),
                 json=payload,
             )
-            async for event in parse_sse(lines):
-                for out in model_to_chat_streaming(event, state):
-                    yield out
+            # Closed with this stream (a client gone mid-stream): the connection goes back now.
+            async with aclosing(lines), aclosing(parse_sse(lines)) as events:
+                async for event in events:
+                    for out in model_to_chat_streaming(event, state):
+                        yield out
             if not state.done:
-                raise ProviderError("upstream_server", f"{PROVIDER} stream ended early")
+                raise StreamError("upstream_server", f"{PROVIDER} stream ended early")
 
     async def _chat(self, body: Json) -> Json:
         payload = chat_to_model(body, self.name)

@@ -14,6 +14,17 @@ Entra ID token: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-cl
 The upstream already speaks the unified schema, so translation is a pass-through: `model` is set
 by the adapter (dropped where the URL names the model), `stream` follows the method called, and a
 response only gets its `usage` completed where an OpenAI-compatible server leaves it out.
+
+Streams reach the gateway's client as the upstream's own bytes (`chat_sse`), whole events at a
+time: parsing and re-serialising every chunk cost 40-60 us per event. Only events that matter
+are parsed, found by scanning bytes: one with a `usage` object (usually just the last chunk),
+an `error`, and `[DONE]`, without which a stream did not end (it was cut).
+
+    data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,
+           "delta":{"content":"Hel"},"finish_reason":null}]}
+    data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[],
+           "usage":{"prompt_tokens":8,"completion_tokens":2,"total_tokens":10}}
+    data: [DONE]
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
@@ -30,19 +42,23 @@ from urllib.parse import quote
 import httpx
 
 from ._base import (
+    SSE_TYPE,
     Json,
     ProviderAdapter,
     ProviderError,
+    StreamError,
+    StreamTally,
     redact,
     response_json,
     send,
+    stream_bytes,
     stream_lines,
     upstream_error_message,
     usage,
 )
 from ._common import credential as _lookup
 from ._registry import register_adapter
-from ._sse import parse_sse
+from ._sse import EventFramer, event_data, parse_sse
 
 __all__ = [
     "CHAT",
@@ -53,6 +69,7 @@ __all__ = [
     "credential",
     "model_to_chunk",
     "model_to_response",
+    "model_to_sse",
     "request_to_model",
     "require",
     "response_json",
@@ -137,16 +154,67 @@ def model_to_chunk(data: str, provider: str) -> Json | None:
     try:
         payload = json.loads(data)
     except ValueError:
-        raise ProviderError(
-            "upstream_server", f"{provider} sent a malformed stream event"
-        ) from None
+        raise StreamError("upstream_server", f"{provider} sent a malformed stream event") from None
     if not isinstance(payload, dict):
-        raise ProviderError("upstream_server", f"{provider} sent a malformed stream event")
+        raise StreamError("upstream_server", f"{provider} sent a malformed stream event")
+    error = _stream_error(payload, provider)
+    if error is not None:
+        raise error
+    return payload
+
+
+def _stream_error(payload: Json, provider: str) -> StreamError | None:
     if "error" in payload and "choices" not in payload:
         # An error after the 200 was sent: the status is gone, so it is the upstream's fault.
         message = upstream_error_message(payload)
-        raise ProviderError("upstream_server", f"{provider} stream error: {message}")
-    return payload
+        return StreamError("upstream_server", f"{provider} stream error: {message}")
+    return None
+
+
+# Byte patterns of the events worth parsing: `usage` holding an object (OpenAI sends
+# `"usage":null` on every chunk when usage is asked for), and an `error` key.
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_ERROR = re.compile(rb'"error"\s*:')
+
+
+def _matters(raw: bytes) -> bool:
+    return (b'"usage"' in raw and _USAGE.search(raw) is not None) or (
+        b'"error"' in raw and _ERROR.search(raw) is not None
+    )
+
+
+def model_to_sse(
+    block: bytes, tally: StreamTally, provider: str
+) -> tuple[bytes, bool, StreamError | None]:
+    """Whole SSE events of an OpenAI-wire stream -> (bytes to forward as they are, [DONE]
+    seen, the upstream's error event). `usage` objects are recorded in `tally` on the way.
+
+    The forwarded bytes stop after `[DONE]`, or before an error event (the gateway sends its
+    own error event instead).
+    """
+    if b"[DONE]" not in block and not _matters(block):
+        return block, False, None  # the common case: no event here needs reading
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n\n", start)
+        end = len(block) if end < 0 else end + 2
+        raw = block[start:end]
+        data = event_data(raw)
+        if data.strip() == b"[DONE]":
+            return block[:end], True, None
+        if _matters(raw):
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = None  # passed through as it came, like every event
+            if isinstance(payload, dict):
+                error = _stream_error(payload, provider)
+                if error is not None:
+                    return block[:start], False, error
+                if isinstance(payload.get("usage"), dict) and payload["usage"]:
+                    tally.usage = payload["usage"]
+        start = end
+    return block, False, None
 
 
 # -- transport ----------------------------------------------------------------------------------
@@ -212,6 +280,15 @@ class OpenAICompatibleAdapter(ProviderAdapter):
         except ProviderError as exc:
             raise scrub(exc, self._secrets()) from None
 
+    def _chat_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return self._passthrough(CHAT, body, tally)
+
+    def _completions_sse(self, body: Json, tally: StreamTally) -> AsyncIterator[bytes]:
+        return self._passthrough(COMPLETIONS, body, tally)
+
+    def _ended_early(self) -> StreamError:
+        return StreamError("upstream_server", f"{self.PROVIDER} stream ended before [DONE]")
+
     async def _stream(self, route: str, body: Json) -> AsyncIterator[Json]:
         try:
             request = await self._request(route, body, stream=True)
@@ -223,6 +300,33 @@ class OpenAICompatibleAdapter(ProviderAdapter):
                     if item is None:
                         return
                     yield item
+            raise self._ended_early()
+        except ProviderError as exc:
+            raise scrub(exc, self._secrets()) from None
+
+    async def _passthrough(
+        self, route: str, body: Json, tally: StreamTally
+    ) -> AsyncIterator[bytes]:
+        """The upstream's events as it sent them, up to its [DONE] (see `model_to_sse`)."""
+        try:
+            request = await self._request(route, body, stream=True)
+            pieces = stream_bytes(
+                self.client, self.PROVIDER, "POST", content_type=SSE_TYPE, **request
+            )
+            framer = EventFramer()
+            async with aclosing(pieces):
+                async for piece in pieces:
+                    block = framer.feed(piece)
+                    if not block:
+                        continue
+                    forward, done, error = model_to_sse(block, tally, self.PROVIDER)
+                    if forward:
+                        yield forward
+                    if error is not None:
+                        raise error
+                    if done:
+                        return  # closing `pieces` gives the connection back now
+            raise self._ended_early()
         except ProviderError as exc:
             raise scrub(exc, self._secrets()) from None
 

@@ -51,6 +51,7 @@ from ._base import (
     Json,
     ProviderAdapter,
     ProviderError,
+    StreamError,
     chat_response,
     completion_response,
     embeddings_response,
@@ -290,7 +291,7 @@ def model_to_chat_streaming(event: SseEvent, state: StreamState) -> list[Json]:
 def finish_streaming(state: StreamState) -> list[Json]:
     """The closing chunk of each choice, `usage` on the very last one (usage comes last)."""
     if not state.finish:
-        raise ProviderError("upstream_server", f"{NAME} stream ended early")
+        raise StreamError("upstream_server", f"{NAME} stream ended early")
     indexes = sorted(state.finish)
     return [
         state.chunk(
