@@ -10,8 +10,10 @@ client that goes away stops the upstream call.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,3 +273,35 @@ def test_openai_wire_events_pass_through_as_sent_with_usage_accounted(gateway: G
     # The limit is 10 tokens a minute and 8 are charged: one more stream fits, then none.
     assert gateway.stream("hello-limited")[0] == 200
     assert gateway.stream("hello-limited")[0] == 429
+
+
+def test_a_client_gone_mid_stream_stops_the_upstream_call(gateway: Gateway) -> None:
+    upstream = gateway.upstream
+    clients = threading.local()  # one per worker: building an httpx client costs ~10 ms CPU
+    made: list[httpx.Client] = []
+
+    def abandon(_: int) -> None:
+        if not hasattr(clients, "client"):
+            clients.client = httpx.Client(base_url=gateway.url, headers=gateway.auth, timeout=30)
+            made.append(clients.client)
+        path = "/serving-endpoints/slow/invocations"
+        with clients.client.stream("POST", path, json=CHAT) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # the first event is here; then the client goes away
+
+    before = upstream.streams_abandoned
+    abandon(0)
+    wait_for(lambda: upstream.streams_abandoned > before, "the upstream saw its stream closed")
+    # More abandoned streams than the pool has connections: none may keep one.
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(abandon, range(POOL + 8)))
+    finally:
+        for client in made:
+            client.close()
+    wait_for(
+        lambda: upstream.streams_abandoned >= before + POOL + 9,
+        "every abandoned stream's upstream connection was closed",
+    )
+    status, body = gateway.stream("hello")
+    assert status == 200 and body.endswith(b"data: [DONE]\n\n")

@@ -6,12 +6,13 @@ by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
 
@@ -51,6 +52,10 @@ _CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+# The status accounted for a stream whose client went away first (nginx's "client closed").
+CLIENT_GONE = 499
 
 
 def _code(status: int) -> str:
@@ -165,7 +170,10 @@ class DataPlane:
         *,
         entity_name: str | None = None,
         openai_route: str | None = None,
+        receive: Any = None,
     ) -> None:
+        """Answer one query; `receive` (the request's ASGI receive) lets a stream see its
+        client go away."""
         route = table.endpoints.get(endpoint)
         if route is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {endpoint!r} does not exist")
@@ -205,7 +213,7 @@ class DataPlane:
         body = {k: v for k, v in body.items() if k != "model"}
         started = time.perf_counter()
         if body.pop("stream", False) is True:
-            await self._stream(send, route, entity, principal, body, started)
+            await self._stream(send, route, entity, principal, body, started, receive)
         else:
             await self._call(
                 send, route, entity, principal, body, started, fallback=entity_name is None
@@ -274,6 +282,7 @@ class DataPlane:
         principal: Principal,
         body: dict[str, Any],
         started: float,
+        receive: Any = None,
     ) -> None:
         if route.task == "llm/v1/embeddings":
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
@@ -294,13 +303,15 @@ class DataPlane:
                 if route.task == "llm/v1/completions"
                 else adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
             )
-            status = await self._relay(send, route, entity, frames)
-            await send({"type": "http.response.body", "body": b""})
+            status = await _unless_gone(self._relay(send, route, entity, frames), receive)
+            if status is not None:
+                await send({"type": "http.response.body", "body": b""})
         except ApiError as exc:  # refused before the stream started: the error has a status
             self._account(route, entity, principal, exc.status, started, None)
             raise
         finally:
             await upstream.release()
+        status = CLIENT_GONE if status is None else status
         self._account(route, entity, principal, status, started, tally.usage)
 
     async def _relay(
@@ -313,7 +324,7 @@ class DataPlane:
         stream's last event, with no `[DONE]`. The caller ends the response.
         """
         failure: ProviderError | None = None
-        async with aclosing(frames):
+        async with aclosing(frames):  # closed early too: the upstream call stops now
             try:
                 first = await anext(frames, b"")
             except StreamError as exc:
@@ -388,3 +399,35 @@ class DataPlane:
 
 def _event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _unless_gone(relay: Coroutine[Any, Any, int], receive: Any) -> int | None:
+    """`relay`'s result, or None when the client goes away first.
+
+    uvicorn drops writes to a closed connection silently, so only `receive` tells; the relay
+    is then cancelled, which stops the upstream call and closes its connection (read to the
+    end, abandoned streams would hold the pool's connections and the upstream's work).
+    """
+    if receive is None:
+        return await relay
+    relaying = asyncio.ensure_future(relay)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((relaying, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request is cancelled itself (server shutdown): stop both
+        relaying.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if relaying.done():
+        return relaying.result()
+    relaying.cancel()
+    await asyncio.wait((relaying,))
+    if not relaying.cancelled():
+        relaying.exception()  # retrieved: a failure while stopping is no one's to answer now
+    return None
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

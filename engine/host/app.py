@@ -396,16 +396,18 @@ class ServingApp:
                     400, "INVALID_PARAMETER_VALUE", "`model` must name the serving endpoint"
                 )
             await self._authorize_query(principal, table, model)
-            await self.dataplane.invoke(send, table, principal, model, body, openai_route=rest)
+            await self.dataplane.invoke(
+                send, table, principal, model, body, openai_route=rest, receive=receive
+            )
         elif len(parts) == 2 and parts[1] == "invocations":
             body = await read_json(receive)
             await self._authorize_query(principal, table, parts[0])
-            await self.dataplane.invoke(send, table, principal, parts[0], body)
+            await self.dataplane.invoke(send, table, principal, parts[0], body, receive=receive)
         elif len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations":
             body = await read_json(receive)
             await self._authorize_query(principal, table, parts[0])
             await self.dataplane.invoke(
-                send, table, principal, parts[0], body, entity_name=parts[2]
+                send, table, principal, parts[0], body, entity_name=parts[2], receive=receive
             )
         else:
             raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at POST {scope['path']}")
