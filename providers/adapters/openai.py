@@ -172,15 +172,20 @@ def _stream_error(payload: Json, provider: str) -> StreamError | None:
 
 
 # Byte patterns of the events worth parsing: `usage` holding an object (OpenAI sends
-# `"usage":null` on every chunk when usage is asked for), and an `error` key.
+# `"usage":null` on every chunk when usage is asked for), an `error` key, and [DONE].
+_MARKS = (b'"usage"', b'"error"', b"[DONE]")
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 _ERROR = re.compile(rb'"error"\s*:')
 
 
-def _matters(raw: bytes) -> bool:
-    return (b'"usage"' in raw and _USAGE.search(raw) is not None) or (
-        b'"error"' in raw and _ERROR.search(raw) is not None
-    )
+def _next_mark(block: bytes, at: int) -> int:
+    """Where the next event that may need reading has a mark; -1 when none does."""
+    hits = [i for i in (block.find(mark, at) for mark in _MARKS) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def _marked(block: bytes) -> bool:
+    return b'"usage"' in block or b'"error"' in block or b"[DONE]" in block
 
 
 def model_to_sse(
@@ -189,31 +194,34 @@ def model_to_sse(
     """Whole SSE events of an OpenAI-wire stream -> (bytes to forward as they are, [DONE]
     seen, the upstream's error event). `usage` objects are recorded in `tally` on the way.
 
-    The forwarded bytes stop after `[DONE]`, or before an error event (the gateway sends its
-    own error event instead).
+    Only the events holding a mark are cut out and looked at (a read can hold a whole
+    stream's events). The forwarded bytes stop after `[DONE]`, or before an error event
+    (the gateway sends its own error event instead).
     """
-    if b"[DONE]" not in block and not _matters(block):
-        return block, False, None  # the common case: no event here needs reading
-    start = 0
-    while start < len(block):
-        end = block.find(b"\n\n", start)
+    if not _marked(block):
+        return block, False, None  # the common case: a read of plain content chunks
+    at = 0
+    while (mark := _next_mark(block, at)) >= 0:
+        start = block.rfind(b"\n\n", 0, mark)
+        start = 0 if start < 0 else start + 2
+        end = block.find(b"\n\n", mark)
         end = len(block) if end < 0 else end + 2
-        raw = block[start:end]
+        raw, at = block[start:end], end
         data = event_data(raw)
         if data.strip() == b"[DONE]":
             return block[:end], True, None
-        if _matters(raw):
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                payload = None  # passed through as it came, like every event
-            if isinstance(payload, dict):
-                error = _stream_error(payload, provider)
-                if error is not None:
-                    return block[:start], False, error
-                if isinstance(payload.get("usage"), dict) and payload["usage"]:
-                    tally.usage = payload["usage"]
-        start = end
+        if _USAGE.search(raw) is None and _ERROR.search(raw) is None:
+            continue  # `"usage":null`, or the words in a content string
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            continue  # passed through as it came, like every event
+        if isinstance(payload, dict):
+            error = _stream_error(payload, provider)
+            if error is not None:
+                return block[:start], False, error
+            if isinstance(payload.get("usage"), dict) and payload["usage"]:
+                tally.usage = payload["usage"]
     return block, False, None
 
 
