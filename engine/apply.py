@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.secrets.managed import delete_unused_managed_secrets, with_managed_references
 from engine.secrets.store import SecretStore, SecretStoreError
-from engine.state import EntityRow, SqliteStateStore
+from engine.state import EntityRow, StateStore
 from plans import Action, EndpointChange, Plan
 from providers import (
     Deployment,
@@ -68,7 +68,7 @@ class _EndpointFailed(Exception):
 class Applier:
     def __init__(
         self,
-        store: SqliteStateStore,
+        store: StateStore,
         secrets: SecretStore,
         executors: ExecutorRegistry,
         *,
@@ -186,7 +186,6 @@ class Applier:
             stack=self._stack,
             desired=desired,
             version=version,
-            secret_refs={},
             actor=self.actor,
         )
         self._emit("pending", name, message=f"config version {version} pending")

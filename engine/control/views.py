@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from engine.state import EndpointRow, EntityRow, SqliteStateStore
+from engine.state import EndpointRow, EntityRow, StateStore
 from plans import is_sensitive
 
 __all__ = ["endpoint_detail", "endpoint_summary", "strip_sensitive", "task_of"]
@@ -66,7 +66,7 @@ def _state(row: EndpointRow, active: list[EntityRow]) -> dict[str, str]:
 
 
 def endpoint_detail(
-    store: SqliteStateStore, row: EndpointRow, permission_level: str | None = None
+    store: StateStore, row: EndpointRow, permission_level: str | None = None
 ) -> dict[str, Any]:
     """`ServingEndpointDetailed`: what `GET /api/2.0/serving-endpoints/{name}` answers."""
     entities = store.entities(row.name)
@@ -120,7 +120,7 @@ def endpoint_detail(
     return view
 
 
-def endpoint_summary(store: SqliteStateStore, row: EndpointRow) -> dict[str, Any]:
+def endpoint_summary(store: StateStore, row: EndpointRow) -> dict[str, Any]:
     """`ServingEndpoint`: an item of `GET /api/2.0/serving-endpoints`."""
     detail = endpoint_detail(store, row)
     summary = {k: v for k, v in detail.items() if k not in ("pending_config",)}

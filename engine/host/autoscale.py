@@ -23,7 +23,7 @@ from pathlib import Path
 
 from engine.gateway._table import RoutingTable
 from engine.host.scale_to_zero import READY_TIMEOUT, active_entity
-from engine.state import SqliteStateStore
+from engine.state import open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 from providers.runner.executor import replicas_of
@@ -127,7 +127,7 @@ class Autoscaler:
             await asyncio.wait(set(self._busy.values()))
 
     def _grow(self, instance_id: int) -> None:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             row = active_entity(store, instance_id)
             if row is None or row.deployment != "DEPLOYMENT_READY" or not row.handle:
@@ -150,7 +150,7 @@ class Autoscaler:
             store.close()
 
     def _shrink(self, instance_id: int) -> None:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             row = active_entity(store, instance_id)
             replicas = replicas_of(row.handle) if row is not None else []

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import cpu_fallback_allowed, gpu_count
-from engine.state import SqliteStateStore
+from engine.state import StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
 
@@ -26,7 +26,7 @@ log = logging.getLogger("engine.runners")
 
 def make_runner_executor(state_path: Path) -> RunnerExecutor:
     def resolve(entity: dict[str, Any]) -> ModelInfo:
-        store = SqliteStateStore(state_path)
+        store = open_state(state_path)
         try:
             entry = ModelCatalog(store).get(entity["entity_name"], entity["entity_version"])
         finally:
@@ -52,7 +52,7 @@ def make_runner_executor(state_path: Path) -> RunnerExecutor:
     )
 
 
-def _self_hosted(store: SqliteStateStore) -> list[Any]:
+def _self_hosted(store: StateStore) -> list[Any]:
     """Active self-hosted entities that should have a running runner (a scaled-to-zero one
     waits for a request instead, also across host restarts)."""
     return [
@@ -62,7 +62,7 @@ def _self_hosted(store: SqliteStateStore) -> list[Any]:
     ]
 
 
-def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:
+def stop_runners(store: StateStore, executor: RunnerExecutor) -> None:
     """The host is stopping: its runners stop with it, and the state says so."""
     for entity in _self_hosted(store):
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
@@ -108,7 +108,7 @@ def _serving(executor: RunnerExecutor, deployment: Deployment, entity: Any, stor
 
 
 def restart_runners(
-    store: SqliteStateStore,
+    store: StateStore,
     executor: RunnerExecutor,
     resolve: Any,
     backoff: Backoff | None = None,

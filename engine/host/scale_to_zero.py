@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.gateway._table import RoutingTable
-from engine.state import EntityRow, LockHeld, SqliteStateStore
+from engine.state import EntityRow, LockHeld, StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 
@@ -90,7 +90,7 @@ class ScaleToZero:
                     upstream.parked = False
 
     def _park(self, instance_id: int) -> bool:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             try:
                 lock = store.acquire_lock("scale-to-zero", holder=self.holder, timeout=0)
@@ -146,7 +146,7 @@ class ScaleToZero:
 
     def _cold_start(self, instance_id: int) -> None:
         with self._locks[instance_id]:
-            store = SqliteStateStore(self.state_path)
+            store = open_state(self.state_path)
             try:
                 row = active_entity(store, instance_id)
                 if row is None:
@@ -157,7 +157,7 @@ class ScaleToZero:
             finally:
                 store.close()
 
-    def _start(self, store: SqliteStateStore, row: EntityRow) -> None:
+    def _start(self, store: StateStore, row: EntityRow) -> None:
         deployment = Deployment(row.endpoint, row.name, row.id, row.config)
         log.info("%s: cold start", deployment.label)
         store.update_entity(row.id, message="starting from zero for a request")
@@ -181,5 +181,5 @@ class ScaleToZero:
         log.info("%s: started from zero", deployment.label)
 
 
-def active_entity(store: SqliteStateStore, instance_id: int) -> EntityRow | None:
+def active_entity(store: StateStore, instance_id: int) -> EntityRow | None:
     return next((e for e in store.entities(role="active") if e.id == instance_id), None)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 __all__ = ["LockHeld", "LockInfo", "holder_is_alive", "this_host"]
 
+# How long a lock holder may go without renewing before others may take the lock over.
+DEFAULT_LEASE_MS = 15 * 60 * 1000
+
 
 def this_host() -> str:
     return socket.gethostname()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["EndpointRow", "EntityRow", "HistoryRow"]
@@ -41,7 +41,6 @@ class EndpointRow:
     pending: dict[str, Any] | None
     pending_version: int | None
     pending_started_ms: int | None
-    secret_refs: dict[str, str] = field(default_factory=dict)
     deleting: bool = False
 
     @property
