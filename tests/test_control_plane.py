@@ -233,7 +233,6 @@ def test_databricks_sdk(workspace: Any, server: ServerProcess, upstream: MockUps
         ],
     )
     assert gateway.usage_tracking_config.enabled is True
-    time.sleep(0.5)
 
     answer = ws.serving_endpoints.query(
         name="sdk-chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="hi")]

@@ -60,7 +60,7 @@ class ServingApp:
         self,
         state_path: Path,
         *,
-        poll_interval: float = 0.2,
+        poll_interval: float | None = None,
         heartbeat_interval: float = 2.0,
         reconcile_interval: float = 3.0,
         address: str = "",
@@ -68,7 +68,9 @@ class ServingApp:
         cold_start_wait: float | None = None,
     ) -> None:
         self.state_path = Path(state_path)
-        self.poll_interval = poll_interval
+        # How often the host looks for changes made elsewhere (the CLI, another process); its
+        # own API's changes are served at once (catch_up).
+        self.poll_interval = _seconds(poll_interval, "ENGINE_STATE_POLL_INTERVAL", 0.2)
         self.heartbeat_interval = heartbeat_interval
         self.address = address
         self.table = RoutingTable()
