@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -29,7 +30,27 @@ from providers.runner.executor import replica_bounds, replicas_of
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
 log = logging.getLogger("engine.gateway")
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=60.0)
+# Seconds an upstream may take to answer (or between two chunks of a stream).
+UPSTREAM_READ_TIMEOUT_ENV = "ENGINE_UPSTREAM_READ_TIMEOUT"
+DEFAULT_READ_TIMEOUT = 300.0
+
+
+def upstream_timeout() -> httpx.Timeout:
+    """The upstreams' timeouts; the read timeout from $ENGINE_UPSTREAM_READ_TIMEOUT if set."""
+    raw = os.environ.get(UPSTREAM_READ_TIMEOUT_ENV, "").strip()
+    try:
+        read = float(raw) if raw else DEFAULT_READ_TIMEOUT
+    except ValueError:
+        read = 0.0
+    if not 0 < read < float("inf"):
+        log.warning(
+            "%s=%r is not a number of seconds above 0; using %s",
+            UPSTREAM_READ_TIMEOUT_ENV,
+            raw,
+            DEFAULT_READ_TIMEOUT,
+        )
+        read = DEFAULT_READ_TIMEOUT
+    return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=60.0)
 
 
 class Upstream:
@@ -137,6 +158,7 @@ class TableBuilder:
         chunk_size: Callable[[dict[str, Any]], int | None] = lambda entity: None,
     ) -> None:
         self._resolve = resolve
+        self._timeout = upstream_timeout()
         self._runner_task = runner_task
         self._system_prompt = system_prompt
         self._chunk_size = chunk_size
@@ -276,7 +298,7 @@ class TableBuilder:
                 )
             # vLLM's server (uvicorn) closes idle connections after 5 s: keep ours for less.
             client = AiohttpClient(
-                timeout=UPSTREAM_TIMEOUT, max_connections=256, keepalive=15.0 if external else 3.0
+                timeout=self._timeout, max_connections=256, keepalive=15.0 if external else 3.0
             )
             try:
                 adapters = [adapter_for(model, client) for model in resolved]

@@ -2,7 +2,7 @@
 
 An adapter serves one external-model entity. It is built from the entity's config with every
 secret already resolved (the engine resolves; providers never import engine/), and one pooled
-`httpx.AsyncClient` per upstream that the gateway owns and closes.
+`UpstreamClient` per upstream that the gateway owns and closes.
 
 Request bodies are the unified schema (OpenAI's): chat `messages`, completions `prompt`,
 embeddings `input`; `temperature`, `max_tokens`, `n`, `stop`, `stream`; other keys are
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+
+from ._client import UpstreamClient, UpstreamReply, UpstreamStream
 
 __all__ = [
     "BaseStreamState",
@@ -85,7 +87,7 @@ class ProviderAdapter(ABC):
     # Default base URL (the provider's official API); `*_api_base` in the config overrides it.
     DEFAULT_BASE: ClassVar[str] = ""
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         """`model` is the entity's `external_model` block, secrets resolved."""
         self.model = model
         self.name: str = model["name"]
@@ -264,7 +266,7 @@ def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: i
 REDACTED = "[REDACTED]"
 
 
-def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
+def upstream_error_message(source: UpstreamReply | Json | list[Any]) -> str:
     """The provider's own message from an error body (every provider nests it differently).
 
     `source` is the response, or its body already parsed (a stream's error event, say). A list
@@ -287,7 +289,7 @@ def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
     return json.dumps(body)[:500]
 
 
-def raise_for_upstream(response: httpx.Response, provider: str) -> None:
+def raise_for_upstream(response: UpstreamReply, provider: str) -> None:
     if response.status_code < 400:
         return
     message = f"{provider} error: {upstream_error_message(response)}"
@@ -295,7 +297,7 @@ def raise_for_upstream(response: httpx.Response, provider: str) -> None:
     raise ProviderError(kind, message, status=response.status_code)
 
 
-def response_json(response: httpx.Response, provider: str, *, object_only: bool = False) -> Any:
+def response_json(response: UpstreamReply, provider: str, *, object_only: bool = False) -> Any:
     """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller.
 
     `object_only`: the body must be a JSON object, as every native (non-OpenAI) API answers.
@@ -337,8 +339,8 @@ def redacting(*secrets: str | None, mask: str = REDACTED) -> Iterator[None]:
 
 
 async def send(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
-) -> httpx.Response:
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
+) -> UpstreamReply:
     """One request with transport errors mapped (the most specific first)."""
     try:
         response = await client.request(method, url, **kwargs)
@@ -353,11 +355,11 @@ async def send(
 
 
 async def _streamed(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     provider: str,
     method: str,
     url: str,
-    pieces: Callable[[httpx.Response], AsyncIterator[_T]],
+    pieces: Callable[[UpstreamStream], AsyncIterator[_T]],
     kwargs: Json,
 ) -> AsyncIterator[_T]:
     """`pieces` of a streaming response; status is checked before the first one arrives."""
@@ -377,7 +379,7 @@ async def _streamed(
 
 
 def stream_bytes(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[bytes]:
     """Bytes of a streaming response as they arrive (binary framing: AWS event streams).
 
@@ -388,7 +390,7 @@ def stream_bytes(
 
 
 def stream_lines(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[str]:
     """Lines of a streaming response (SSE); the same checks and error mapping as `stream_bytes`.
 

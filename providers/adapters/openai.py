@@ -27,8 +27,6 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from ._base import (
     Json,
     ProviderAdapter,
@@ -40,6 +38,7 @@ from ._base import (
     upstream_error_message,
     usage,
 )
+from ._client import UpstreamClient
 from ._common import credential as _lookup
 from ._registry import register_adapter
 from ._sse import parse_sse
@@ -159,7 +158,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     and implement `_url`, `_headers` and `_secrets`.
     """
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         self.upstream_model: str | None = self.name
         self.stream_usage = False
@@ -242,7 +241,7 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
     def __init__(
         self,
         model: Json,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
