@@ -56,9 +56,16 @@ def upstream_timeout() -> httpx.Timeout:
 class Upstream:
     """An adapter with its own keep-alive client, closed when retired and idle."""
 
-    def __init__(self, adapter: ProviderAdapter | ReplicaSet, client: AiohttpClient) -> None:
+    def __init__(
+        self,
+        adapter: ProviderAdapter | ReplicaSet,
+        client: AiohttpClient,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
         self.adapter = adapter
         self.client = client
+        # The secret values its config resolved to: masked in every error the gateway answers.
+        self.secrets = secrets
         self.in_flight = 0
         self.retired = False
         # Scale to zero: when a request last used it, and whether its runner is being stopped
@@ -284,8 +291,9 @@ class TableBuilder:
             models = [external] if external else self._runner_models(instance, urls)
             if not models:
                 return ServedEntity(instance.name, instance.id, None, "no runner for this entity")
+            secrets: list[str] = []
             try:
-                resolved = [self._resolved(model) for model in models]
+                resolved = [self._resolved(model, secrets) for model in models]
             except KeyError as exc:
                 log.error(
                     "%s/%s: secret %s does not resolve",
@@ -305,7 +313,7 @@ class TableBuilder:
             except ProviderError as exc:
                 return ServedEntity(instance.name, instance.id, None, exc.message)
             adapter = adapters[0] if len(adapters) == 1 else ReplicaSet(adapters)
-            upstream = self._upstreams[key] = Upstream(adapter, client)
+            upstream = self._upstreams[key] = Upstream(adapter, client, tuple(secrets))
         return ServedEntity(instance.name, instance.id, upstream)
 
     def _self_hosted_task(self, spec: dict[str, Any]) -> str | None:
@@ -331,11 +339,16 @@ class TableBuilder:
             for base_url in urls
         ]
 
-    def _resolved(self, value: Any) -> Any:
+    def _resolved(self, value: Any, secrets: list[str]) -> Any:
+        """`value` with its secret references resolved; each value found is added to `secrets`."""
         if isinstance(value, str):
-            return self._resolve(value) if parse_secret_reference(value) else value
+            if not parse_secret_reference(value):
+                return value
+            secret = self._resolve(value)
+            secrets.append(secret)
+            return secret
         if isinstance(value, dict):
-            return {k: self._resolved(v) for k, v in value.items()}
+            return {k: self._resolved(v, secrets) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._resolved(v) for v in value]
+            return [self._resolved(v, secrets) for v in value]
         return value

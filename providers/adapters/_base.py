@@ -13,19 +13,24 @@ Responses are OpenAI's shapes with `usage` (`prompt_tokens`, `completion_tokens`
 the last chunk carries `usage` when the provider reports it. Embeddings are float lists (the
 gateway encodes base64 when asked).
 
-Exceptions::
+Exceptions (what failed, never an HTTP answer: the gateway maps a kind and upstream status to
+its own status in one place, engine/gateway/_errors.py; an upstream 401 is not the caller's)::
 
     ProviderError                 kind + upstream status + message (never a key or token)
-      kind = "upstream_client"    upstream said 4xx: the gateway answers the same status
-      kind = "upstream_server"    upstream said 5xx or sent garbage: 502
-      kind = "timeout"            no answer in time: 504
-      kind = "unsupported"        this provider cannot do this task: 400
-      kind = "config"             the entity's config cannot work: 500
+      kind = "upstream_client"    upstream said 4xx (`status`; a 429's `retry_after` seconds)
+      kind = "upstream_server"    upstream said 5xx, sent garbage, or cannot be reached
+      kind = "timeout"            no answer in time
+      kind = "unsupported"        this provider cannot do this task
+      kind = "config"             the entity's config cannot work (e.g. its key is refused)
+      kind = "unavailable"        the entity cannot serve now (raised by the gateway, not adapters)
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
+import math
 import time
 import uuid
 from abc import ABC
@@ -53,6 +58,7 @@ __all__ = [
     "raise_for_upstream",
     "upstream_error_message",
     "response_json",
+    "retry_after",
     "redact",
     "redacting",
     "REDACTED",
@@ -66,18 +72,20 @@ _T = TypeVar("_T")
 
 
 class ProviderError(Exception):
-    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
-
-    @property
-    def http_status(self) -> int:
-        """The status the gateway answers with."""
-        if self.kind == "upstream_client" and self.status is not None:
-            return self.status
-        return {"timeout": 504, "unsupported": 400, "config": 500}.get(self.kind, 502)
+        # Seconds the upstream asked us to wait (its Retry-After), when it said.
+        self.retry_after = retry_after
 
 
 class ProviderAdapter(ABC):
@@ -133,8 +141,22 @@ class ProviderAdapter(ABC):
 
 
 def usage(prompt: int | None, completion: int | None) -> Json:
-    p, c = prompt or 0, completion or 0
+    """OpenAI's `usage` from two counts (None is 0); a count that is no whole number >= 0 is
+    the upstream's garbage (a ProviderError, not a TypeError deep in the gateway)."""
+    p, c = _count(prompt), _count(completion)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError(
+            "upstream_server", "the upstream sent a token count that is not a whole number"
+        )
+    return value
 
 
 def new_id(prefix: str) -> str:
@@ -289,12 +311,39 @@ def upstream_error_message(source: UpstreamReply | Json | list[Any]) -> str:
     return json.dumps(body)[:500]
 
 
+def retry_after(response: UpstreamReply) -> float | None:
+    """Seconds the upstream asks callers to wait: `retry-after-ms` (OpenAI, Azure), or
+    `Retry-After` as seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    headers = response.headers
+    millis = headers.get("retry-after-ms")
+    try:
+        if millis is not None and math.isfinite(float(millis)):
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 def raise_for_upstream(response: UpstreamReply, provider: str) -> None:
     if response.status_code < 400:
         return
     message = f"{provider} error: {upstream_error_message(response)}"
     kind = "upstream_client" if response.status_code < 500 else "upstream_server"
-    raise ProviderError(kind, message, status=response.status_code)
+    wait = retry_after(response) if response.status_code == 429 else None
+    raise ProviderError(kind, message, status=response.status_code, retry_after=wait)
 
 
 def response_json(response: UpstreamReply, provider: str, *, object_only: bool = False) -> Any:
@@ -323,7 +372,9 @@ def redact(
     for secret in secrets:
         if secret:
             message = message.replace(secret, mask)
-    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
+    if message == exc.message:
+        return exc
+    return ProviderError(exc.kind, message, status=exc.status, retry_after=exc.retry_after)
 
 
 @contextmanager

@@ -123,7 +123,10 @@ def model_to_response(payload: Any, provider: str) -> Json:
     if not isinstance(payload, dict):
         raise ProviderError("upstream_server", f"{provider} sent an unexpected response")
     raw = payload.get("usage")
-    raw = raw if isinstance(raw, dict) else {}
+    if raw is None:
+        raw = {}
+    elif not isinstance(raw, dict):
+        raise ProviderError("upstream_server", f"{provider} sent a `usage` that is not an object")
     filled = usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
     filled.update({k: v for k, v in raw.items() if v is not None})
     return {**payload, "usage": filled}
