@@ -3,7 +3,7 @@
 An adapter built on a client without a member it reads fails when the gateway builds its
 routing table (a Vertex AI endpoint once stopped `engine serve` from starting because the
 gateway's client had no `timeout`). So every registered adapter is built here on the gateway's
-own client.
+own client and on the client apply checks configs with.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from providers.adapters import (
     registered_adapters,
 )
 from providers.adapters._transport import AiohttpClient, UpstreamResponse
+from providers.external import check_adapter
 
 if TYPE_CHECKING:
     # For a type checker: both clients are UpstreamClients (the tests below check at run time).
@@ -107,6 +108,11 @@ def test_every_adapter_builds_on_the_gateway_client(provider: str) -> None:
 
     adapter = asyncio.run(main())
     assert type(adapter) is registered_adapters()[provider]
+
+
+@pytest.mark.parametrize("provider", sorted(registered_adapters()))
+def test_every_adapter_builds_on_the_apply_check_client(provider: str) -> None:
+    check_adapter("ep/m#1", _model(provider))  # raises ExecutorError if it cannot
 
 
 def test_the_gateway_client_takes_its_read_timeout_from_the_environment(

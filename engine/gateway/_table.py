@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from engine.gateway._errors import masked
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
 from engine.secrets.store import parse_secret_reference
@@ -310,8 +311,12 @@ class TableBuilder:
             )
             try:
                 adapters = [adapter_for(model, client) for model in resolved]
-            except ProviderError as exc:
-                return ServedEntity(instance.name, instance.id, None, exc.message)
+            except Exception as exc:
+                # One entity that cannot be built is unavailable, never a host that cannot
+                # start: the other endpoints keep serving. (The client is not open yet.)
+                reason = _unbuildable(exc, (external or {}).get("provider"), secrets)
+                log.error("%s/%s: %s", instance.endpoint, instance.name, reason)
+                return ServedEntity(instance.name, instance.id, None, reason)
             adapter = adapters[0] if len(adapters) == 1 else ReplicaSet(adapters)
             upstream = self._upstreams[key] = Upstream(adapter, client, tuple(secrets))
         return ServedEntity(instance.name, instance.id, upstream)
@@ -352,3 +357,11 @@ class TableBuilder:
         if isinstance(value, list):
             return [self._resolved(v, secrets) for v in value]
         return value
+
+
+def _unbuildable(exc: Exception, provider: str | None, secrets: list[str]) -> str:
+    """Why an entity's adapter cannot be built, for its 503s and the log: never a secret."""
+    if isinstance(exc, ProviderError):
+        return f"its configuration cannot work: {masked(exc.message, secrets)}"
+    # Not the exception's text: it may quote a config value, and so a secret.
+    return f"the {provider or 'runner'} adapter cannot be built ({type(exc).__name__})"

@@ -2,7 +2,8 @@
 
 An adapter serves one external-model entity. It is built from the entity's config with every
 secret already resolved (the engine resolves; providers never import engine/), and one pooled
-`UpstreamClient` per upstream that the gateway owns and closes.
+`UpstreamClient` per upstream that the gateway owns and closes. Building one does no I/O, so
+apply builds it too, to check the config before anything serves.
 
 Request bodies are the unified schema (OpenAI's): chat `messages`, completions `prompt`,
 embeddings `input`; `temperature`, `max_tokens`, `n`, `stop`, `stream`; other keys are
@@ -96,7 +97,7 @@ class ProviderAdapter(ABC):
     DEFAULT_BASE: ClassVar[str] = ""
 
     def __init__(self, model: Json, client: UpstreamClient) -> None:
-        """`model` is the entity's `external_model` block, secrets resolved."""
+        """`model` is the entity's `external_model` block, secrets resolved. No I/O here."""
         self.model = model
         self.name: str = model["name"]
         self.client = client
