@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 
+from engine.gateway._errors import status_for
 from providers.adapters import ProviderError, adapter_for
 from providers.adapters.bedrock import BedrockAdapter
 from providers.adapters.vertex import VertexAdapter
@@ -602,7 +603,7 @@ def test_bedrock_timeout(streaming: bool) -> None:
         with pytest.raises(ProviderError) as info:
             run(call, timeout=0.2)
     assert info.value.kind == "timeout"
-    assert info.value.http_status == 504
+    assert status_for(info.value) == 504
     assert_no_secrets(str(info.value), SECRET)
 
 
@@ -718,7 +719,7 @@ def test_bedrock_unsupported_requests() -> None:
 
     errors = run(attempts)
     assert [e.kind for e in errors] == ["unsupported"] * 3
-    assert all(e.http_status == 400 for e in errors)
+    assert all(status_for(e) == 400 for e in errors)
 
 
 # == Google Cloud Vertex AI ===================================================================

@@ -375,6 +375,52 @@ def test_split_updated_through_the_api(server: ServerProcess, upstream: MockUpst
         }
 
 
+def test_a_bad_vertex_key_fails_the_update_and_the_old_config_keeps_serving(
+    server: ServerProcess, upstream: MockUpstream
+) -> None:
+    from provider_fakes import service_account_key
+
+    admin = {"Authorization": f"Bearer {server.admin}"}  # type: ignore[attr-defined]
+    # A service-account JSON key whose private_key is not a PEM key.
+    key = json.loads(service_account_key("http://127.0.0.1:9/token"))
+    key["private_key"] = "MIIEvQIBADANBg-not-a-pem-key-5b2d"
+    vertex = {
+        "name": "gemini",
+        "external_model": {
+            "name": "gemini-1.5-pro",
+            "provider": "google-cloud-vertex-ai",
+            "task": "llm/v1/chat",
+            "google_cloud_vertex_ai_config": {
+                "project_id": "proj",
+                "region": "us-central1",
+                "private_key_plaintext": json.dumps(key),
+            },
+        },
+    }
+    query = {"messages": [{"role": "user", "content": "x"}]}
+    with httpx.Client(base_url=server.url, headers=admin, timeout=30) as client:
+        working = {"served_entities": [_entity("gpt", "gpt-4", upstream.url + "/v1")]}
+        created = client.post("/api/2.0/serving-endpoints", json={"name": "vx", "config": working})
+        assert created.status_code == 200, created.text
+        assert _poll(client, "vx")["state"]["config_update"] == "NOT_UPDATING"
+        before = client.post("/serving-endpoints/vx/invocations", json=query)
+        assert before.json()["choices"][0]["message"]["content"] == "reply from gpt-4"
+
+        put = client.put("/api/2.0/serving-endpoints/vx/config", json={"served_entities": [vertex]})
+        assert put.status_code == 200, put.text
+        failed = _poll(client, "vx")
+        assert failed["state"]["config_update"] == "UPDATE_FAILED"
+        assert "its private_key is not a PEM key" in failed["state"]["config_update_message"]
+        assert failed["config"]["config_version"] == 1
+        assert [e["name"] for e in failed["config"]["served_entities"]] == ["gpt"]
+        after = client.post("/serving-endpoints/vx/invocations", json=query)
+        assert after.status_code == 200, after.text
+        assert after.json()["choices"][0]["message"]["content"] == "reply from gpt-4"
+        for text in (put.text, json.dumps(failed)):
+            assert key["private_key"] not in text
+    assert key["private_key"] not in server.log.read_text()
+
+
 def _poll(client: httpx.Client, name: str) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

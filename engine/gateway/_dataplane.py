@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
+from engine.gateway._errors import answer_for, token_counts, unreadable
 from engine.gateway._metrics import Metrics
 from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
@@ -38,22 +39,6 @@ _REQUIRED = {
     "llm/v1/completions": "prompt",
     "llm/v1/embeddings": "input",
 }
-_CODES = {
-    400: "INVALID_PARAMETER_VALUE",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    408: "DEADLINE_EXCEEDED",
-    409: "RESOURCE_CONFLICT",
-    429: "REQUEST_LIMIT_EXCEEDED",
-    502: "TEMPORARILY_UNAVAILABLE",
-    503: "TEMPORARILY_UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-
-def _code(status: int) -> str:
-    return _CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
 
 
 def check_body(task: str | None, body: Any) -> None:
@@ -117,6 +102,16 @@ def check_body(task: str | None, body: Any) -> None:
 
 def _to_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _encode_base64(result: dict[str, Any]) -> None:
+    """`encoding_format: base64`, done here (adapters return floats); a malformed vector is
+    the upstream's fault."""
+    try:
+        for item in result.get("data", []):
+            item["embedding"] = _to_base64(item["embedding"])
+    except (KeyError, TypeError, AttributeError, struct.error):
+        raise ProviderError("upstream_server", "the embeddings are not float vectors") from None
 
 
 # Starts a scaled-to-zero entity and returns it routable (or raises ApiError 503).
@@ -227,41 +222,51 @@ class DataPlane:
             candidates += [
                 route.entities[n] for n in route.order if route.entities[n] is not entity
             ]
-        error: ProviderError | None = None
+        failure: ApiError | None = None
         for candidate in candidates:
             try:
                 result = await self._once(route, candidate, body)
+                if encoding == "base64":
+                    _encode_base64(result)
             except ProviderError as exc:
-                error = exc
+                failure = _answer(exc, candidate)
                 self.metrics.upstream_errors[(route.name, candidate.name, exc.kind)] += 1
-                if exc.http_status >= 500 or exc.http_status == 429:
+                # Another entity may answer what this one could not (fallback_config).
+                if failure.status >= 500 or failure.status == 429:
                     continue
                 break
-            if encoding == "base64":
-                for item in result.get("data", []):
-                    item["embedding"] = _to_base64(item["embedding"])
             self._account(route, candidate, principal, 200, started, result.get("usage"))
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
-        assert error is not None
-        self._account(route, candidates[-1], principal, error.http_status, started, None)
-        raise ApiError(error.http_status, _code(error.http_status), error.message)
+        assert failure is not None
+        self._account(route, candidates[-1], principal, failure.status, started, None)
+        raise failure
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
         entity = await self._routable(route, entity)
         upstream = entity.upstream
         if upstream is None:
-            raise ProviderError(
-                "upstream_server", f"served entity {entity.name!r}: {entity.unavailable}"
-            )
+            raise ProviderError("unavailable", entity.unavailable or "not ready")
         upstream.acquire()
         try:
             adapter = upstream.adapter
-            if route.task == "llm/v1/embeddings":
-                return await adapter.embeddings(body)
-            if route.task == "llm/v1/completions":
-                return await adapter.completions(body)
-            return await adapter.chat(with_system_prompt(body, entity.system_prompt))
+            provider = _provider(adapter)
+            try:
+                if route.task == "llm/v1/embeddings":
+                    result = await adapter.embeddings(body)
+                elif route.task == "llm/v1/completions":
+                    result = await adapter.completions(body)
+                else:
+                    result = await adapter.chat(with_system_prompt(body, entity.system_prompt))
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise unreadable(exc, entity.name, provider) from exc
+            if not isinstance(result, dict):
+                raise ProviderError("upstream_server", f"{provider} sent a response of no shape")
+            # Checked before the answer is sent: a bad `usage` is a 502, not a crash after it.
+            token_counts(result.get("usage"), provider)
+            return result
         finally:
             await upstream.release()
 
@@ -289,17 +294,19 @@ class DataPlane:
         status = 200
         try:
             adapter = upstream.adapter
-            chunks: AsyncIterator[dict[str, Any]] = (
-                adapter.completions_stream(body)
-                if route.task == "llm/v1/completions"
-                else adapter.chat_stream(with_system_prompt(body, entity.system_prompt))
-            )
+
+            def open_stream() -> AsyncIterator[dict[str, Any]]:
+                if route.task == "llm/v1/completions":
+                    return adapter.completions_stream(body)
+                return adapter.chat_stream(with_system_prompt(body, entity.system_prompt))
+
             try:
-                first = await anext(chunks, None)
+                chunks, first = await _opened(open_stream, entity.name, _provider(adapter))
             except ProviderError as exc:
+                failure = _answer(exc, entity)
                 self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
-                self._account(route, entity, principal, exc.http_status, started, None)
-                raise ApiError(exc.http_status, _code(exc.http_status), exc.message) from None
+                self._account(route, entity, principal, failure.status, started, None)
+                raise failure from None
             await send(
                 {
                     "type": "http.response.start",
@@ -322,9 +329,10 @@ class DataPlane:
                     )
             except ProviderError as exc:
                 # Headers are sent: the error becomes the stream's last event.
-                status = exc.http_status
+                failure = _answer(exc, entity)
+                status = failure.status
                 self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
-                error = {"error_code": _code(exc.http_status), "message": exc.message}
+                error = failure.body()
                 await send({"type": "http.response.body", "body": _event(error), "more_body": True})
             await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         finally:
@@ -341,8 +349,11 @@ class DataPlane:
         usage: dict[str, Any] | None,
     ) -> None:
         elapsed = time.perf_counter() - started
-        prompt = int((usage or {}).get("prompt_tokens") or 0)
-        completion = int((usage or {}).get("completion_tokens") or 0)
+        try:
+            prompt, completion = token_counts(usage, "the provider")
+        except ProviderError:
+            # A stream's answer is already sent: its malformed usage counts as none.
+            prompt = completion = 0
         self.metrics.observe(route.name, entity.name, status, elapsed, prompt, completion)
         if self.meter is not None and entity.provisioned is not None:
             self.meter.record(entity.instance_id, completion)
@@ -368,6 +379,31 @@ class DataPlane:
                     completion_tokens=completion,
                 )
             )
+
+
+def _provider(adapter: Any) -> str:
+    return getattr(adapter, "PROVIDER", "the provider")
+
+
+async def _opened(
+    open_stream: Callable[[], AsyncIterator[dict[str, Any]]], entity: str, provider: str
+) -> tuple[AsyncIterator[dict[str, Any]], Any]:
+    """A stream and its first chunk (None when empty): what fails before the answer starts
+    (adapters translate the request when the stream is opened, the upstream's status arrives
+    with the first chunk) fails here, as a ProviderError."""
+    try:
+        chunks = open_stream()
+        return chunks, await anext(chunks, None)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        raise unreadable(exc, entity, provider) from exc
+
+
+def _answer(exc: ProviderError, entity: ServedEntity) -> ApiError:
+    """`answer_for` with the secrets this entity's upstream was built from."""
+    secrets = entity.upstream.secrets if entity.upstream is not None else ()
+    return answer_for(exc, entity.name, secrets)
 
 
 def _event(payload: Any) -> bytes:

@@ -1,6 +1,17 @@
 """Provider adapters: translate the unified llm/v1 schema to each provider's API and back."""
 
 from ._base import ProviderAdapter, ProviderError
-from ._registry import adapter_for, register_adapter
+from ._client import Timeouts, UpstreamClient, UpstreamReply, UpstreamStream
+from ._registry import adapter_for, register_adapter, registered_adapters
 
-__all__ = ["ProviderAdapter", "ProviderError", "adapter_for", "register_adapter"]
+__all__ = [
+    "ProviderAdapter",
+    "ProviderError",
+    "Timeouts",
+    "UpstreamClient",
+    "UpstreamReply",
+    "UpstreamStream",
+    "adapter_for",
+    "register_adapter",
+    "registered_adapters",
+]

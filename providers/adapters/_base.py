@@ -2,7 +2,8 @@
 
 An adapter serves one external-model entity. It is built from the entity's config with every
 secret already resolved (the engine resolves; providers never import engine/), and one pooled
-`httpx.AsyncClient` per upstream that the gateway owns and closes.
+`UpstreamClient` per upstream that the gateway owns and closes. Building one does no I/O, so
+apply builds it too, to check the config before anything serves.
 
 Request bodies are the unified schema (OpenAI's): chat `messages`, completions `prompt`,
 embeddings `input`; `temperature`, `max_tokens`, `n`, `stop`, `stream`; other keys are
@@ -13,19 +14,24 @@ Responses are OpenAI's shapes with `usage` (`prompt_tokens`, `completion_tokens`
 the last chunk carries `usage` when the provider reports it. Embeddings are float lists (the
 gateway encodes base64 when asked).
 
-Exceptions::
+Exceptions (what failed, never an HTTP answer: the gateway maps a kind and upstream status to
+its own status in one place, engine/gateway/_errors.py; an upstream 401 is not the caller's)::
 
     ProviderError                 kind + upstream status + message (never a key or token)
-      kind = "upstream_client"    upstream said 4xx: the gateway answers the same status
-      kind = "upstream_server"    upstream said 5xx or sent garbage: 502
-      kind = "timeout"            no answer in time: 504
-      kind = "unsupported"        this provider cannot do this task: 400
-      kind = "config"             the entity's config cannot work: 500
+      kind = "upstream_client"    upstream said 4xx (`status`; a 429's `retry_after` seconds)
+      kind = "upstream_server"    upstream said 5xx, sent garbage, or cannot be reached
+      kind = "timeout"            no answer in time
+      kind = "unsupported"        this provider cannot do this task
+      kind = "config"             the entity's config cannot work (e.g. its key is refused)
+      kind = "unavailable"        the entity cannot serve now (raised by the gateway, not adapters)
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
+import math
 import time
 import uuid
 from abc import ABC
@@ -35,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+
+from ._client import UpstreamClient, UpstreamReply, UpstreamStream
 
 __all__ = [
     "BaseStreamState",
@@ -51,6 +59,7 @@ __all__ = [
     "raise_for_upstream",
     "upstream_error_message",
     "response_json",
+    "retry_after",
     "redact",
     "redacting",
     "REDACTED",
@@ -64,18 +73,20 @@ _T = TypeVar("_T")
 
 
 class ProviderError(Exception):
-    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
-
-    @property
-    def http_status(self) -> int:
-        """The status the gateway answers with."""
-        if self.kind == "upstream_client" and self.status is not None:
-            return self.status
-        return {"timeout": 504, "unsupported": 400, "config": 500}.get(self.kind, 502)
+        # Seconds the upstream asked us to wait (its Retry-After), when it said.
+        self.retry_after = retry_after
 
 
 class ProviderAdapter(ABC):
@@ -85,8 +96,8 @@ class ProviderAdapter(ABC):
     # Default base URL (the provider's official API); `*_api_base` in the config overrides it.
     DEFAULT_BASE: ClassVar[str] = ""
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
-        """`model` is the entity's `external_model` block, secrets resolved."""
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
+        """`model` is the entity's `external_model` block, secrets resolved. No I/O here."""
         self.model = model
         self.name: str = model["name"]
         self.client = client
@@ -131,8 +142,22 @@ class ProviderAdapter(ABC):
 
 
 def usage(prompt: int | None, completion: int | None) -> Json:
-    p, c = prompt or 0, completion or 0
+    """OpenAI's `usage` from two counts (None is 0); a count that is no whole number >= 0 is
+    the upstream's garbage (a ProviderError, not a TypeError deep in the gateway)."""
+    p, c = _count(prompt), _count(completion)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError(
+            "upstream_server", "the upstream sent a token count that is not a whole number"
+        )
+    return value
 
 
 def new_id(prefix: str) -> str:
@@ -264,7 +289,7 @@ def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: i
 REDACTED = "[REDACTED]"
 
 
-def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
+def upstream_error_message(source: UpstreamReply | Json | list[Any]) -> str:
     """The provider's own message from an error body (every provider nests it differently).
 
     `source` is the response, or its body already parsed (a stream's error event, say). A list
@@ -287,15 +312,42 @@ def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
     return json.dumps(body)[:500]
 
 
-def raise_for_upstream(response: httpx.Response, provider: str) -> None:
+def retry_after(response: UpstreamReply) -> float | None:
+    """Seconds the upstream asks callers to wait: `retry-after-ms` (OpenAI, Azure), or
+    `Retry-After` as seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    headers = response.headers
+    millis = headers.get("retry-after-ms")
+    try:
+        if millis is not None and math.isfinite(float(millis)):
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def raise_for_upstream(response: UpstreamReply, provider: str) -> None:
     if response.status_code < 400:
         return
     message = f"{provider} error: {upstream_error_message(response)}"
     kind = "upstream_client" if response.status_code < 500 else "upstream_server"
-    raise ProviderError(kind, message, status=response.status_code)
+    wait = retry_after(response) if response.status_code == 429 else None
+    raise ProviderError(kind, message, status=response.status_code, retry_after=wait)
 
 
-def response_json(response: httpx.Response, provider: str, *, object_only: bool = False) -> Any:
+def response_json(response: UpstreamReply, provider: str, *, object_only: bool = False) -> Any:
     """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller.
 
     `object_only`: the body must be a JSON object, as every native (non-OpenAI) API answers.
@@ -321,7 +373,9 @@ def redact(
     for secret in secrets:
         if secret:
             message = message.replace(secret, mask)
-    return exc if message == exc.message else ProviderError(exc.kind, message, status=exc.status)
+    if message == exc.message:
+        return exc
+    return ProviderError(exc.kind, message, status=exc.status, retry_after=exc.retry_after)
 
 
 @contextmanager
@@ -337,8 +391,8 @@ def redacting(*secrets: str | None, mask: str = REDACTED) -> Iterator[None]:
 
 
 async def send(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
-) -> httpx.Response:
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
+) -> UpstreamReply:
     """One request with transport errors mapped (the most specific first)."""
     try:
         response = await client.request(method, url, **kwargs)
@@ -353,11 +407,11 @@ async def send(
 
 
 async def _streamed(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     provider: str,
     method: str,
     url: str,
-    pieces: Callable[[httpx.Response], AsyncIterator[_T]],
+    pieces: Callable[[UpstreamStream], AsyncIterator[_T]],
     kwargs: Json,
 ) -> AsyncIterator[_T]:
     """`pieces` of a streaming response; status is checked before the first one arrives."""
@@ -377,7 +431,7 @@ async def _streamed(
 
 
 def stream_bytes(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[bytes]:
     """Bytes of a streaming response as they arrive (binary framing: AWS event streams).
 
@@ -388,7 +442,7 @@ def stream_bytes(
 
 
 def stream_lines(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[str]:
     """Lines of a streaming response (SSE); the same checks and error mapping as `stream_bytes`.
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 
-import httpx
-
 from ._base import Json, ProviderAdapter, ProviderError
+from ._client import UpstreamClient
 
-__all__ = ["adapter_for", "register_adapter", "ADAPTER_MODULES"]
+__all__ = ["adapter_for", "register_adapter", "registered_adapters", "ADAPTER_MODULES"]
 
 _ADAPTERS: dict[str, type[ProviderAdapter]] = {}
 _loaded = False
@@ -45,10 +44,17 @@ def _load_all() -> None:
                 raise
 
 
-def adapter_for(model: Json, client: httpx.AsyncClient) -> ProviderAdapter:
-    """An adapter for an `external_model` block whose secrets are resolved."""
+def registered_adapters() -> dict[str, type[ProviderAdapter]]:
+    """Every registered adapter by provider name (a copy: register with the decorator)."""
     if not _loaded:
         # Import every vendor module once, even when one was imported directly before.
+        _load_all()
+    return dict(_ADAPTERS)
+
+
+def adapter_for(model: Json, client: UpstreamClient) -> ProviderAdapter:
+    """An adapter for an `external_model` block whose secrets are resolved (no I/O)."""
+    if not _loaded:
         _load_all()
     cls = _ADAPTERS.get(model.get("provider", ""))
     if cls is None:
