@@ -25,10 +25,10 @@ from engine_harness import ROOT, run_cli, write_specs
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
-from engine.catalog import calibrate as cal
 from engine.catalog.models import CatalogEntry, CatalogError, ModelCatalog
 from engine.host.inventory import entity_checker
 from engine.state import SqliteStateStore
+from providers.runner import calibrate as cal
 
 MODEL = "main.default.tiny"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

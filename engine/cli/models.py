@@ -96,8 +96,8 @@ def calibrate_model(
     Starts one vLLM server for the model (stopped afterwards, also on Ctrl-C): run it when
     the host is otherwise idle, or the number will be low.
     """
-    from engine.catalog import calibrate as cal
     from engine.host.inventory import gpu_count
+    from providers.runner import calibrate as cal
 
     catalog = _catalog(state)
     entry = catalog.get(name, version)

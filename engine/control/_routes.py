@@ -43,7 +43,6 @@ from engine.access.permissions import (
 )
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, read_json, send_json, send_text
-from engine.catalog.calibrate import optimization_info
 from engine.catalog.models import ModelCatalog
 from engine.control._openapi import endpoint_openapi, openapi_document
 from engine.control._service import EndpointService
@@ -52,6 +51,7 @@ from engine.control.views import endpoint_detail, endpoint_summary, task_of
 from engine.secrets.managed import MANAGED_SCOPE
 from engine.secrets.store import SecretStoreError
 from engine.state import EndpointRow, StateStore
+from providers.runner.calibrate import optimization_info
 
 __all__ = ["ControlPlane"]
 
