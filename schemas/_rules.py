@@ -6,7 +6,8 @@ diagnostics; it never raises. A message says what is wrong and how to fix it.
 | id  | checks                                                                     |
 |-----|----------------------------------------------------------------------------|
 | N1  | endpoint name (pattern; `config.name` agrees)                              |
-| N3  | served entity names: pattern, unique, derivable                            |
+| N2  | endpoint name at most `max_name_length` characters (default 63)            |
+| N3  | served entity names: pattern, length, unique, derivable                    |
 | N4  | tag keys unique                                                            |
 | E1  | external_model XOR entity_name/entity_version/workload settings            |
 | E3  | one task for all external models                                           |
@@ -74,15 +75,23 @@ _PROVISIONED_FIELDS = (
 
 @dataclass(frozen=True)
 class RuleOptions:
-    """Limits an operator may tune. E5: the SDK documents 10, the platform allows 15."""
+    """Limits an operator may tune. E5: the SDK documents 10, the platform allows 15.
+
+    N2/N3: no source states the platform's name limits (reference/validation_rules.md marks N2
+    "not confirmed"); 63 is the DNS label length, which a name used in URLs and hostnames
+    usually has to fit. Any limit works with apply: derived names (managed secret keys,
+    runner folders) are shortened where they would not fit.
+    """
 
     max_served_entities: int = 15
+    max_name_length: int = 63
+    max_entity_name_length: int = 63
 
 
 def check_endpoint(spec: EndpointSpec, options: RuleOptions | None = None) -> list[Diagnostic]:
     options = options or RuleOptions()
     out: list[Diagnostic] = []
-    out += _endpoint_rules(spec)
+    out += _endpoint_rules(spec, options)
     if spec.config is not None:
         out += _config_rules(spec, options)
     out += _rate_limit_rules(spec)
@@ -98,7 +107,14 @@ def _warn(rule: str, path: Path, message: str) -> Diagnostic:
     return Diagnostic(rule, message, path, Severity.WARNING)
 
 
-def _endpoint_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
+def _endpoint_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnostic]:
+    if len(spec.name) > options.max_name_length:
+        yield _err(
+            "N2",
+            ("name",),
+            f"the endpoint name is {len(spec.name)} characters long; at most "
+            f"{options.max_name_length} are allowed",
+        )
     if spec.config is not None and spec.config.name not in (None, spec.name):
         yield _err(
             "N1",
@@ -139,7 +155,7 @@ def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnost
             f"{options.max_served_entities}",
         )
     for i, entity in enumerate(entities):
-        yield from _entity_rules(entity, base + (i,))
+        yield from _entity_rules(entity, base + (i,), options)
     yield from _composition_rules(entities, base)
     yield from _traffic_rules(spec, entities, base)
     capture = config.auto_capture_config
@@ -147,13 +163,22 @@ def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnost
         yield from _inference_table_rule(capture, ("config", "auto_capture_config"))
 
 
-def _entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagnostic]:
+def _entity_rules(
+    entity: ServedEntityInput, path: Path, options: RuleOptions
+) -> Iterator[Diagnostic]:
     name = entity_name_of(entity)
     if entity.name is not None and not _NAME.match(entity.name):
         yield _err(
             "N3",
             path + ("name",),
             f"served entity name {entity.name!r} may only contain letters, digits, `-` and `_`",
+        )
+    if entity.name is not None and len(entity.name) > options.max_entity_name_length:
+        yield _err(
+            "N3",
+            path + ("name",),
+            f"the served entity name is {len(entity.name)} characters long; at most "
+            f"{options.max_entity_name_length} are allowed",
         )
     if entity.external_model is not None:
         yield from _external_entity_rules(entity, entity.external_model, path)

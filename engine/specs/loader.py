@@ -170,6 +170,8 @@ def _load_text(
     for doc in documents:
         for message, line, path in doc.problems:
             result.diagnostics.append(Diagnostic("F2", message, path, file=file, line=line))
+        for message, line, path in doc.invalid:
+            result.diagnostics.append(Diagnostic("F1", message, path, file=file, line=line))
         missing: list[tuple[Path, str]] = []
         doc.value = _interpolate(doc.value, (), env, missing)
         for path, var in missing:
@@ -183,8 +185,8 @@ def _load_text(
                 )
             )
         # Validate anyway so that every problem shows at once, but don't report the blanks
-        # left by unset variables a second time.
-        blanked = {path for path, _ in missing}
+        # left by unset variables or by values that could not be read a second time.
+        blanked = {path for path, _ in missing} | {path for _, _, path in doc.invalid}
         for prefix, body in _bodies(doc, file, result):
             _validate_body(body, prefix, doc, file, options, result, skip=blanked)
 
