@@ -156,9 +156,18 @@ class EndpointService:
         if error is not None:
             raise _api_error(error)
         report = outcome.get("report")
-        if report is not None and not background and not report.ok:
-            raise ApiError(500, "INTERNAL_ERROR", "; ".join(report.failed.values()))
+        if report is not None and not report.ok:
+            if not background:
+                raise ApiError(500, "INTERNAL_ERROR", "; ".join(report.failed.values()))
+            if not self._exists(doc["name"]):
+                # Failed before anything was recorded: say why, not a 404 for what was accepted.
+                raise _invalid("; ".join(report.failed.values()))
         return doc["name"]
+
+    def _exists(self, name: str) -> bool:
+        with self._open() as session:
+            assert session.store is not None
+            return session.store.get_endpoint(name) is not None
 
     # -- helpers -----------------------------------------------------------------------------
 
