@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from schemas import ConfigUpdateState
+
 from ._canonical import Canonical, is_sensitive
 from ._diff import FieldDiff, diff_documents, render_path
 from ._model import (
@@ -156,7 +158,11 @@ def _transition_errors(
     record: EndpointRecord, doc: Canonical, config_changed: bool
 ) -> Iterator[PlanError]:
     before = record.spec or {}
-    if config_changed and record.config_update == "IN_PROGRESS" and not record.update_interrupted:
+    if (
+        config_changed
+        and record.config_update == ConfigUpdateState.IN_PROGRESS
+        and not record.update_interrupted
+    ):
         yield PlanError(
             "L1",
             "config",

@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from schemas import DeploymentState
+
 from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 
 __all__ = ["ExternalModelExecutor", "references_in"]
@@ -66,4 +68,4 @@ class ExternalModelExecutor(Executor):
         return None
 
     def status(self, deployment: Deployment, handle: dict[str, Any] | None) -> EntityStatus:
-        return EntityStatus("DEPLOYMENT_READY")
+        return EntityStatus(DeploymentState.READY)

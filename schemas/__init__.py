@@ -27,6 +27,7 @@ from ._enums import (
 from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
 from ._names import default_entity_name, entity_name_of
 from ._rules import SECRET_REFERENCE, RuleOptions, check_endpoint
+from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
 
 __all__ = [
@@ -35,10 +36,13 @@ __all__ = [
     "AiGatewayRateLimit",
     "AutoCaptureConfigInput",
     "CREDENTIAL_PAIRS",
+    "ConfigUpdateState",
+    "DeploymentState",
     "Diagnostic",
     "EndpointCoreConfigInput",
     "EndpointSpec",
     "EndpointTag",
+    "EntityRole",
     "ExternalModel",
     "ExternalModelProvider",
     "GatewayRateLimitKey",
@@ -47,6 +51,7 @@ __all__ = [
     "PiiBehavior",
     "RateLimit",
     "RateLimitKey",
+    "ReadyState",
     "RenewalPeriod",
     "Route",
     "RuleOptions",

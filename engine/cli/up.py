@@ -57,6 +57,7 @@ from providers import (
     SecretResolver,
 )
 from providers.runner import RunnerExecutor
+from schemas import DeploymentState, EntityRole
 
 if TYPE_CHECKING:
     from engine.host.app import ServingApp
@@ -332,7 +333,10 @@ class UpHost:
     def _serving_something(self) -> bool:
         store = SqliteStateStore(self.state_path)
         try:
-            return any(e.deployment == "DEPLOYMENT_READY" for e in store.entities(role="active"))
+            return any(
+                e.deployment == DeploymentState.READY
+                for e in store.entities(role=EntityRole.ACTIVE)
+            )
         finally:
             store.close()
 

@@ -25,6 +25,7 @@ from engine.state import EndpointRow, EntityRow
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 from providers.runner.executor import replica_bounds, replicas_of
+from schemas import DeploymentState
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
@@ -205,7 +206,7 @@ class TableBuilder:
             # A scaled-to-zero runner is started by the next request, also after a failed
             # cold start (the request then waits for another try).
             if instance is None or (
-                instance.deployment != "DEPLOYMENT_READY" and not _scaled_to_zero(instance)
+                instance.deployment != DeploymentState.READY and not _scaled_to_zero(instance)
             ):
                 served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
                 continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import ConfigUpdateState
+
 __all__ = ["EndpointRow", "EntityRow", "HistoryRow"]
 
 
@@ -46,7 +48,7 @@ class EndpointRow:
 
     @property
     def in_progress(self) -> bool:
-        return self.config_update == "IN_PROGRESS"
+        return self.config_update == ConfigUpdateState.IN_PROGRESS
 
 
 @dataclass(frozen=True)

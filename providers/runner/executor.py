@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas import DeploymentState
+
 from .._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 from .vllm_process import (
     PID_FILE,
@@ -293,7 +295,7 @@ class RunnerExecutor(Executor):
         for server in self._recorded_servers(deployment, handle):
             if server is None:
                 return EntityStatus(
-                    "DEPLOYMENT_FAILED", "no vLLM server is recorded for this entity"
+                    DeploymentState.FAILED, "no vLLM server is recorded for this entity"
                 )
             if not server.alive():
                 code = server.exit_code()
@@ -304,10 +306,10 @@ class RunnerExecutor(Executor):
             else:
                 continue
             return EntityStatus(
-                "DEPLOYMENT_FAILED",
+                DeploymentState.FAILED,
                 f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
             )
-        return EntityStatus("DEPLOYMENT_READY")
+        return EntityStatus(DeploymentState.READY)
 
     def stop_all(self) -> None:
         """Stop every server this process started and has not stopped: the host is going, and
