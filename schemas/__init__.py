@@ -26,6 +26,7 @@ from ._enums import (
 )
 from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
 from ._names import default_entity_name, entity_name_of
+from ._rule_ids import RuleId
 from ._rules import SECRET_REFERENCE, RuleOptions, check_endpoint
 from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
@@ -54,6 +55,7 @@ __all__ = [
     "ReadyState",
     "RenewalPeriod",
     "Route",
+    "RuleId",
     "RuleOptions",
     "SECRET_REFERENCE",
     "ServedEntityInput",

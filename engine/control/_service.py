@@ -23,7 +23,7 @@ from engine.secrets.store import SecretStore, secret_store_for_state
 from engine.state import LockHeld, SqliteStateStore
 from plans import Canonical, Plan, StateSnapshot, canonical_endpoint, make_plan
 from providers import ExecutorRegistry
-from schemas import format_path, validate_endpoint
+from schemas import RuleId, format_path, validate_endpoint
 
 __all__ = ["EndpointService"]
 
@@ -235,6 +235,6 @@ def _where(diag: Any) -> str:
 def _plan_error(plan: Plan) -> ApiError:
     errors = [e for c in plan.changes for e in c.errors]
     message = "; ".join(f"{e.message} [{e.rule}]" for e in errors)
-    if any(e.rule == "L1" for e in errors):
+    if any(e.rule == RuleId.L1 for e in errors):
         return ApiError(409, "RESOURCE_CONFLICT", message)
     return _invalid(message)
