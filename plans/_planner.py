@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from schemas import ConfigUpdateState, RuleId
+from schemas import (
+    ConfigUpdateState,
+    RuleId,
+    find_secret_references,
+    format_secret_reference,
+)
 
 from ._canonical import Canonical, is_sensitive
 from ._diff import FieldDiff, diff_documents, render_path
@@ -25,7 +29,6 @@ __all__ = ["make_plan", "has_self_hosted", "has_external", "secret_references"]
 
 # Fields with no update API: changing them means a new endpoint (rule L4).
 CREATE_ONLY_FIELDS = ("route_optimized", "description", "budget_policy_id")
-_SECRET_REF = re.compile(r"\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}")
 SENSITIVE_BEFORE = "(sensitive value)"
 SENSITIVE_AFTER = "(sensitive value changed)"
 
@@ -231,8 +234,8 @@ def _unresolved_references(doc: Canonical, exists: SecretExists) -> list[PlanErr
                 PlanError(
                     RuleId.SEC1,
                     path,
-                    f"secret reference {{{{secrets/{scope}/{key}}}}} does not resolve; create "
-                    f"it with `engine secrets put-secret {scope} {key}`",
+                    f"secret reference {format_secret_reference(scope, key)} does not resolve; "
+                    f"create it with `engine secrets put-secret {scope} {key}`",
                 )
             )
     return errors
@@ -241,7 +244,7 @@ def _unresolved_references(doc: Canonical, exists: SecretExists) -> list[PlanErr
 def secret_references(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[str, str, str]]:
     """(path, scope, key) of every `{{secrets/scope/key}}` in a document."""
     if isinstance(doc, str):
-        return [(render_path(path), m[1], m[2]) for m in _SECRET_REF.finditer(doc)]
+        return [(render_path(path), scope, key) for scope, key in find_secret_references(doc)]
     if isinstance(doc, dict) and not is_sensitive(doc):
         if "served_entities" in doc:
             # Name entities in paths, as the rest of the plan does.

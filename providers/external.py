@@ -7,17 +7,15 @@ the gateway builds its provider client from the active config.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
-from schemas import DeploymentState
+from schemas import DeploymentState, find_secret_references, format_secret_reference
 
 from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 
 __all__ = ["ExternalModelExecutor", "references_in"]
 
-_REFERENCE = re.compile(r"\{\{secrets/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+\}\}")
 _KNOWN_PROVIDERS = {
     "openai",
     "anthropic",
@@ -33,7 +31,7 @@ _KNOWN_PROVIDERS = {
 
 def references_in(value: Any) -> Iterator[str]:
     if isinstance(value, str):
-        yield from _REFERENCE.findall(value)
+        yield from (format_secret_reference(s, k) for s, k in find_secret_references(value))
     elif isinstance(value, dict):
         for item in value.values():
             yield from references_in(item)

@@ -27,7 +27,19 @@ from ._enums import (
 from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
 from ._names import default_entity_name, entity_name_of
 from ._rule_ids import RuleId
-from ._rules import SECRET_REFERENCE, RuleOptions, check_endpoint
+from ._rules import RuleOptions, check_endpoint
+from ._secret_refs import (
+    MAX_SECRET_NAME_LENGTH,
+    SECRET_NAME,
+    SECRET_REFERENCE,
+    SECRET_REFERENCE_FORM,
+    find_secret_references,
+    format_secret_reference,
+    is_secret_reference,
+    looks_like_secret_reference,
+    parse_secret_reference,
+    replace_secret_references,
+)
 from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
 
@@ -57,7 +69,10 @@ __all__ = [
     "Route",
     "RuleId",
     "RuleOptions",
+    "MAX_SECRET_NAME_LENGTH",
+    "SECRET_NAME",
     "SECRET_REFERENCE",
+    "SECRET_REFERENCE_FORM",
     "ServedEntityInput",
     "ServedModelInput",
     "Severity",
@@ -68,6 +83,12 @@ __all__ = [
     "default_entity_name",
     "endpoint_json_schema",
     "entity_name_of",
+    "find_secret_references",
+    "format_secret_reference",
+    "is_secret_reference",
+    "looks_like_secret_reference",
+    "parse_secret_reference",
+    "replace_secret_references",
     "format_path",
     "render_json_schema",
     "validate_endpoint",

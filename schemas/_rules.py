@@ -51,10 +51,10 @@ from ._enums import DEPRECATED_PROVIDERS, KNOWN_WORKLOAD_SIZES, GatewayRateLimit
 from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
 from ._names import entity_name_of
 from ._rule_ids import RuleId
+from ._secret_refs import SECRET_REFERENCE_FORM, is_secret_reference, looks_like_secret_reference
 
-__all__ = ["RuleOptions", "check_endpoint", "SECRET_REFERENCE"]
+__all__ = ["RuleOptions", "check_endpoint"]
 
-SECRET_REFERENCE = re.compile(r"^\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UC_NAME = re.compile(r"^[^.\s]+\.[^.\s]+\.[^.\s]+$")
 _NAME = re.compile(NAME_PATTERN)
@@ -287,11 +287,11 @@ def _environment_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagno
             yield _err(
                 RuleId.E15, epath + (key,), f"{key!r} is not a valid environment variable name"
             )
-        if "{{secrets/" in value and not SECRET_REFERENCE.match(value):
+        if looks_like_secret_reference(value) and not is_secret_reference(value):
             yield _err(
                 RuleId.E15,
                 epath + (key,),
-                "malformed secret reference; write the whole value as `{{secrets/<scope>/<key>}}`",
+                f"malformed secret reference; write the whole value as `{SECRET_REFERENCE_FORM}`",
             )
 
 
@@ -346,13 +346,13 @@ def _credential(
             RuleId.X3,
             path + (ref_field,),
             f"an API credential is required: set `{ref_field}` to a secret reference "
-            f"`{{{{secrets/<scope>/<key>}}}}` or `{plain_field}`",
+            f"`{SECRET_REFERENCE_FORM}` or `{plain_field}`",
         )
-    if ref is not None and not SECRET_REFERENCE.match(ref):
+    if ref is not None and not is_secret_reference(ref):
         yield _err(
             RuleId.X3,
             path + (ref_field,),
-            f"`{ref_field}` must be a secret reference `{{{{secrets/<scope>/<key>}}}}`; "
+            f"`{ref_field}` must be a secret reference `{SECRET_REFERENCE_FORM}`; "
             f"to paste the value itself use `{plain_field}`",
         )
     if isinstance(plain, SecretStr) and not plain.get_secret_value():

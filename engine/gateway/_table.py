@@ -20,12 +20,11 @@ import httpx
 
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
-from engine.secrets.store import parse_secret_reference
 from engine.state import EndpointRow, EntityRow
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 from providers.runner.executor import replica_bounds, replicas_of
-from schemas import DeploymentState
+from schemas import DeploymentState, parse_secret_reference
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
