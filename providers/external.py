@@ -10,23 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from schemas import DeploymentState, find_secret_references, format_secret_reference
+from schemas import (
+    DeploymentState,
+    find_secret_references,
+    format_secret_reference,
+    provider_info,
+)
 
 from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 
 __all__ = ["ExternalModelExecutor", "references_in"]
-
-_KNOWN_PROVIDERS = {
-    "openai",
-    "anthropic",
-    "cohere",
-    "amazon-bedrock",
-    "google-cloud-vertex-ai",
-    "databricks-model-serving",
-    "ai21labs",
-    "palm",
-    "custom",
-}
 
 
 def references_in(value: Any) -> Iterator[str]:
@@ -46,7 +39,8 @@ class ExternalModelExecutor(Executor):
     def prepare(self, deployment: Deployment, resolve: SecretResolver) -> None:
         model = deployment.config.get("external_model") or {}
         provider = model.get("provider")
-        if provider not in _KNOWN_PROVIDERS:
+        # The provider table (schemas), not the adapter registry: no vendor SDK imported here.
+        if provider_info(provider) is None:
             raise ExecutorError(f"{deployment.label}: unknown provider {provider!r}")
         for reference in references_in(deployment.config):
             try:

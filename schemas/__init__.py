@@ -24,7 +24,15 @@ from ._enums import (
     Task,
     WorkloadType,
 )
-from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
+from ._external import (
+    ADAPTER_ENTRY_POINT_GROUP,
+    CREDENTIAL_PAIRS,
+    PROVIDER_CONFIG_FIELDS,
+    PROVIDERS,
+    ExternalModel,
+    ProviderInfo,
+    provider_info,
+)
 from ._names import default_entity_name, entity_name_of
 from ._rule_ids import RuleId
 from ._rules import RuleOptions, check_endpoint
@@ -44,6 +52,7 @@ from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
 
 __all__ = [
+    "ADAPTER_ENTRY_POINT_GROUP",
     "AiGatewayConfig",
     "AiGatewayInferenceTableConfig",
     "AiGatewayRateLimit",
@@ -59,7 +68,9 @@ __all__ = [
     "ExternalModel",
     "ExternalModelProvider",
     "GatewayRateLimitKey",
+    "PROVIDERS",
     "PROVIDER_CONFIG_FIELDS",
+    "ProviderInfo",
     "Path",
     "PiiBehavior",
     "RateLimit",
@@ -88,6 +99,7 @@ __all__ = [
     "is_secret_reference",
     "looks_like_secret_reference",
     "parse_secret_reference",
+    "provider_info",
     "replace_secret_references",
     "format_path",
     "render_json_schema",

@@ -47,8 +47,8 @@ from pydantic import BaseModel, SecretStr
 
 from ._diagnostics import Diagnostic, Path, Severity
 from ._endpoint import NAME_PATTERN, EndpointSpec, ServedEntityInput
-from ._enums import DEPRECATED_PROVIDERS, KNOWN_WORKLOAD_SIZES, GatewayRateLimitKey
-from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
+from ._enums import KNOWN_WORKLOAD_SIZES, GatewayRateLimitKey
+from ._external import CREDENTIAL_PAIRS, DEPRECATED_PROVIDERS, PROVIDERS, ExternalModel
 from ._names import entity_name_of
 from ._rule_ids import RuleId
 from ._secret_refs import SECRET_REFERENCE_FORM, is_secret_reference, looks_like_secret_reference
@@ -296,37 +296,41 @@ def _environment_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagno
 
 
 def _provider_rules(model: ExternalModel, path: Path) -> Iterator[Diagnostic]:
-    if model.provider in DEPRECATED_PROVIDERS:
+    name = str(model.provider)
+    if name in DEPRECATED_PROVIDERS:
         yield _warn(
             RuleId.X1,
             path + ("provider",),
-            f"provider {model.provider.value!r} is deprecated by the platform",
+            f"provider {name!r} is deprecated by the platform",
         )
-    expected = PROVIDER_CONFIG_FIELDS[model.provider]
-    for provider, field in PROVIDER_CONFIG_FIELDS.items():
+    info = PROVIDERS[name]
+    expected = info.config_field
+    for other in PROVIDERS.values():
+        field = other.config_field
         present = getattr(model, field) is not None
-        if field == expected and not present:
+        # A plugin's adapter says itself whether it needs a block (when it is built).
+        if field == expected and not present and info.builtin:
             yield _err(
                 RuleId.X2,
                 path + (field,),
-                f"provider {model.provider.value!r} requires `{field}`",
+                f"provider {name!r} requires `{field}`",
             )
         elif field != expected and present:
             yield _err(
                 RuleId.X2,
                 path + (field,),
-                f"`{field}` belongs to provider {provider.value!r}, but this model's "
-                f"provider is {model.provider.value!r}; remove it or change `provider`",
+                f"`{field}` belongs to provider {other.name!r}, but this model's "
+                f"provider is {name!r}; remove it or change `provider`",
             )
     config = model.provider_config()
-    if config is None:
+    if config is None or not info.builtin:
         return
     cpath = path + (expected,)
     checker = _PROVIDER_CHECKS.get(expected)
     if checker is not None:
         yield from checker(config, cpath)
     else:
-        yield from _credential(config, cpath, *CREDENTIAL_PAIRS[expected][0])
+        yield from _credential(config, cpath, *info.credentials[0])
 
 
 def _credential(
