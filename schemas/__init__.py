@@ -49,6 +49,7 @@ from ._secret_refs import (
     replace_secret_references,
 )
 from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
+from ._system import ProcessStat, now_ms, pid_alive, process_stat
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "PROVIDER_CONFIG_FIELDS",
     "ProviderInfo",
     "Path",
+    "ProcessStat",
     "PiiBehavior",
     "RateLimit",
     "RateLimitKey",
@@ -102,6 +104,9 @@ __all__ = [
     "provider_info",
     "replace_secret_references",
     "format_path",
+    "now_ms",
+    "pid_alive",
+    "process_stat",
     "render_json_schema",
     "validate_endpoint",
 ]

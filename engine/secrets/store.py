@@ -31,6 +31,7 @@ from schemas import (
     SECRET_NAME,
     SECRET_REFERENCE,
     SECRET_REFERENCE_FORM,
+    now_ms,
     parse_secret_reference,
 )
 
@@ -159,7 +160,7 @@ def secret_store_for_state(state_path: Path) -> SecretStore:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return now_ms()
 
 
 def _validate_name(kind: str, name: object) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from engine.state._lock import LockHeld, LockInfo, holder_is_alive, this_host
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
-from schemas import ConfigUpdateState, DeploymentState, EntityRole
+from schemas import ConfigUpdateState, DeploymentState, EntityRole, now_ms
 
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
@@ -152,7 +152,7 @@ def open_state(state: Path | None = None) -> SqliteStateStore:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return now_ms()
 
 
 def _dumps(value: Any) -> str | None:

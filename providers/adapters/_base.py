@@ -26,7 +26,6 @@ Exceptions::
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+
+from schemas import now_ms
 
 __all__ = [
     "BaseStreamState",
@@ -157,7 +158,7 @@ def _response(
     return {
         "id": response_id or new_id(prefix),
         "object": kind,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
@@ -225,7 +226,7 @@ def chunk(
     out: Json = {
         "id": response_id,
         "object": obj,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": [choice],
     }
