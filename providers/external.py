@@ -9,12 +9,19 @@ nothing remote (no network at apply); the gateway builds its own adapter from th
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
+
+from schemas import (
+    DeploymentState,
+    find_secret_references,
+    format_secret_reference,
+    parse_secret_reference,
+    provider_info,
+)
 
 from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 from .adapters import ProviderError, UpstreamReply, UpstreamStream, adapter_for
@@ -22,23 +29,10 @@ from .adapters._base import redact
 
 __all__ = ["ExternalModelExecutor", "check_adapter", "references_in", "resolved"]
 
-_REFERENCE = re.compile(r"\{\{secrets/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+\}\}")
-_KNOWN_PROVIDERS = {
-    "openai",
-    "anthropic",
-    "cohere",
-    "amazon-bedrock",
-    "google-cloud-vertex-ai",
-    "databricks-model-serving",
-    "ai21labs",
-    "palm",
-    "custom",
-}
-
 
 def references_in(value: Any) -> Iterator[str]:
     if isinstance(value, str):
-        yield from _REFERENCE.findall(value)
+        yield from (format_secret_reference(s, k) for s, k in find_secret_references(value))
     elif isinstance(value, dict):
         for item in value.values():
             yield from references_in(item)
@@ -51,7 +45,7 @@ def resolved(value: Any, resolve: SecretResolver) -> Any:
     """`value` with each string that is a whole secret reference replaced by its value (as
     the gateway resolves a config). Raises KeyError for a reference that does not resolve."""
     if isinstance(value, str):
-        return resolve(value) if _REFERENCE.fullmatch(value) else value
+        return resolve(value) if parse_secret_reference(value) else value
     if isinstance(value, dict):
         return {k: resolved(v, resolve) for k, v in value.items()}
     if isinstance(value, list):
@@ -104,7 +98,8 @@ class ExternalModelExecutor(Executor):
     def prepare(self, deployment: Deployment, resolve: SecretResolver) -> None:
         model = deployment.config.get("external_model") or {}
         provider = model.get("provider")
-        if provider not in _KNOWN_PROVIDERS:
+        # The provider table (schemas), not the adapter registry: no vendor SDK imported here.
+        if provider_info(provider) is None:
             raise ExecutorError(f"{deployment.label}: unknown provider {provider!r}")
         secrets = []
         for reference in references_in(deployment.config):
@@ -126,4 +121,4 @@ class ExternalModelExecutor(Executor):
         return None
 
     def status(self, deployment: Deployment, handle: dict[str, Any] | None) -> EntityStatus:
-        return EntityStatus("DEPLOYMENT_READY")
+        return EntityStatus(DeploymentState.READY)

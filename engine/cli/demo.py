@@ -24,6 +24,7 @@ from engine.access.tokens import create_token
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import fail
 from engine.state import open_state, resolve_state_path
+from schemas import ConfigUpdateState, ReadyState
 
 __all__ = ["register"]
 
@@ -143,9 +144,12 @@ def _wait_ready(client: httpx.Client, name: str, timeout: float) -> None:
     while time.monotonic() < deadline:
         endpoint = client.get(f"/api/2.0/serving-endpoints/{name}").json()
         update = endpoint["state"]["config_update"]
-        if update == "UPDATE_FAILED":
+        if update == ConfigUpdateState.UPDATE_FAILED:
             fail(f"{name}: {endpoint['state'].get('config_update_message', 'update failed')}")
-        if update == "NOT_UPDATING" and endpoint["state"]["ready"] == "READY":
+        if (
+            update == ConfigUpdateState.NOT_UPDATING
+            and endpoint["state"]["ready"] == ReadyState.READY
+        ):
             typer.echo(f"{name}: READY")
             return
         time.sleep(1)

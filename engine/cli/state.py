@@ -14,6 +14,7 @@ from engine.executors import cli_executors
 from engine.state import EndpointRow, StateError, StateStore, open_state, resolve_state_path
 from engine.workflow import actor_name
 from providers import Deployment, ExecutorError
+from schemas import EntityRole
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
 
@@ -105,7 +106,7 @@ def refresh_command(state: StateOpt = None) -> None:
     # host's reconciler restarts it (RECOVERING, then READY).
     executors = cli_executors(resolve_state_path(state))
     drift = 0
-    for entity in store.entities(role="active"):
+    for entity in store.entities(role=EntityRole.ACTIVE):
         if (entity.handle or {}).get("scaled_to_zero"):
             continue  # no process by design: the next request starts it
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)

@@ -57,6 +57,7 @@ from providers import (
     SecretResolver,
 )
 from providers.runner import RunnerExecutor
+from schemas import DeploymentState, EntityRole, now_ms, pid_alive
 
 if TYPE_CHECKING:
     from engine.host.app import ServingApp
@@ -325,7 +326,10 @@ class UpHost:
     def _serving_something(self) -> bool:
         store = open_state(self.state_path)
         try:
-            return any(e.deployment == "DEPLOYMENT_READY" for e in store.entities(role="active"))
+            return any(
+                e.deployment == DeploymentState.READY
+                for e in store.entities(role=EntityRole.ACTIVE)
+            )
         finally:
             store.close()
 
@@ -457,29 +461,15 @@ class _HostRunners(Executor):
 
 def _refuse_second_host(store: StateStore) -> None:
     """Two hosts on one state would both own its runners: refuse while another one lives."""
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     for other in store.hosts():
         if other["hostname"] == socket.gethostname():
-            alive = other["pid"] != os.getpid() and _pid_alive(int(other["pid"]))
+            alive = other["pid"] != os.getpid() and pid_alive(int(other["pid"]))
         else:
-            alive = now_ms - int(other["last_seen_ms"]) < HEARTBEAT_FRESH_MS
+            alive = now - int(other["last_seen_ms"]) < HEARTBEAT_FRESH_MS
         if alive:
             where = other["address"] or f"pid {other['pid']} on {other['hostname']}"
             fail(
                 f"a serving host is already running on this state ({where}): apply through it "
                 "(`engine apply`, or its REST API), or stop it first"
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True

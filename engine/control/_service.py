@@ -29,7 +29,7 @@ from engine.workflow import (
 )
 from plans import Canonical
 from providers import ExecutorRegistry
-from schemas import format_path, validate_endpoint
+from schemas import RuleId, format_path, validate_endpoint
 
 __all__ = ["EndpointService"]
 
@@ -212,7 +212,9 @@ def _api_error(error: BaseException) -> BaseException:
         )
     if isinstance(error, PlanErrored):
         status, code = (
-            (409, "RESOURCE_CONFLICT") if "L1" in error.rules else (400, "INVALID_PARAMETER_VALUE")
+            (409, "RESOURCE_CONFLICT")
+            if RuleId.L1 in error.rules
+            else (400, "INVALID_PARAMETER_VALUE")
         )
         return ApiError(status, code, error.message)
     if isinstance(error, WorkflowError):

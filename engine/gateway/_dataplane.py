@@ -23,6 +23,7 @@ from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
 from providers.adapters import ProviderError
+from schemas import now_ms
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -369,7 +370,7 @@ class DataPlane:
         if route.usage_tracking and self.usage is not None:
             self.usage.record(
                 UsageRecord(
-                    at_ms=int(time.time() * 1000),
+                    at_ms=now_ms(),
                     endpoint=route.name,
                     entity=entity.name,
                     principal=principal.name,

@@ -22,11 +22,11 @@ import httpx
 from engine.gateway._errors import masked
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
-from engine.secrets.store import parse_secret_reference
 from engine.state import EndpointRow, EntityRow
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 from providers.runner.executor import replica_bounds, replicas_of
+from schemas import DeploymentState, parse_secret_reference
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
@@ -235,7 +235,7 @@ class TableBuilder:
             # A scaled-to-zero runner is started by the next request, also after a failed
             # cold start (the request then waits for another try).
             if instance is None or (
-                instance.deployment != "DEPLOYMENT_READY" and not _scaled_to_zero(instance)
+                instance.deployment != DeploymentState.READY and not _scaled_to_zero(instance)
             ):
                 served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
                 continue

@@ -27,6 +27,7 @@ from engine.state import open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 from providers.runner.executor import replicas_of
+from schemas import DeploymentState
 
 __all__ = ["Autoscaler", "ThroughputMeter", "desired_replicas"]
 
@@ -130,7 +131,7 @@ class Autoscaler:
         store = open_state(self.state_path)
         try:
             row = active_entity(store, instance_id)
-            if row is None or row.deployment != "DEPLOYMENT_READY" or not row.handle:
+            if row is None or row.deployment != DeploymentState.READY or not row.handle:
                 return
             deployment = Deployment(row.endpoint, row.name, row.id, row.config)
             if self.runners.bounds(deployment) is None:

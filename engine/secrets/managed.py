@@ -20,6 +20,7 @@ from typing import Any
 
 from engine.secrets.store import NAME_PATTERN, SecretStore, SecretStoreError
 from plans import SENSITIVE, is_sensitive
+from schemas import format_secret_reference
 
 __all__ = [
     "MANAGED_SCOPE",
@@ -56,7 +57,7 @@ def with_managed_references(
                 if not store.has_scope(MANAGED_SCOPE):
                     store.create_scope(MANAGED_SCOPE)
                 store.put_secret(MANAGED_SCOPE, key, plaintexts[digest])
-            return f"{{{{secrets/{MANAGED_SCOPE}/{key}}}}}"
+            return format_secret_reference(MANAGED_SCOPE, key)
         if isinstance(value, dict):
             return {k: walk(v, k) for k, v in value.items()}
         if isinstance(value, list):
@@ -72,7 +73,7 @@ def delete_unused_managed_secrets(store: SecretStore, endpoint: str, in_use: set
         return
     prefixes = (f"{endpoint}.", f"{_hashed_endpoint(endpoint)}.")
     for info in store.list_secrets(MANAGED_SCOPE):
-        reference = f"{{{{secrets/{MANAGED_SCOPE}/{info.key}}}}}"
+        reference = format_secret_reference(MANAGED_SCOPE, info.key)
         if info.key.startswith(prefixes) and reference not in in_use:
             # Deleted concurrently: the goal is reached either way.
             with contextlib.suppress(SecretStoreError):

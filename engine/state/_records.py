@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from schemas import ConfigUpdateState
+
 __all__ = ["EndpointRow", "EntityRow", "HistoryRow"]
 
 
@@ -45,7 +47,7 @@ class EndpointRow:
 
     @property
     def in_progress(self) -> bool:
-        return self.config_update == "IN_PROGRESS"
+        return self.config_update == ConfigUpdateState.IN_PROGRESS
 
 
 @dataclass(frozen=True)

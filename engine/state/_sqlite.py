@@ -22,6 +22,7 @@ from typing import Any
 from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
+from schemas import ConfigUpdateState, DeploymentState, EntityRole, now_ms
 
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
@@ -156,7 +157,7 @@ def open_state(state: Path | None = None) -> SqliteStateStore:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return now_ms()
 
 
 def _dumps(value: Any) -> str | None:
@@ -357,7 +358,9 @@ class SqliteStateStore:
             rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
             entities = [
                 self._entity(r)
-                for r in conn.execute("SELECT * FROM entities WHERE role = 'active' ORDER BY id")
+                for r in conn.execute(
+                    "SELECT * FROM entities WHERE role = ? ORDER BY id", (EntityRole.ACTIVE,)
+                )
             ]
         by_endpoint: dict[str, list[EntityRow]] = {}
         for entity in entities:
@@ -585,9 +588,9 @@ class SqliteStateStore:
                 )
             conn.execute(
                 "UPDATE endpoints SET pending = ?, pending_version = ?, pending_started_ms = ?, "
-                "config_update = 'IN_PROGRESS', update_message = '', "
+                "config_update = ?, update_message = '', "
                 "deleting = 0, stack = COALESCE(stack, ?) WHERE name = ?",
-                (_dumps(desired), version, now, stack, name),
+                (_dumps(desired), version, now, ConfigUpdateState.IN_PROGRESS, stack, name),
             )
             self._history(conn, name, version, actor, "begin-update", {})
         row = self.get_endpoint(name)
@@ -602,14 +605,23 @@ class SqliteStateStore:
         fingerprint: str,
         config: dict[str, Any],
         config_version: int,
-        role: str = "pending",
+        role: str = EntityRole.PENDING,
     ) -> int:
         """Track an entity before anything starts it, so no started entity is ever untracked."""
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO entities (endpoint, name, fingerprint, config, role, deployment, "
-                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, 'DEPLOYMENT_CREATING', ?, ?)",
-                (endpoint, name, fingerprint, _dumps(config), role, config_version, _now_ms()),
+                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    endpoint,
+                    name,
+                    fingerprint,
+                    _dumps(config),
+                    role,
+                    DeploymentState.CREATING,
+                    config_version,
+                    _now_ms(),
+                ),
             )
             return int(cursor.lastrowid)
 
@@ -658,23 +670,23 @@ class SqliteStateStore:
             conn.execute(
                 "UPDATE endpoints SET spec = pending, config_version = pending_version, "
                 "pending = NULL, pending_version = NULL, pending_started_ms = NULL, "
-                "config_update = 'NOT_UPDATING', update_message = '', updated_ms = ? "
+                "config_update = ?, update_message = '', updated_ms = ? "
                 "WHERE name = ?",
-                (now, name),
+                (ConfigUpdateState.NOT_UPDATING, now, name),
             )
             marks = ",".join("?" * len(keep)) or "NULL"
             conn.execute(
-                f"UPDATE entities SET role = 'active' WHERE endpoint = ? AND id IN ({marks})",
-                (name, *keep),
+                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id IN ({marks})",
+                (EntityRole.ACTIVE, name, *keep),
             )
             conn.execute(
-                f"UPDATE entities SET role = 'retiring' WHERE endpoint = ? AND id NOT IN ({marks})",
-                (name, *keep),
+                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id NOT IN ({marks})",
+                (EntityRole.RETIRING, name, *keep),
             )
             self._history(conn, name, row["pending_version"], actor, "activate", summary)
             retiring = conn.execute(
-                "SELECT * FROM entities WHERE endpoint = ? AND role = 'retiring' ORDER BY id",
-                (name,),
+                "SELECT * FROM entities WHERE endpoint = ? AND role = ? ORDER BY id",
+                (name, EntityRole.RETIRING),
             ).fetchall()
         return [self._entity(r) for r in retiring]
 
@@ -687,8 +699,8 @@ class SqliteStateStore:
             conn.execute(
                 "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
                 "pending_started_ms = NULL, "
-                "config_update = 'UPDATE_FAILED', update_message = ? WHERE name = ?",
-                (message, name),
+                "config_update = ?, update_message = ? WHERE name = ?",
+                (ConfigUpdateState.UPDATE_FAILED, message, name),
             )
             self._history(
                 conn,
@@ -704,8 +716,8 @@ class SqliteStateStore:
             conn.execute(
                 "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
                 "pending_started_ms = NULL, "
-                "config_update = 'NOT_UPDATING' WHERE name = ?",
-                (name,),
+                "config_update = ? WHERE name = ?",
+                (ConfigUpdateState.NOT_UPDATING, name),
             )
             self._history(conn, name, None, actor, "recovered", {})
 
@@ -728,10 +740,12 @@ class SqliteStateStore:
     def mark_deleting(self, name: str, *, actor: str) -> list[EntityRow]:
         with self._write() as conn:
             conn.execute(
-                "UPDATE endpoints SET deleting = 1, config_update = 'IN_PROGRESS' WHERE name = ?",
-                (name,),
+                "UPDATE endpoints SET deleting = 1, config_update = ? WHERE name = ?",
+                (ConfigUpdateState.IN_PROGRESS, name),
             )
-            conn.execute("UPDATE entities SET role = 'retiring' WHERE endpoint = ?", (name,))
+            conn.execute(
+                "UPDATE entities SET role = ? WHERE endpoint = ?", (EntityRole.RETIRING, name)
+            )
             self._history(conn, name, None, actor, "begin-delete", {})
             rows = conn.execute(
                 "SELECT * FROM entities WHERE endpoint = ? ORDER BY id", (name,)

@@ -2,7 +2,13 @@
 
 from ._base import ProviderAdapter, ProviderError
 from ._client import Timeouts, UpstreamClient, UpstreamReply, UpstreamStream
-from ._registry import adapter_for, register_adapter, registered_adapters
+from ._registry import (
+    adapter_class,
+    adapter_for,
+    register_adapter,
+    registered_adapters,
+    registered_providers,
+)
 
 __all__ = [
     "ProviderAdapter",
@@ -11,7 +17,9 @@ __all__ = [
     "UpstreamClient",
     "UpstreamReply",
     "UpstreamStream",
+    "adapter_class",
     "adapter_for",
     "register_adapter",
     "registered_adapters",
+    "registered_providers",
 ]

@@ -32,7 +32,6 @@ import datetime as dt
 import email.utils
 import json
 import math
-import time
 import uuid
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+
+from schemas import now_ms
 
 from ._client import UpstreamClient, UpstreamReply, UpstreamStream
 
@@ -182,7 +183,7 @@ def _response(
     return {
         "id": response_id or new_id(prefix),
         "object": kind,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
@@ -250,7 +251,7 @@ def chunk(
     out: Json = {
         "id": response_id,
         "object": obj,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": [choice],
     }

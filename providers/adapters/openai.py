@@ -27,6 +27,8 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
+from schemas import looks_like_secret_reference
+
 from ._base import (
     Json,
     ProviderAdapter,
@@ -81,7 +83,7 @@ def credential(config: Json, field: str) -> str | None:
     if value is None:
         return None
     value = str(value)
-    if value.startswith("{{secrets/"):
+    if looks_like_secret_reference(value):
         # The engine resolves references before building adapters; sending one is a bug.
         raise ProviderError("config", f"{field} is an unresolved secret reference")
     return value
