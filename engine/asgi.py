@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 __all__ = [
     "ApiError",
+    "serve_lifespan",
     "Headers",
     "MAX_JSON_DEPTH",
     "header",
@@ -187,3 +188,25 @@ async def send_text(send: Any, status: int, text: str, content_type: str) -> Non
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def serve_lifespan(
+    receive: Any,
+    send: Any,
+    startup: Callable[[], Awaitable[None]],
+    shutdown: Callable[[], Awaitable[None]],
+) -> None:
+    """Answer the ASGI lifespan protocol: a startup that raises fails the server's start."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

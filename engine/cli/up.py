@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from engine.asgi import serve_lifespan
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import EXIT_ERROR, EXIT_OK, fail, reported
 from engine.cli.plan import load_specs_reporting, print_plan, run_apply
@@ -204,19 +205,7 @@ class UpHost:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown)
 
     async def startup(self) -> None:
         await self.app.startup()

@@ -19,7 +19,15 @@ from typing import Any
 
 from engine.access.permissions import level_in
 from engine.access.tokens import Principal, TokenIndex
-from engine.asgi import ApiError, header, read_json, send_error, send_json, send_text
+from engine.asgi import (
+    ApiError,
+    header,
+    read_json,
+    send_error,
+    send_json,
+    send_text,
+    serve_lifespan,
+)
 from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
 from engine.executors import build_executors
@@ -369,19 +377,7 @@ class ServingApp:
             await send_error(send, ApiError(500, "INTERNAL_ERROR", "the server failed to answer"))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown)
 
     def authenticate(self, scope: dict[str, Any]) -> Principal:
         principal = self.tokens.principal_for(header(scope, b"authorization"))
