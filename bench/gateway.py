@@ -8,6 +8,9 @@ MLflow AI gateway ~1,200 req/s at c=64 and 0.8 ms CPU/request; LiteLLM ~100 req/
 
     python bench/gateway.py                 # 3 rounds x 5 s per point
     python bench/gateway.py --seconds 2 --rounds 1
+    python bench/gateway.py --baseline-tree ../old   # A/B: also a gateway from another checkout
+                                                     # (e.g. `git worktree add ../old COMMIT`),
+                                                     # interleaved in the same rounds
 """
 
 from __future__ import annotations
@@ -106,10 +109,17 @@ def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, kind
 
 
-def start_gateway(work: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "ENGINE_STATE": str(work / "state" / "state.db")}
+def start_gateway(
+    work: Path, upstream: str, root: Path = ROOT
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """`engine serve` of the checkout at `root` (its own state under `work`)."""
+    env = {
+        **os.environ,
+        "ENGINE_STATE": str(work / "state" / "state.db"),
+        "PYTHONPATH": str(root),
+    }
     specs = work / "specs"
-    specs.mkdir()
+    specs.mkdir(parents=True)
     (specs / "bench.yaml").write_text(
         textwrap.dedent(
             f"""
@@ -133,7 +143,7 @@ def start_gateway(work: Path, upstream: str) -> tuple[subprocess.Popen[bytes], s
         env=env,
         check=True,
         capture_output=True,
-        cwd=ROOT,
+        cwd=root,
     )
     token = subprocess.run(
         [*engine, "tokens", "create", "--user", "bench"],
@@ -141,13 +151,13 @@ def start_gateway(work: Path, upstream: str) -> tuple[subprocess.Popen[bytes], s
         check=True,
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=root,
     ).stdout.strip()
     port = free_port()
     proc = subprocess.Popen(
         [*engine, "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
-        cwd=ROOT,
+        cwd=root,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -210,32 +220,44 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="Another checkout whose gateway is measured too."
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     upstream, upstream_url, kind = start_upstream(work)
-    gateway, gateway_url, token = start_gateway(work, upstream_url)
+    gateways = {"gateway": start_gateway(work / "gateway", upstream_url)}
+    if args.baseline_tree is not None:
+        gateways["baseline"] = start_gateway(
+            work / "baseline", upstream_url, args.baseline_tree.resolve()
+        )
     direct_path = upstream_url + "/v1/chat/completions"
-    gateway_path = gateway_url + "/serving-endpoints/bench/invocations"
     results: dict[tuple[str, int], list[Run]] = {}
-    cpu: dict[int, list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     try:
-        wrk(gateway_path, token, 16, 1, work)  # warm-up: connections, caches
+        for _, url, token in gateways.values():  # warm-up: connections, caches
+            wrk(url + "/serving-endpoints/bench/invocations", token, 16, 1, work)
         for _ in range(args.rounds):
             for c in levels:
                 results.setdefault(("direct", c), []).append(
                     wrk(direct_path, None, c, args.seconds, work)
                 )
-                before = cpu_seconds(gateway.pid)
-                run = wrk(gateway_path, token, c, args.seconds, work)
-                cpu.setdefault(c, []).append((cpu_seconds(gateway.pid) - before) / run.requests)
-                results.setdefault(("gateway", c), []).append(run)
+                for name, (proc, url, token) in gateways.items():
+                    before = cpu_seconds(proc.pid)
+                    path = url + "/serving-endpoints/bench/invocations"
+                    run = wrk(path, token, c, args.seconds, work)
+                    per_request = (cpu_seconds(proc.pid) - before) / run.requests
+                    cpu.setdefault((name, c), []).append(per_request)
+                    results.setdefault((name, c), []).append(run)
     finally:
-        gateway.send_signal(signal.SIGTERM)
+        for proc, _, _ in gateways.values():
+            proc.send_signal(signal.SIGTERM)
         upstream.send_signal(signal.SIGTERM)
-        gateway.wait(10)
+        for proc, _, _ in gateways.values():
+            proc.wait(10)
         upstream.wait(10)
 
     def med(runs: list[Run], attr: str) -> float:
@@ -261,11 +283,11 @@ def main() -> None:
             f"{med(g, 'rps') / med(d, 'rps'):>5.3f} | {med(d, 'p50_ms'):>8.3f}ms | "
             f"{med(g, 'p50_ms'):>6.3f}ms | {med(g, 'p50_ms') - med(d, 'p50_ms'):>7.3f}ms | "
             f"{med(d, 'p99_ms'):>8.3f}ms | {med(g, 'p99_ms'):>6.3f}ms | "
-            f"{statistics.median(cpu[c]) * 1000:>8.3f}ms"
+            f"{statistics.median(cpu[('gateway', c)]) * 1000:>8.3f}ms"
         )
     if 64 in levels:
         rps64 = med(results[("gateway", 64)], "rps")
-        cpu64 = statistics.median(cpu[64]) * 1000
+        cpu64 = statistics.median(cpu[("gateway", 64)]) * 1000
         print(
             f"gateway req/s at c=64 vs MLflow's 1,200: {rps64 / MLFLOW_RPS_C64:.2f}x "
             f"(goal >= 3x); CPU/request {cpu64:.3f} ms vs MLflow's {MLFLOW_CPU_MS} ms"
@@ -273,6 +295,23 @@ def main() -> None:
     if 1 in levels:
         added = med(results[("gateway", 1)], "p50_ms") - med(results[("direct", 1)], "p50_ms")
         print(f"added p50 at c=1: {added:.3f} ms (goal < 0.3 ms)")
+    if "baseline" in gateways:
+        print(f"# A/B against the baseline tree {args.baseline_tree} (same rounds)")
+        print(
+            f"{'conc':>4} | {'new req/s':>9} | {'base req/s':>10} | {'new/base':>8} | "
+            f"{'new added p50':>13} | {'base added p50':>14} | {'new CPU/req':>11} | "
+            f"{'base CPU/req':>12}"
+        )
+        for c in levels:
+            d, n, b = (results[(k, c)] for k in ("direct", "gateway", "baseline"))
+            print(
+                f"{c:>4} | {med(n, 'rps'):>9.0f} | {med(b, 'rps'):>10.0f} | "
+                f"{med(n, 'rps') / med(b, 'rps'):>8.3f} | "
+                f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
+                f"{med(b, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
+                f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
+                f"{statistics.median(cpu[('baseline', c)]) * 1000:>10.3f}ms"
+            )
     shutil.rmtree(work, ignore_errors=True)
 
 

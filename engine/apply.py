@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.secrets.managed import delete_unused_managed_secrets, with_managed_references
 from engine.secrets.store import SecretStore, SecretStoreError
-from engine.state import EntityRow, SqliteStateStore
+from engine.state import EntityRow, StateStore
 from plans import Action, EndpointChange, Plan
 from providers import (
     Deployment,
@@ -32,11 +32,9 @@ from providers import (
     entity_kind,
 )
 from providers.external import references_in
+from schemas import DeploymentState, EntityRole
 
 __all__ = ["ApplyEvent", "ApplyReport", "Applier", "PlanNotApplicable"]
-
-READY = "DEPLOYMENT_READY"
-FAILED = "DEPLOYMENT_FAILED"
 
 
 class PlanNotApplicable(Exception):
@@ -68,7 +66,7 @@ class _EndpointFailed(Exception):
 class Applier:
     def __init__(
         self,
-        store: SqliteStateStore,
+        store: StateStore,
         secrets: SecretStore,
         executors: ExecutorRegistry,
         *,
@@ -144,7 +142,8 @@ class Applier:
         running = {
             (r.name, r.fingerprint)
             for r in self.store.entities(change.endpoint)
-            if r.role in ("active", "pending") and r.deployment == READY
+            if r.role in (EntityRole.ACTIVE, EntityRole.PENDING)
+            and r.deployment == DeploymentState.READY
         }
         return key not in running
 
@@ -186,23 +185,28 @@ class Applier:
             stack=self._stack,
             desired=desired,
             version=version,
-            secret_refs={},
             actor=self.actor,
         )
         self._emit("pending", name, message=f"config version {version} pending")
         active = {
             (r.name, r.fingerprint): r
-            for r in self.store.entities(name, "active")
-            if r.deployment == READY
+            for r in self.store.entities(name, EntityRole.ACTIVE)
+            if r.deployment == DeploymentState.READY
         }
-        leftovers = {(r.name, r.fingerprint): r for r in self.store.entities(name, "pending")}
+        leftovers = {
+            (r.name, r.fingerprint): r for r in self.store.entities(name, EntityRole.PENDING)
+        }
         keep: list[int] = []
         started: list[int] = []
         try:
             for entity, config in zip(_entities(desired), configs, strict=True):
                 key = (entity["name"], entity_fingerprint(entity))
                 reused = active.get(key)
-                if reused is None and key in leftovers and leftovers[key].deployment == READY:
+                if (
+                    reused is None
+                    and key in leftovers
+                    and leftovers[key].deployment == DeploymentState.READY
+                ):
                     reused = leftovers.pop(key)
                 if reused is not None:
                     keep.append(reused.id)
@@ -237,9 +241,13 @@ class Applier:
             self._emit("started", deployment.endpoint, deployment.entity)
             executor.wait_ready(deployment, handle, self.ready_timeout)
         except ExecutorError as exc:
-            self.store.update_entity(deployment.instance_id, deployment=FAILED, message=exc.message)
+            self.store.update_entity(
+                deployment.instance_id, deployment=DeploymentState.FAILED, message=exc.message
+            )
             raise
-        self.store.update_entity(deployment.instance_id, deployment=READY, message="")
+        self.store.update_entity(
+            deployment.instance_id, deployment=DeploymentState.READY, message=""
+        )
         self._emit("ready", deployment.endpoint, deployment.entity)
 
     def _delete(self, name: str) -> None:
@@ -255,11 +263,11 @@ class Applier:
 
     def _stop_retiring(self) -> None:
         """Finish what a crashed apply left: entities of old configs still running."""
-        for row in self.store.entities(role="retiring"):
+        for row in self.store.entities(role=EntityRole.RETIRING):
             self._stop(row)
 
     def _discard_pending(self, name: str) -> None:
-        for row in self.store.entities(name, "pending"):
+        for row in self.store.entities(name, EntityRole.PENDING):
             self._stop(row)
 
     def _stop_entity_id(self, name: str, entity_id: int) -> None:

@@ -6,14 +6,31 @@ Errors always have the platform's body `{"error_code": ..., "message": ...}`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-__all__ = ["ApiError", "Headers", "read_body", "read_json", "send_json", "send_error", "header"]
+__all__ = [
+    "ApiError",
+    "serve_lifespan",
+    "Headers",
+    "MAX_JSON_DEPTH",
+    "header",
+    "parse_json_body",
+    "read_body",
+    "read_json",
+    "send_error",
+    "send_json",
+]
 
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 32 * 1024 * 1024
 _JSON = (b"content-type", b"application/json")
+# Far deeper than any request of the serving API; shallow enough that copying, validating
+# and re-serialising a body stays far from the interpreter's recursion limit.
+MAX_JSON_DEPTH = 100
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class ApiError(Exception):
@@ -61,12 +78,87 @@ async def read_json(receive: Any, *, allow_empty: bool = False) -> Any:
         if allow_empty:
             return {}
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be a JSON object")
+    return parse_json_body(raw)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Parse a request body, answering 400 for anything the rest of the server cannot hold.
+
+    Beyond syntax errors that means: text that is not UTF-8 (RFC 8259; `json.loads` on bytes
+    would let encoded surrogates through), nesting deeper than `MAX_JSON_DEPTH` (deeper input
+    is a RecursionError in `json.loads` or in whatever walks the value next), integers over
+    Python's int-string limit, `NaN`/`Infinity` (not JSON; they would be re-sent as invalid
+    JSON) and lone UTF-16 surrogates (`"\\ud800"` parses, then fails to encode as UTF-8 on the
+    way into the state or upstream).
+    """
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "MALFORMED_REQUEST", f"the request body is not valid JSON: {exc}"
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _malformed(
+            f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
+    try:
+        value = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _malformed(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except _NotJson as exc:
+        raise _invalid(str(exc)) from None
+    except ValueError:  # int() refused a literal over the int-string limit
+        raise _invalid(
+            f"an integer in the request body has more than {sys.get_int_max_str_digits()} "
+            "digits; send it as a string"
+        ) from None
+    # Cheap guards first: nesting needs brackets, a surrogate needs a `\u` escape.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _invalid(
+                "the request body contains a lone UTF-16 surrogate (a `\\ud800`-`\\udfff` "
+                "escape that is not half of a pair); send valid Unicode text"
+            ) from None
+    return value
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"`{name}` in the request body is not a JSON value")
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in `value` (iterative: deep input is the point)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _malformed(message: str) -> ApiError:
+    return ApiError(400, "MALFORMED_REQUEST", message)
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "INVALID_PARAMETER_VALUE", message)
+
+
+def _too_deep() -> ApiError:
+    return _invalid(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
 async def send_json(
@@ -96,3 +188,25 @@ async def send_text(send: Any, status: int, text: str, content_type: str) -> Non
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def serve_lifespan(
+    receive: Any,
+    send: Any,
+    startup: Callable[[], Awaitable[None]],
+    shutdown: Callable[[], Awaitable[None]],
+) -> None:
+    """Answer the ASGI lifespan protocol: a startup that raises fails the server's start."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await startup()
+            except Exception as exc:  # noqa: BLE001 - reported to the server, which stops
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,4 +1,6 @@
-"""The CLI's runner executor: it stops self-hosted runners, and never starts one.
+"""The executors applies use: the built-in ones, plugins, and the CLI's stop-only runner executor.
+
+The CLI's runner executor stops self-hosted runners, and never starts one.
 
 Runner processes belong to a serving host (`engine serve`, `engine up`): one started by a CLI
 command would outlive it. Stopping, though, is always safe: a runner is found by the pid file in
@@ -13,20 +15,40 @@ instances go through.
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine.workspace import build_executors
-from providers import Deployment, ExecutorRegistry, ExecutorUnavailable, SecretResolver
+from providers import (
+    Deployment,
+    ExecutorRegistry,
+    ExecutorUnavailable,
+    ExternalModelExecutor,
+    SecretResolver,
+)
 from providers.runner import ModelInfo, RunnerExecutor
 
-__all__ = ["START_HINT", "StopOnlyRunnerExecutor", "cli_executors"]
+__all__ = ["START_HINT", "StopOnlyRunnerExecutor", "build_executors", "cli_executors"]
+
+PLUGINS_ENV = "ENGINE_EXECUTOR_PLUGINS"
 
 START_HINT = (
     "self-hosted entities (entity_name/entity_version) run on a serving host, and this command "
     "cannot start one: run `engine up PATH...` (starts a host and applies the specs), or apply "
     "through a running host's REST API (`engine serve`)"
 )
+
+
+def build_executors() -> ExecutorRegistry:
+    """The built-in executors, then plugins named in $ENGINE_EXECUTOR_PLUGINS (`module:func`)."""
+    registry = ExecutorRegistry()
+    registry.register("external", ExternalModelExecutor())
+    for spec in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
+        module_name, _, func_name = spec.strip().partition(":")
+        plugin = getattr(importlib.import_module(module_name), func_name or "register")
+        plugin(registry)
+    return registry
 
 
 def _no_model(entity: dict[str, Any]) -> ModelInfo:

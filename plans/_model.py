@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from schemas import RuleId
+
 from ._canonical import Canonical
 
 __all__ = [
@@ -79,7 +81,7 @@ class FieldChange:
 class PlanError:
     """A forbidden transition or unresolved reference; it makes the whole plan unappliable."""
 
-    rule: str
+    rule: RuleId
     path: str
     message: str
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas import RuleId
+
 from ._model import Action, ChangeClass, EndpointChange, FieldChange, Plan, PlanError
 
 __all__ = ["PlanFile", "PlanFileError", "read_plan_file", "write_plan_file", "FORMAT_VERSION"]
@@ -88,7 +90,7 @@ def _change(c: dict[str, Any]) -> EndpointChange:
         fields=[
             FieldChange(f["path"], f["before"], f["after"], f["sensitive"]) for f in c["fields"]
         ],
-        errors=[PlanError(e["rule"], e["path"], e["message"]) for e in c["errors"]],
+        errors=[PlanError(RuleId(e["rule"]), e["path"], e["message"]) for e in c["errors"]],
         desired=c.get("desired"),
         reason=c.get("reason"),
     )

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from schemas import (
+    ConfigUpdateState,
+    RuleId,
+    find_secret_references,
+    format_secret_reference,
+)
 
 from ._canonical import Canonical, is_sensitive
 from ._diff import FieldDiff, diff_documents, render_path
@@ -23,14 +29,13 @@ __all__ = ["make_plan", "has_self_hosted", "has_external", "secret_references"]
 
 # Fields with no update API: changing them means a new endpoint (rule L4).
 CREATE_ONLY_FIELDS = ("route_optimized", "description", "budget_policy_id")
-_SECRET_REF = re.compile(r"\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}")
 SENSITIVE_BEFORE = "(sensitive value)"
 SENSITIVE_AFTER = "(sensitive value changed)"
 
 SecretExists = Callable[[str, str], bool]
 # What the running environment says about one served entity: (rule, message) problems, e.g.
 # an unknown model version or a GPU workload on a host without GPUs.
-EntityCheck = Callable[[dict[str, Any]], list[tuple[str, str]]]
+EntityCheck = Callable[[dict[str, Any]], list[tuple[RuleId, str]]]
 
 
 def make_plan(
@@ -91,7 +96,7 @@ def _plan_endpoint(
         owner = f"stack {record.stack!r}" if record.stack else "no stack (made through the API)"
         change.errors.append(
             PlanError(
-                "O1",
+                RuleId.O1,
                 "name",
                 f"endpoint {name!r} already exists and is managed by {owner}; adopt it with "
                 f"`engine import {name} --stack {stack}` or rename this one",
@@ -121,7 +126,7 @@ def _plan_endpoint(
     for d in create_only:
         change.errors.append(
             PlanError(
-                "L4",
+                RuleId.L4,
                 render_path(d.path),
                 f"`{d.path[0]}` cannot be changed on an existing endpoint; revert it, or "
                 "re-run with --allow-replace to delete and re-create the endpoint",
@@ -156,9 +161,13 @@ def _transition_errors(
     record: EndpointRecord, doc: Canonical, config_changed: bool
 ) -> Iterator[PlanError]:
     before = record.spec or {}
-    if config_changed and record.config_update == "IN_PROGRESS" and not record.update_interrupted:
+    if (
+        config_changed
+        and record.config_update == ConfigUpdateState.IN_PROGRESS
+        and not record.update_interrupted
+    ):
         yield PlanError(
-            "L1",
+            RuleId.L1,
             "config",
             f"endpoint {record.name!r} has a config update in progress; wait until it "
             "finishes or fails, then plan again",
@@ -168,20 +177,20 @@ def _transition_errors(
     if old_entities and new_entities and has_external(before) != has_external(doc):
         was = "with" if has_external(before) else "without"
         yield PlanError(
-            "E2",
+            RuleId.E2,
             "config.served_entities",
             f"endpoint {record.name!r} was created {was} an external model; an endpoint "
             "cannot switch between external and self-hosted models: create a new endpoint",
         )
     yield from _table_errors(
-        "R7",
+        RuleId.R7,
         before.get("ai_gateway", {}).get("inference_table_config"),
         doc.get("ai_gateway", {}).get("inference_table_config"),
         "ai_gateway.inference_table_config",
         reenable_allowed=True,
     )
     yield from _table_errors(
-        "R8",
+        RuleId.R8,
         before.get("config", {}).get("auto_capture_config"),
         doc.get("config", {}).get("auto_capture_config"),
         "config.auto_capture_config",
@@ -190,7 +199,7 @@ def _transition_errors(
 
 
 def _table_errors(
-    rule: str,
+    rule: RuleId,
     old: dict[str, Any] | None,
     new: dict[str, Any] | None,
     path: str,
@@ -223,10 +232,10 @@ def _unresolved_references(doc: Canonical, exists: SecretExists) -> list[PlanErr
         if not exists(scope, key):
             errors.append(
                 PlanError(
-                    "SEC1",
+                    RuleId.SEC1,
                     path,
-                    f"secret reference {{{{secrets/{scope}/{key}}}}} does not resolve; create "
-                    f"it with `engine secrets put-secret {scope} {key}`",
+                    f"secret reference {format_secret_reference(scope, key)} does not resolve; "
+                    f"create it with `engine secrets put-secret {scope} {key}`",
                 )
             )
     return errors
@@ -235,7 +244,7 @@ def _unresolved_references(doc: Canonical, exists: SecretExists) -> list[PlanErr
 def secret_references(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[str, str, str]]:
     """(path, scope, key) of every `{{secrets/scope/key}}` in a document."""
     if isinstance(doc, str):
-        return [(render_path(path), m[1], m[2]) for m in _SECRET_REF.finditer(doc)]
+        return [(render_path(path), scope, key) for scope, key in find_secret_references(doc)]
     if isinstance(doc, dict) and not is_sensitive(doc):
         if "served_entities" in doc:
             # Name entities in paths, as the rest of the plan does.

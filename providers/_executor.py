@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from schemas import DeploymentState
+
 __all__ = [
     "Deployment",
     "EntityStatus",
@@ -61,7 +63,7 @@ class Deployment:
 
 @dataclass(frozen=True)
 class EntityStatus:
-    deployment: str  # DEPLOYMENT_READY, DEPLOYMENT_FAILED, DEPLOYMENT_RECOVERING...
+    deployment: DeploymentState
     message: str = ""
 
 

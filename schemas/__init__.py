@@ -24,33 +24,68 @@ from ._enums import (
     Task,
     WorkloadType,
 )
-from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
+from ._external import (
+    ADAPTER_ENTRY_POINT_GROUP,
+    CREDENTIAL_PAIRS,
+    PROVIDER_CONFIG_FIELDS,
+    PROVIDERS,
+    ExternalModel,
+    ProviderInfo,
+    provider_info,
+)
 from ._names import default_entity_name, entity_name_of
-from ._rules import SECRET_REFERENCE, RuleOptions, check_endpoint
+from ._rule_ids import RuleId
+from ._rules import RuleOptions, check_endpoint
+from ._secret_refs import (
+    MAX_SECRET_NAME_LENGTH,
+    SECRET_NAME,
+    SECRET_REFERENCE,
+    SECRET_REFERENCE_FORM,
+    find_secret_references,
+    format_secret_reference,
+    is_secret_reference,
+    looks_like_secret_reference,
+    parse_secret_reference,
+    replace_secret_references,
+)
+from ._states import ConfigUpdateState, DeploymentState, EntityRole, ReadyState
+from ._system import ProcessStat, now_ms, pid_alive, process_stat
 from ._validate import endpoint_json_schema, render_json_schema, validate_endpoint
 
 __all__ = [
+    "ADAPTER_ENTRY_POINT_GROUP",
     "AiGatewayConfig",
     "AiGatewayInferenceTableConfig",
     "AiGatewayRateLimit",
     "AutoCaptureConfigInput",
     "CREDENTIAL_PAIRS",
+    "ConfigUpdateState",
+    "DeploymentState",
     "Diagnostic",
     "EndpointCoreConfigInput",
     "EndpointSpec",
     "EndpointTag",
+    "EntityRole",
     "ExternalModel",
     "ExternalModelProvider",
     "GatewayRateLimitKey",
+    "PROVIDERS",
     "PROVIDER_CONFIG_FIELDS",
+    "ProviderInfo",
     "Path",
+    "ProcessStat",
     "PiiBehavior",
     "RateLimit",
     "RateLimitKey",
+    "ReadyState",
     "RenewalPeriod",
     "Route",
+    "RuleId",
     "RuleOptions",
+    "MAX_SECRET_NAME_LENGTH",
+    "SECRET_NAME",
     "SECRET_REFERENCE",
+    "SECRET_REFERENCE_FORM",
     "ServedEntityInput",
     "ServedModelInput",
     "Severity",
@@ -61,7 +96,17 @@ __all__ = [
     "default_entity_name",
     "endpoint_json_schema",
     "entity_name_of",
+    "find_secret_references",
+    "format_secret_reference",
+    "is_secret_reference",
+    "looks_like_secret_reference",
+    "parse_secret_reference",
+    "provider_info",
+    "replace_secret_references",
     "format_path",
+    "now_ms",
+    "pid_alive",
+    "process_stat",
     "render_json_schema",
     "validate_endpoint",
 ]

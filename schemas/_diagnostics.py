@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from ._rule_ids import RuleId
+
 __all__ = ["Diagnostic", "Path", "Severity", "format_path"]
 
 Path = tuple[str | int, ...]
@@ -24,12 +26,11 @@ class Severity(StrEnum):
 class Diagnostic:
     """One problem found in a spec.
 
-    `rule` is a stable id from reference/validation_rules.md (``E3``, ``T3``...) or one of the
-    schema ids: ``S1`` (wrong type, missing or malformed value), ``S2`` (unknown field),
-    ``L0`` (unreadable file), ``D1`` (duplicate endpoint name).
+    `rule` is a stable id (``RuleId``): one of reference/validation_rules.md (``E3``, ``T3``...)
+    or the engine's own (``S1`` wrong type, ``S2`` unknown field, ``F1`` unreadable file, ...).
     """
 
-    rule: str
+    rule: RuleId
     message: str
     path: Path = ()
     severity: Severity = Severity.ERROR

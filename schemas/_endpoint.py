@@ -8,6 +8,7 @@ live in ``schemas._rules``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import (
@@ -60,14 +61,34 @@ __all__ = [
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
+# A decimal integer written as a string; at most 19 digits (int64), ASCII digits only.
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")
+
+
 def _integral(value: object) -> object:
     # JSON has one number type: 5.0 is an integer to JSON Schema, so accept it as one.
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    # The platform speaks proto-JSON, which accepts an integer field as a number or as a
+    # decimal string (seed 003 sends `"traffic_percentage": "90"`). Anything else ("ninety",
+    # "9.5", "") stays a string and fails StrictInt as before.
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return int(value)
     return value
 
 
-NonNegativeInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0)]
+def _int_schema(**bounds: int) -> WithJsonSchema:
+    """An integer field's JSON Schema: a number, or the decimal string proto-JSON allows."""
+    number: dict[str, object] = {"type": "integer", "minimum": bounds.get("ge", 0)}
+    if "le" in bounds:
+        number["maximum"] = bounds["le"]
+    return WithJsonSchema({"anyOf": [number, {"type": "string", "pattern": "^[0-9]{1,19}$"}]})
+
+
+NonNegativeInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0), _int_schema()]
+Percentage = Annotated[
+    StrictInt, BeforeValidator(_integral), Field(ge=0, le=100), _int_schema(ge=0, le=100)
+]
 
 
 def _number_to_str(value: object) -> object:
@@ -132,7 +153,7 @@ class ServedModelInput(SpecModel):
 class Route(SpecModel):
     served_entity_name: str | None = None
     served_model_name: str | None = None
-    traffic_percentage: Annotated[StrictInt, BeforeValidator(_integral), Field(ge=0, le=100)]
+    traffic_percentage: Percentage
 
     @property
     def target(self) -> str | None:

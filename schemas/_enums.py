@@ -15,7 +15,6 @@ __all__ = [
     "Task",
     "TelemetryFeature",
     "WorkloadType",
-    "DEPRECATED_PROVIDERS",
     "KNOWN_WORKLOAD_SIZES",
 ]
 
@@ -26,6 +25,8 @@ class Task(StrEnum):
     EMBEDDINGS = "llm/v1/embeddings"
 
 
+# The platform's providers (what the JSON Schema offers); each has a row, with its config block,
+# in the provider table `schemas._external.PROVIDERS`.
 class ExternalModelProvider(StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
@@ -36,10 +37,6 @@ class ExternalModelProvider(StrEnum):
     AI21LABS = "ai21labs"
     PALM = "palm"
     CUSTOM = "custom"
-
-
-# Accepted for compatibility; the platform no longer offers them.
-DEPRECATED_PROVIDERS = frozenset({ExternalModelProvider.AI21LABS, ExternalModelProvider.PALM})
 
 
 class WorkloadType(StrEnum):

@@ -15,24 +15,25 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ._diagnostics import Diagnostic, Path
+from ._rule_ids import RuleId
 
 __all__ = ["diagnostics_from_validation_error"]
 
 # Last path segment -> rule id, for errors pydantic finds on its own.
-_FIELD_RULES: dict[str, str] = {
-    "provider": "X1",
-    "workload_type": "E9",
-    "renewal_period": "R1",
-    "key": "R2",
-    "behavior": "R9",
-    "traffic_percentage": "T1",
-    "calls": "R4",
-    "tokens": "R4",
-    "bedrock_provider": "X5",
-    "environment_vars": "E15",
-    "min_provisioned_throughput": "E13",
-    "max_provisioned_throughput": "E13",
-    "openai_api_type": "X4",
+_FIELD_RULES: dict[str, RuleId] = {
+    "provider": RuleId.X1,
+    "workload_type": RuleId.E9,
+    "renewal_period": RuleId.R1,
+    "key": RuleId.R2,
+    "behavior": RuleId.R9,
+    "traffic_percentage": RuleId.T1,
+    "calls": RuleId.R4,
+    "tokens": RuleId.R4,
+    "bedrock_provider": RuleId.X5,
+    "environment_vars": RuleId.E15,
+    "min_provisioned_throughput": RuleId.E13,
+    "max_provisioned_throughput": RuleId.E13,
+    "openai_api_type": RuleId.X4,
 }
 
 _ENUM_ERRORS = {"enum", "literal_error"}
@@ -58,12 +59,12 @@ def _diagnostic(item: dict[str, Any], loc: Path, root: type[BaseModel]) -> Diagn
         msg += f"; did you mean `{hint[0]}`?" if hint else ""
         if known and not hint:
             msg += f" (allowed here: {', '.join(sorted(known))})"
-        return Diagnostic("S2", msg, loc)
+        return Diagnostic(RuleId.S2, msg, loc)
     rule = _rule_for(loc, field, kind)
     if kind == "missing":
         return Diagnostic(rule, f"`{field}` is required", loc)
     message = item["msg"]
-    if rule == "N1" and kind == "string_pattern_mismatch":
+    if rule == RuleId.N1 and kind == "string_pattern_mismatch":
         message = "an endpoint name may only contain letters, digits, `-` and `_`"
     if kind in _ENUM_ERRORS or kind == "string_pattern_mismatch":
         given = item.get("input")
@@ -72,20 +73,20 @@ def _diagnostic(item: dict[str, Any], loc: Path, root: type[BaseModel]) -> Diagn
     return Diagnostic(rule, message[0].lower() + message[1:], loc)
 
 
-def _rule_for(loc: Path, field: str, kind: str) -> str:
+def _rule_for(loc: Path, field: str, kind: str) -> RuleId:
     if loc == ("name",):
-        return "N1"
+        return RuleId.N1
     if field == "task":
-        return "X1" if kind == "missing" else "X8"
+        return RuleId.X1 if kind == "missing" else RuleId.X8
     if field == "name" and "external_model" in loc and loc[-1] == "name":
-        return "X1"
+        return RuleId.X1
     if field == "key" and "api_key_auth" in loc:
-        return "X7"
+        return RuleId.X7
     if field == "key" and "tags" in loc:
-        return "N4"
+        return RuleId.N4
     if "environment_vars" in loc:
-        return "E15"
-    return _FIELD_RULES.get(field, "S1")
+        return RuleId.E15
+    return _FIELD_RULES.get(field, RuleId.S1)
 
 
 def _fields_at(root: type[BaseModel], loc: Path) -> list[str]:

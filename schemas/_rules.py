@@ -6,7 +6,8 @@ diagnostics; it never raises. A message says what is wrong and how to fix it.
 | id  | checks                                                                     |
 |-----|----------------------------------------------------------------------------|
 | N1  | endpoint name (pattern; `config.name` agrees)                              |
-| N3  | served entity names: pattern, unique, derivable                            |
+| N2  | endpoint name at most `max_name_length` characters (default 63)            |
+| N3  | served entity names: pattern, length, unique, derivable                    |
 | N4  | tag keys unique                                                            |
 | E1  | external_model XOR entity_name/entity_version/workload settings            |
 | E3  | one task for all external models                                           |
@@ -47,13 +48,14 @@ from pydantic import BaseModel, SecretStr
 
 from ._diagnostics import Diagnostic, Path, Severity
 from ._endpoint import NAME_PATTERN, EndpointSpec, ServedEntityInput
-from ._enums import DEPRECATED_PROVIDERS, KNOWN_WORKLOAD_SIZES, GatewayRateLimitKey
-from ._external import CREDENTIAL_PAIRS, PROVIDER_CONFIG_FIELDS, ExternalModel
+from ._enums import KNOWN_WORKLOAD_SIZES, GatewayRateLimitKey
+from ._external import CREDENTIAL_PAIRS, DEPRECATED_PROVIDERS, PROVIDERS, ExternalModel
 from ._names import entity_name_of
+from ._rule_ids import RuleId
+from ._secret_refs import SECRET_REFERENCE_FORM, is_secret_reference, looks_like_secret_reference
 
-__all__ = ["RuleOptions", "check_endpoint", "SECRET_REFERENCE"]
+__all__ = ["RuleOptions", "check_endpoint"]
 
-SECRET_REFERENCE = re.compile(r"^\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UC_NAME = re.compile(r"^[^.\s]+\.[^.\s]+\.[^.\s]+$")
 _NAME = re.compile(NAME_PATTERN)
@@ -74,15 +76,23 @@ _PROVISIONED_FIELDS = (
 
 @dataclass(frozen=True)
 class RuleOptions:
-    """Limits an operator may tune. E5: the SDK documents 10, the platform allows 15."""
+    """Limits an operator may tune. E5: the SDK documents 10, the platform allows 15.
+
+    N2/N3: no source states the platform's name limits (reference/validation_rules.md marks N2
+    "not confirmed"); 63 is the DNS label length, which a name used in URLs and hostnames
+    usually has to fit. Any limit works with apply: derived names (managed secret keys,
+    runner folders) are shortened where they would not fit.
+    """
 
     max_served_entities: int = 15
+    max_name_length: int = 63
+    max_entity_name_length: int = 63
 
 
 def check_endpoint(spec: EndpointSpec, options: RuleOptions | None = None) -> list[Diagnostic]:
     options = options or RuleOptions()
     out: list[Diagnostic] = []
-    out += _endpoint_rules(spec)
+    out += _endpoint_rules(spec, options)
     if spec.config is not None:
         out += _config_rules(spec, options)
     out += _rate_limit_rules(spec)
@@ -90,18 +100,25 @@ def check_endpoint(spec: EndpointSpec, options: RuleOptions | None = None) -> li
     return out
 
 
-def _err(rule: str, path: Path, message: str) -> Diagnostic:
+def _err(rule: RuleId, path: Path, message: str) -> Diagnostic:
     return Diagnostic(rule, message, path)
 
 
-def _warn(rule: str, path: Path, message: str) -> Diagnostic:
+def _warn(rule: RuleId, path: Path, message: str) -> Diagnostic:
     return Diagnostic(rule, message, path, Severity.WARNING)
 
 
-def _endpoint_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
+def _endpoint_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnostic]:
+    if len(spec.name) > options.max_name_length:
+        yield _err(
+            "N2",
+            ("name",),
+            f"the endpoint name is {len(spec.name)} characters long; at most "
+            f"{options.max_name_length} are allowed",
+        )
     if spec.config is not None and spec.config.name not in (None, spec.name):
         yield _err(
-            "N1",
+            RuleId.N1,
             ("config", "name"),
             f"`config.name` is {spec.config.name!r} but the endpoint is {spec.name!r}; "
             "remove `config.name` or make them equal",
@@ -109,7 +126,7 @@ def _endpoint_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
     keys = Counter(tag.key for tag in spec.tags or [])
     for i, tag in enumerate(spec.tags or []):
         if keys[tag.key] > 1:
-            yield _err("N4", ("tags", i, "key"), f"tag key {tag.key!r} is set more than once")
+            yield _err(RuleId.N4, ("tags", i, "key"), f"tag key {tag.key!r} is set more than once")
 
 
 def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnostic]:
@@ -118,14 +135,14 @@ def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnost
     base: Path = ("config", config.entities_key)
     if config.served_models is not None and config.served_entities is not None:
         yield _err(
-            "E6",
+            RuleId.E6,
             ("config", "served_models"),
             "`served_models` and `served_entities` cannot both be set; "
             "move every entry to `served_entities`",
         )
     elif config.served_models is not None:
         yield _warn(
-            "E6",
+            RuleId.E6,
             ("config", "served_models"),
             "`served_models` is deprecated; rename it to `served_entities` "
             "(model_name -> entity_name, model_version -> entity_version)",
@@ -133,13 +150,13 @@ def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnost
     entities = config.entities()
     if len(entities) > options.max_served_entities:
         yield _err(
-            "E5",
+            RuleId.E5,
             base,
             f"{len(entities)} served entities; an endpoint can serve at most "
             f"{options.max_served_entities}",
         )
     for i, entity in enumerate(entities):
-        yield from _entity_rules(entity, base + (i,))
+        yield from _entity_rules(entity, base + (i,), options)
     yield from _composition_rules(entities, base)
     yield from _traffic_rules(spec, entities, base)
     capture = config.auto_capture_config
@@ -147,13 +164,22 @@ def _config_rules(spec: EndpointSpec, options: RuleOptions) -> Iterator[Diagnost
         yield from _inference_table_rule(capture, ("config", "auto_capture_config"))
 
 
-def _entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagnostic]:
+def _entity_rules(
+    entity: ServedEntityInput, path: Path, options: RuleOptions
+) -> Iterator[Diagnostic]:
     name = entity_name_of(entity)
     if entity.name is not None and not _NAME.match(entity.name):
         yield _err(
-            "N3",
+            RuleId.N3,
             path + ("name",),
             f"served entity name {entity.name!r} may only contain letters, digits, `-` and `_`",
+        )
+    if entity.name is not None and len(entity.name) > options.max_entity_name_length:
+        yield _err(
+            "N3",
+            path + ("name",),
+            f"the served entity name is {len(entity.name)} characters long; at most "
+            f"{options.max_entity_name_length} are allowed",
         )
     if entity.external_model is not None:
         yield from _external_entity_rules(entity, entity.external_model, path)
@@ -161,7 +187,7 @@ def _entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagnostic]
         yield from _custom_entity_rules(entity, path)
     if name is None and entity.external_model is None and entity.entity_name is not None:
         yield _err(
-            "N3",
+            RuleId.N3,
             path,
             "cannot derive a served entity name without `entity_version`; set `name` "
             "or `entity_version`",
@@ -175,7 +201,7 @@ def _external_entity_rules(
     for field in _CUSTOM_FIELDS:
         if getattr(entity, field) is not None:
             yield _err(
-                "E1",
+                RuleId.E1,
                 path + (field,),
                 f"`{field}` cannot be set on an entity that serves an `external_model`; "
                 "serve either an external model or a registered model",
@@ -183,7 +209,7 @@ def _external_entity_rules(
     for field in _PROVISIONED_FIELDS:
         if getattr(entity, field) is not None:
             yield _err(
-                "E11",
+                RuleId.E11,
                 path + (field,),
                 f"`{field}` is not supported for external models; remove it",
             )
@@ -193,16 +219,16 @@ def _external_entity_rules(
 def _custom_entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagnostic]:
     if entity.entity_name is None:
         yield _err(
-            "E1",
+            RuleId.E1,
             path,
             "a served entity needs either `external_model` or `entity_name` + `entity_version`",
         )
         return
     if entity.entity_version is None:
-        yield _err("E1", path + ("entity_version",), "`entity_version` is required")
+        yield _err(RuleId.E1, path + ("entity_version",), "`entity_version` is required")
     if not _UC_NAME.match(entity.entity_name):
         yield _err(
-            "E12",
+            RuleId.E12,
             path + ("entity_name",),
             f"entity_name {entity.entity_name!r} must be a three-level Unity Catalog "
             "name `catalog.schema.model`",
@@ -210,20 +236,20 @@ def _custom_entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diag
     concurrency = (entity.min_provisioned_concurrency, entity.max_provisioned_concurrency)
     if entity.workload_size is not None and any(v is not None for v in concurrency):
         yield _err(
-            "E7",
+            RuleId.E7,
             path + ("workload_size",),
             "set either `workload_size` or `min/max_provisioned_concurrency`, not both",
         )
     lo, hi = concurrency
     if lo is not None and hi is not None and lo > hi:
         yield _err(
-            "E7",
+            RuleId.E7,
             path + ("min_provisioned_concurrency",),
             f"min_provisioned_concurrency ({lo}) exceeds max_provisioned_concurrency ({hi})",
         )
     if entity.workload_size is not None and entity.workload_size not in KNOWN_WORKLOAD_SIZES:
         yield _warn(
-            "E8",
+            RuleId.E8,
             path + ("workload_size",),
             f"unknown workload_size {entity.workload_size!r} (known: "
             f"{', '.join(KNOWN_WORKLOAD_SIZES)}); it must exist on the serving host",
@@ -232,7 +258,7 @@ def _custom_entity_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diag
     provisioned = any(v is not None for v in throughput) or entity.provisioned_model_units
     if entity.scale_to_zero_enabled is None and not provisioned:
         yield _err(
-            "E10",
+            RuleId.E10,
             path + ("scale_to_zero_enabled",),
             "`scale_to_zero_enabled` must be set explicitly (true or false) for a registered model",
         )
@@ -245,25 +271,25 @@ def _throughput_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagnos
         return
     if hi is None:
         yield _err(
-            "E13",
+            RuleId.E13,
             path + ("max_provisioned_throughput",),
             "`max_provisioned_throughput` is required with `min_provisioned_throughput`",
         )
     elif hi == 0:
         yield _err(
-            "E13",
+            RuleId.E13,
             path + ("max_provisioned_throughput",),
             "`max_provisioned_throughput` must be greater than 0",
         )
     elif lo is not None and lo > hi:
         yield _err(
-            "E13",
+            RuleId.E13,
             path + ("min_provisioned_throughput",),
             f"min_provisioned_throughput ({lo}) exceeds max_provisioned_throughput ({hi})",
         )
     if entity.workload_size is not None or entity.min_provisioned_concurrency is not None:
         yield _err(
-            "E13",
+            RuleId.E13,
             path + ("max_provisioned_throughput",),
             "provisioned throughput cannot be combined with `workload_size` or "
             "provisioned concurrency",
@@ -277,53 +303,59 @@ def _environment_rules(entity: ServedEntityInput, path: Path) -> Iterator[Diagno
     epath = path + ("environment_vars",)
     if len(env) > MAX_ENVIRONMENT_VARS:
         yield _err(
-            "E15",
+            RuleId.E15,
             epath,
             f"{len(env)} environment variables; at most {MAX_ENVIRONMENT_VARS} are allowed",
         )
     for key, value in env.items():
         if not _ENV_NAME.match(key):
-            yield _err("E15", epath + (key,), f"{key!r} is not a valid environment variable name")
-        if "{{secrets/" in value and not SECRET_REFERENCE.match(value):
             yield _err(
-                "E15",
+                RuleId.E15, epath + (key,), f"{key!r} is not a valid environment variable name"
+            )
+        if looks_like_secret_reference(value) and not is_secret_reference(value):
+            yield _err(
+                RuleId.E15,
                 epath + (key,),
-                "malformed secret reference; write the whole value as `{{secrets/<scope>/<key>}}`",
+                f"malformed secret reference; write the whole value as `{SECRET_REFERENCE_FORM}`",
             )
 
 
 def _provider_rules(model: ExternalModel, path: Path) -> Iterator[Diagnostic]:
-    if model.provider in DEPRECATED_PROVIDERS:
+    name = str(model.provider)
+    if name in DEPRECATED_PROVIDERS:
         yield _warn(
-            "X1",
+            RuleId.X1,
             path + ("provider",),
-            f"provider {model.provider.value!r} is deprecated by the platform",
+            f"provider {name!r} is deprecated by the platform",
         )
-    expected = PROVIDER_CONFIG_FIELDS[model.provider]
-    for provider, field in PROVIDER_CONFIG_FIELDS.items():
+    info = PROVIDERS[name]
+    expected = info.config_field
+    for other in PROVIDERS.values():
+        field = other.config_field
         present = getattr(model, field) is not None
-        if field == expected and not present:
+        # A plugin's adapter says itself whether it needs a block (when it is built).
+        if field == expected and not present and info.builtin:
             yield _err(
-                "X2",
+                RuleId.X2,
                 path + (field,),
-                f"provider {model.provider.value!r} requires `{field}`",
+                f"provider {name!r} requires `{field}`",
             )
         elif field != expected and present:
             yield _err(
-                "X2",
+                RuleId.X2,
                 path + (field,),
-                f"`{field}` belongs to provider {provider.value!r}, but this model's "
-                f"provider is {model.provider.value!r}; remove it or change `provider`",
+                f"`{field}` belongs to provider {other.name!r}, but this model's "
+                f"provider is {name!r}; remove it or change `provider`",
             )
     config = model.provider_config()
-    if config is None:
+    if config is None or not info.builtin:
         return
     cpath = path + (expected,)
     checker = _PROVIDER_CHECKS.get(expected)
     if checker is not None:
         yield from checker(config, cpath)
     else:
-        yield from _credential(config, cpath, *CREDENTIAL_PAIRS[expected][0])
+        yield from _credential(config, cpath, *info.credentials[0])
 
 
 def _credential(
@@ -334,26 +366,26 @@ def _credential(
     plain = getattr(config, plain_field)
     if ref is not None and plain is not None:
         yield _err(
-            "X3",
+            RuleId.X3,
             path + (plain_field,),
             f"set either `{ref_field}` or `{plain_field}`, not both",
         )
     elif ref is None and plain is None and required:
         yield _err(
-            "X3",
+            RuleId.X3,
             path + (ref_field,),
             f"an API credential is required: set `{ref_field}` to a secret reference "
-            f"`{{{{secrets/<scope>/<key>}}}}` or `{plain_field}`",
+            f"`{SECRET_REFERENCE_FORM}` or `{plain_field}`",
         )
-    if ref is not None and not SECRET_REFERENCE.match(ref):
+    if ref is not None and not is_secret_reference(ref):
         yield _err(
-            "X3",
+            RuleId.X3,
             path + (ref_field,),
-            f"`{ref_field}` must be a secret reference `{{{{secrets/<scope>/<key>}}}}`; "
+            f"`{ref_field}` must be a secret reference `{SECRET_REFERENCE_FORM}`; "
             f"to paste the value itself use `{plain_field}`",
         )
     if isinstance(plain, SecretStr) and not plain.get_secret_value():
-        yield _err("X3", path + (plain_field,), f"`{plain_field}` is empty")
+        yield _err(RuleId.X3, path + (plain_field,), f"`{plain_field}` is empty")
 
 
 def _openai(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
@@ -363,7 +395,7 @@ def _openai(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
         for field in ("openai_api_base", "openai_api_version", "openai_deployment_name"):
             if not getattr(config, field):
                 yield _err(
-                    "X4",
+                    RuleId.X4,
                     path + (field,),
                     f"`{field}` is required when openai_api_type is {kind!r} (Azure OpenAI)",
                 )
@@ -371,7 +403,7 @@ def _openai(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
         for field in ("microsoft_entra_client_id", "microsoft_entra_tenant_id"):
             if not getattr(config, field):
                 yield _err(
-                    "X4",
+                    RuleId.X4,
                     path + (field,),
                     f"`{field}` is required for Microsoft Entra ID (openai_api_type azuread)",
                 )
@@ -395,7 +427,7 @@ def _openai(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
 def _bedrock(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     for field in ("aws_region", "bedrock_provider"):
         if getattr(config, field) is None:
-            yield _err("X5", path + (field,), f"`{field}` is required for amazon-bedrock")
+            yield _err(RuleId.X5, path + (field,), f"`{field}` is required for amazon-bedrock")
     alternative = getattr(config, "instance_profile_arn", None) or getattr(
         config, "uc_service_credential_name", None
     )
@@ -406,7 +438,7 @@ def _bedrock(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     )
     if not alternative and not has_keys:
         yield _err(
-            "X5",
+            RuleId.X5,
             path,
             "authenticate with access keys (`aws_access_key_id` + `aws_secret_access_key`), "
             "`instance_profile_arn` or `uc_service_credential_name`",
@@ -419,14 +451,16 @@ def _bedrock(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
 def _vertex(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     for field in ("project_id", "region"):
         if not getattr(config, field):
-            yield _err("X6", path + (field,), f"`{field}` is required for google-cloud-vertex-ai")
+            yield _err(
+                RuleId.X6, path + (field,), f"`{field}` is required for google-cloud-vertex-ai"
+            )
     yield from _credential(config, path, "private_key", "private_key_plaintext")
 
 
 def _databricks(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     if not getattr(config, "databricks_workspace_url", None):
         yield _err(
-            "X6",
+            RuleId.X6,
             path + ("databricks_workspace_url",),
             "`databricks_workspace_url` is required for databricks-model-serving",
         )
@@ -436,7 +470,7 @@ def _databricks(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
 def _custom(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     if not getattr(config, "custom_provider_url", None):
         yield _err(
-            "X7",
+            RuleId.X7,
             path + ("custom_provider_url",),
             "`custom_provider_url` is required for a custom provider",
         )
@@ -444,13 +478,13 @@ def _custom(config: BaseModel, path: Path) -> Iterator[Diagnostic]:
     bearer = getattr(config, "bearer_token_auth", None)
     if api_key is not None and bearer is not None:
         yield _err(
-            "X7",
+            RuleId.X7,
             path + ("bearer_token_auth",),
             "only one authentication method: set `api_key_auth` or `bearer_token_auth`",
         )
     elif api_key is None and bearer is None:
         yield _err(
-            "X7",
+            RuleId.X7,
             path,
             "an authentication method is required: `api_key_auth` or `bearer_token_auth`",
         )
@@ -474,7 +508,7 @@ def _composition_rules(entities: list[ServedEntityInput], base: Path) -> Iterato
     if external and len(external) != len(entities):
         first_custom = next(i for i in range(len(entities)) if i not in external)
         yield _err(
-            "E4",
+            RuleId.E4,
             base + (first_custom,),
             "an endpoint cannot mix external models with registered models; "
             "split them into two endpoints",
@@ -486,7 +520,7 @@ def _composition_rules(entities: list[ServedEntityInput], base: Path) -> Iterato
             task = entities[i].external_model.task  # type: ignore[union-attr]
             if task != first:
                 yield _err(
-                    "E3",
+                    RuleId.E3,
                     base + (i, "external_model", "task"),
                     f"all external models of an endpoint must have the same task: "
                     f"{task.value!r} differs from {first.value!r}",
@@ -496,7 +530,7 @@ def _composition_rules(entities: list[ServedEntityInput], base: Path) -> Iterato
         name = entity_name_of(entity)
         if name is not None and names[name] > 1:
             yield _err(
-                "N3",
+                RuleId.N3,
                 base + (i, "name"),
                 f"served entity name {name!r} is used more than once in this endpoint; "
                 "give each entity a unique `name`",
@@ -510,7 +544,7 @@ def _traffic_rules(
     if traffic is None:
         if len(entities) > 1:
             yield _err(
-                "T4",
+                RuleId.T4,
                 ("config", "traffic_config"),
                 f"{len(entities)} served entities need an explicit `traffic_config` with a "
                 "route for each",
@@ -526,32 +560,32 @@ def _traffic_rules(
             and route.served_entity_name != route.served_model_name
         ):
             yield _err(
-                "T2",
+                RuleId.T2,
                 rpath + (i,),
                 "`served_entity_name` and `served_model_name` name different entities; keep one",
             )
         target = route.target
         if target is None:
             yield _err(
-                "T2", rpath + (i, "served_entity_name"), "a route needs `served_entity_name`"
+                RuleId.T2, rpath + (i, "served_entity_name"), "a route needs `served_entity_name`"
             )
             continue
         seen[target] += 1
         if target not in names:
             known = ", ".join(sorted(n for n in names if n)) or "none"
             yield _err(
-                "T2",
+                RuleId.T2,
                 rpath + (i, "served_entity_name"),
                 f"route names {target!r}, which is not a served entity of this endpoint "
                 f"(served entities: {known})",
             )
         elif seen[target] == 2:
-            yield _err("T2", rpath + (i, "served_entity_name"), f"{target!r} has two routes")
+            yield _err(RuleId.T2, rpath + (i, "served_entity_name"), f"{target!r} has two routes")
     for i, entity in enumerate(entities):
         name = entity_name_of(entity)
         if name is not None and name not in seen:
             yield _err(
-                "T2",
+                RuleId.T2,
                 base + (i,),
                 f"served entity {name!r} has no route in `traffic_config.routes`; add one "
                 "(traffic_percentage 0 keeps it reachable only by name)",
@@ -559,12 +593,12 @@ def _traffic_rules(
     total = sum(route.traffic_percentage for route in traffic.routes)
     if traffic.routes and total != 100:
         yield _err(
-            "T3",
+            RuleId.T3,
             rpath,
             f"traffic percentages sum to {total}; they must sum to 100",
         )
     elif not traffic.routes and entities:
-        yield _err("T3", rpath, "`traffic_config.routes` is empty; routes must sum to 100")
+        yield _err(RuleId.T3, rpath, "`traffic_config.routes` is empty; routes must sum to 100")
 
 
 def _rate_limit_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
@@ -573,14 +607,14 @@ def _rate_limit_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
         path: Path = ("ai_gateway", "rate_limits", i)
         if limit.calls is None and limit.tokens is None:
             yield _err(
-                "R4",
+                RuleId.R4,
                 path,
                 "a rate limit needs `calls` or `tokens` per renewal period (0 blocks all traffic)",
             )
         key = limit.key or GatewayRateLimitKey.ENDPOINT
         if limit.principal is not None and key is GatewayRateLimitKey.ENDPOINT:
             yield _err(
-                "R2",
+                RuleId.R2,
                 path + ("principal",),
                 "`principal` applies only to keys user, user_group and service_principal",
             )
@@ -601,7 +635,7 @@ def _gateway_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
         for field in ("invalid_keywords", "valid_topics"):
             if getattr(params, field) is not None:
                 yield _warn(
-                    "R9",
+                    RuleId.R9,
                     ("ai_gateway", "guardrails", side, field),
                     f"`{field}` is deprecated by the platform and is not enforced",
                 )
@@ -611,7 +645,7 @@ def _inference_table_rule(table: BaseModel, path: Path) -> Iterator[Diagnostic]:
     for field in ("catalog_name", "schema_name"):
         if not getattr(table, field):
             yield _err(
-                "R7",
+                RuleId.R7,
                 path + (field,),
                 f"`{field}` is required when the inference table is enabled",
             )

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from ._diagnostics import Diagnostic
 from ._endpoint import EndpointSpec
 from ._pydantic_errors import diagnostics_from_validation_error
+from ._rule_ids import RuleId
 from ._rules import RuleOptions, check_endpoint
 
 __all__ = ["validate_endpoint", "endpoint_json_schema"]
@@ -25,13 +26,13 @@ def validate_endpoint(
     """
     if not isinstance(document, dict):
         kind = type(document).__name__ if document is not None else "empty document"
-        return None, [Diagnostic("S1", f"an endpoint must be a mapping, got {kind}")]
+        return None, [Diagnostic(RuleId.S1, f"an endpoint must be a mapping, got {kind}")]
     try:
         spec = EndpointSpec.model_validate(document)
     except ValidationError as exc:
         return None, diagnostics_from_validation_error(exc, EndpointSpec)
     except RecursionError:
-        return None, [Diagnostic("S1", "document is nested too deeply")]
+        return None, [Diagnostic(RuleId.S1, "document is nested too deeply")]
     if (
         spec.config is not None
         and spec.config.served_entities is None

@@ -15,7 +15,7 @@ from engine.apply import Applier, ApplyReport
 from engine.secrets.store import SecretStore, secret_store_for_state
 from engine.specs.loader import load_specs
 from engine.state import SqliteStateStore
-from engine.workspace import desired_from
+from engine.workflow import desired_from
 from plans import Plan, make_plan
 from providers import ExecutorRegistry, ExternalModelExecutor
 

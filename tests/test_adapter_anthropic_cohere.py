@@ -16,6 +16,7 @@ import httpx
 import pytest
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 
+from engine.gateway._errors import status_for
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters.anthropic import AnthropicAdapter
 from providers.adapters.cohere import CohereAdapter
@@ -296,7 +297,7 @@ def test_anthropic_n_greater_than_one_is_unsupported_and_sends_nothing() -> None
     err, requests = drive_error(
         reply(ANTHROPIC_MESSAGE), anthropic_model, chat({**BASIC_CHAT, "n": 2})
     )
-    assert err.kind == "unsupported" and err.http_status == 400
+    assert err.kind == "unsupported" and status_for(err) == 400
     assert requests == []
 
 
@@ -360,7 +361,7 @@ def test_anthropic_error_event_mid_stream() -> None:
             seen.append(item)
 
     err, _ = drive_error(stream_reply(events), anthropic_model, consume)
-    assert err.kind == "upstream_server" and err.http_status == 502
+    assert err.kind == "upstream_server" and status_for(err) == 502
     assert "Overloaded" in err.message
     assert streamed_text(seen) == "Hel"  # what arrived before the error was delivered
 
@@ -665,7 +666,7 @@ CALLS: dict[str, Action] = {
     ("status", "kind", "http_status"),
     [
         (400, "upstream_client", 400),
-        (404, "upstream_client", 404),
+        (404, "upstream_client", 400),
         (429, "upstream_client", 429),
         (500, "upstream_server", 502),
         (529, "upstream_server", 502),  # Anthropic's "overloaded"
@@ -676,7 +677,7 @@ def test_upstream_error_status(
 ) -> None:
     handler = reply(vendor.error_body(f"bad thing {status}"), status=status)
     err, _ = drive_error(handler, vendor.model_for, CALLS[call])
-    assert (err.kind, err.status, err.http_status) == (kind, status, http_status)
+    assert (err.kind, err.status, status_for(err)) == (kind, status, http_status)
     assert f"bad thing {status}" in err.message
     assert vendor.key not in str(err)
 
@@ -688,7 +689,7 @@ def test_timeout_is_504(vendor: Vendor, call: str) -> None:
     handler = reply({}, delay=delay)
     started = time.monotonic()
     err, _ = drive_error(handler, vendor.model_for, CALLS[call], timeout=0.05)
-    assert (err.kind, err.http_status) == ("timeout", 504)
+    assert (err.kind, status_for(err)) == ("timeout", 504)
     assert vendor.key not in str(err)
     # Let the late answer hit the closed socket while this test still captures its noise.
     time.sleep(max(0.0, delay + 0.1 - (time.monotonic() - started)))
@@ -700,7 +701,8 @@ def test_echoed_key_never_reaches_the_error_message(vendor: Vendor, call: str) -
     # A hostile or careless upstream quotes the credential back in its error body.
     handler = reply(vendor.error_body(f"invalid api key: {vendor.key}"), status=401)
     err, _ = drive_error(handler, vendor.model_for, CALLS[call])
-    assert err.kind == "upstream_client" and err.http_status == 401
+    # The provider refused the engine's key: the gateway's 502, never the caller's own 401.
+    assert (err.kind, err.status, status_for(err)) == ("upstream_client", 401, 502)
     assert vendor.key not in str(err) and vendor.key not in repr(err.args)
     assert "[REDACTED]" in err.message
 
@@ -709,7 +711,7 @@ def test_echoed_key_never_reaches_the_error_message(vendor: Vendor, call: str) -
 def test_non_json_success_body_is_upstream_server(vendor: Vendor) -> None:
     handler = lambda request: MockResponse(body=b"<html>gateway</html>")  # noqa: E731
     err, _ = drive_error(handler, vendor.model_for, CALLS["chat"])
-    assert (err.kind, err.http_status) == ("upstream_server", 502)
+    assert (err.kind, status_for(err)) == ("upstream_server", 502)
 
 
 @pytest.mark.parametrize("vendor", VENDORS, ids=str)
@@ -721,5 +723,5 @@ def test_unreachable_upstream_is_502_without_key(vendor: Vendor) -> None:
 
     with pytest.raises(ProviderError) as info:
         asyncio.run(main())
-    assert info.value.kind == "upstream_server" and info.value.http_status == 502
+    assert info.value.kind == "upstream_server" and status_for(info.value) == 502
     assert vendor.key not in str(info.value)

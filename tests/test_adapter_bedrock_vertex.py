@@ -15,7 +15,7 @@ import json
 import re
 import struct
 import sys
-import time
+import threading
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 
+from engine.gateway._errors import status_for
 from providers.adapters import ProviderError, adapter_for
 from providers.adapters.bedrock import BedrockAdapter
 from providers.adapters.vertex import VertexAdapter
@@ -602,7 +603,7 @@ def test_bedrock_timeout(streaming: bool) -> None:
         with pytest.raises(ProviderError) as info:
             run(call, timeout=0.2)
     assert info.value.kind == "timeout"
-    assert info.value.http_status == 504
+    assert status_for(info.value) == 504
     assert_no_secrets(str(info.value), SECRET)
 
 
@@ -718,7 +719,7 @@ def test_bedrock_unsupported_requests() -> None:
 
     errors = run(attempts)
     assert [e.kind for e in errors] == ["unsupported"] * 3
-    assert all(e.http_status == 400 for e in errors)
+    assert all(status_for(e) == 400 for e in errors)
 
 
 # == Google Cloud Vertex AI ===================================================================
@@ -749,6 +750,10 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# A hang guard, not a timing expectation: how long a gated token answer waits for its gate.
+GATE_WAIT = 10.0
+
+
 class FakeGoogle:
     """Token endpoint (verifies the JWT-bearer grant) + a scripted Vertex API."""
 
@@ -759,11 +764,16 @@ class FakeGoogle:
         expires_in: int = 3600,
         token_delay: float = 0.0,
         token_error: bool = False,
+        token_gate: threading.Event | None = None,
     ) -> None:
         self.respond = respond or (lambda r: MockResponse(json=GEMINI_ANSWER))
         self.expires_in = expires_in
         self.token_delay = token_delay
         self.token_error = token_error
+        # When given, the token answer waits (at most GATE_WAIT s) until the test opens the
+        # gate; `gate_opened` records, per token request, whether it was opened in that time.
+        self.token_gate = token_gate
+        self.gate_opened: list[bool] = []
         self.token_requests: list[RecordedRequest] = []
         self.claims: list[dict[str, Any]] = []
         self.api_requests: list[RecordedRequest] = []
@@ -772,6 +782,8 @@ class FakeGoogle:
     def __call__(self, request: RecordedRequest) -> MockResponse:
         if request.path == "/token":
             self.token_requests.append(request)
+            if self.token_gate is not None:
+                self.gate_opened.append(self.token_gate.wait(GATE_WAIT))
             if self.token_error:
                 return MockResponse(
                     status=400,
@@ -902,28 +914,27 @@ def test_vertex_token_refreshed_when_near_expiry() -> None:
 
 
 def test_vertex_token_refresh_does_not_block_event_loop() -> None:
-    with google(token_delay=0.4) as fake:
+    # The token answer waits until a task on the event loop opens the gate, which that task
+    # can do only if the loop keeps running while the token call is in flight.
+    gate = threading.Event()
+    with google(token_gate=gate) as fake:
         model = fake.model()
 
-        async def with_ticker(client: httpx.AsyncClient) -> int:
-            ticks = 0
-            done = asyncio.Event()
-
-            async def ticker() -> None:
-                nonlocal ticks
-                while not done.is_set():
-                    ticks += 1
+        async def with_opener(client: httpx.AsyncClient) -> None:
+            async def open_when_asked() -> None:
+                while not fake.token_requests:
                     await asyncio.sleep(0.01)
+                gate.set()
 
-            task = asyncio.create_task(ticker())
-            await adapter_for(model, client).chat(CHAT)
-            done.set()
-            await task
-            return ticks
+            opener = asyncio.create_task(open_when_asked())
+            try:
+                await adapter_for(model, client).chat(CHAT)
+            finally:
+                gate.set()
+                await opener
 
-        ticks = run(with_ticker)
-    # A blocked loop would tick about once during the 0.4 s token call.
-    assert ticks >= 10
+        run(with_opener)
+    assert fake.gate_opened == [True]
 
 
 def test_vertex_token_without_requests_uses_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1253,16 +1264,21 @@ def test_vertex_token_fetch_time_is_bounded(
     # The token call gets the client's read timeout, not google-auth's 120 s default.
     if transport == "httpx":
         monkeypatch.setitem(sys.modules, "google.auth.transport.requests", None)
-    with google(token_delay=2.0) as fake:
+    # The token endpoint does not answer until GATE_WAIT has passed: a token call bounded by
+    # the client's 0.3 s read timeout fails as a timeout; an unbounded one would get the token
+    # late, and the chat would succeed.
+    gate = threading.Event()
+    with google(token_gate=gate) as fake:
         model = fake.model()
 
-        async def timed(client: httpx.AsyncClient) -> float:
-            started = time.monotonic()
-            with pytest.raises(ProviderError) as info:
-                await adapter_for(model, client).chat(CHAT)
+        async def bounded(client: httpx.AsyncClient) -> None:
+            try:
+                with pytest.raises(ProviderError) as info:
+                    await adapter_for(model, client).chat(CHAT)
+            finally:
+                gate.set()
             assert info.value.kind == "timeout"
             assert_no_secrets(str(info.value), *key_secrets())
-            return time.monotonic() - started
 
-        elapsed = run(timed, timeout=0.3)
-    assert elapsed < 1.5
+        run(bounded, timeout=0.3)
+    assert fake.api_requests == []

@@ -20,6 +20,7 @@ import pytest
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 
 # Imported for their registrations: adapter_for loads modules only while the registry is empty.
+from engine.gateway._errors import status_for
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for, databricks, legacy  # noqa: F401
 from providers.adapters._base import StreamError, StreamTally
 from providers.adapters._sse import EventFramer
@@ -541,7 +542,7 @@ TIMEOUT_DELAY = 0.3  # the upstream's delay; the client gives up after 0.1 s
 ERRORS = [
     ErrorCase("client", 400, "max_tokens is too large", "upstream_client", 400),
     # Some upstreams echo the rejected key: it must be masked, the rest kept.
-    ErrorCase("echoed-key", 401, "Incorrect API key provided: {secrets}", "upstream_client", 401),
+    ErrorCase("echoed-key", 401, "Incorrect API key provided: {secrets}", "upstream_client", 502),
     ErrorCase("server", 503, "The engine is currently overloaded", "upstream_server", 502),
     ErrorCase("timeout", None, "", "timeout", 504),
 ]
@@ -613,7 +614,7 @@ def test_upstream_error(
     if case.status is None:
         settle(TIMEOUT_DELAY)  # the late handler still writes its answer
 
-    assert (exc.kind, exc.http_status) == (case.kind, case.http_status)
+    assert (exc.kind, status_for(exc)) == (case.kind, case.http_status)
     assert exc.status == case.status
     if case.status is not None:
         assert case.message.split(":")[0] in exc.message  # the provider's own words
@@ -807,7 +808,7 @@ def test_legacy_streaming_is_unsupported(model_for: Callable[[str], Json], metho
             return await failure(lambda: collect(getattr(adapter, method)({"prompt": "x"})))
 
     exc = asyncio.run(main())
-    assert (exc.kind, exc.http_status) == ("unsupported", 400)
+    assert (exc.kind, status_for(exc)) == ("unsupported", 400)
 
 
 def test_ai21_has_no_embeddings() -> None:
@@ -865,7 +866,7 @@ def test_entra_rejected_credentials_are_a_config_error(upstream: MockUpstream) -
         upstream, handler, ENTRA.model, lambda a: failure(lambda: a.chat(body))
     )
     assert [r.path for r in requests] == [f"/{TENANT}/oauth2/v2.0/token"]
-    assert (exc.kind, exc.http_status) == ("config", 500)
+    assert (exc.kind, status_for(exc)) == ("config", 502)
     assert "AADSTS7000215" in exc.message
     assert_no_secret(exc, ENTRA.secrets)
 
@@ -894,7 +895,7 @@ def test_garbage_body_is_upstream_server(response: MockResponse, upstream: MockU
     exc, _ = exchange(
         upstream, lambda _: response, OPENAI.model, lambda a: failure(lambda: a.chat(CHAT_BODY))
     )
-    assert (exc.kind, exc.http_status) == ("upstream_server", 502)
+    assert (exc.kind, status_for(exc)) == ("upstream_server", 502)
 
 
 def test_error_event_mid_stream(upstream: MockUpstream) -> None:
@@ -974,7 +975,7 @@ def test_unusable_config_is_a_config_error(model: Json) -> None:
 
     with pytest.raises(ProviderError) as info:
         asyncio.run(main())
-    assert (info.value.kind, info.value.http_status) == ("config", 500)
+    assert (info.value.kind, status_for(info.value)) == ("config", 502)
     assert "{{secrets" not in info.value.message
 
 

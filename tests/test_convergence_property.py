@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.specs.loader import load_specs
-from engine.workspace import desired_from
+from engine.workflow import desired_from
 from plans import Action
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon"]

@@ -260,8 +260,14 @@ def test_new_config_while_clients_query(stack) -> None:  # noqa: ANN001
     threads = [threading.Thread(target=client_loop) for _ in range(32)]
     for t in threads:
         t.start()
+
+    def wait_for(reply: str) -> None:
+        deadline = time.monotonic() + 30
+        while seen[reply] == 0 and not failures and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     try:
-        time.sleep(1.0)
+        wait_for("reply from gpt-4")  # the clients are being answered by the old version
         import yaml
 
         spec = yaml.safe_load((specs / "chat.yaml").read_text())
@@ -270,7 +276,7 @@ def test_new_config_while_clients_query(stack) -> None:  # noqa: ANN001
         _, report = engine.apply(specs)
         assert report.ok
         server.wait_serial(engine.store.serial)
-        time.sleep(1.0)
+        wait_for("reply from gpt-4o")
     finally:
         stop.set()
         for t in threads:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from engine_harness import Engine, write_specs
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
+from provider_fakes import VERTEX_TOKEN, service_account_key
 from serving_harness import ServerProcess, endpoint
 from test_adapter_bedrock_vertex import chunk_frame, event_stream
 
@@ -91,7 +92,16 @@ OPENAI: dict[str, Callable[[], MockResponse]] = {
 }
 
 
+GEMINI_PART = {
+    "candidates": [{"index": 0, "content": {"role": "model", "parts": [{"text": "Hel"}]}}]
+}
+
+
 def handler(request: RecordedRequest) -> MockResponse:
+    if request.path == "/token":  # Google's token endpoint, for Vertex AI
+        return MockResponse(json={"access_token": VERTEX_TOKEN, "expires_in": 3600})
+    if request.path.endswith(":streamGenerateContent"):  # Vertex AI, cut before a finishReason
+        return MockResponse(chunks=sse([(None, GEMINI_PART), (None, GEMINI_PART)]))
     if request.path == "/v1/messages":  # Anthropic, cut before message_stop
         events = [("message_start", ANTHROPIC_START), ("content_block_delta", ANTHROPIC_DELTA)]
         return MockResponse(chunks=sse(events))
@@ -153,6 +163,22 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                         "claude",
                         "anthropic_config",
                         {"anthropic_api_key_plaintext": "sk-ant", "anthropic_api_base": base},
+                    )
+                ],
+            ),
+            endpoint(
+                "vertex",
+                [
+                    native(
+                        "google-cloud-vertex-ai",
+                        "gemini-1.5-pro",
+                        "google_cloud_vertex_ai_config",
+                        {
+                            "project_id": "proj",
+                            "region": "us-central1",
+                            "private_key_plaintext": service_account_key(f"{base}/token"),
+                            "vertex_api_base": base,
+                        },
                     )
                 ],
             ),
@@ -230,6 +256,7 @@ def test_a_2xx_that_is_not_an_event_stream_ends_in_an_error_event(
         ("dropped", "stream failed"),
         ("anthropic", "ended early"),
         ("bedrock", "ended early"),
+        ("vertex", "ended early"),
         ("error-event", "engine overloaded"),
     ],
 )

@@ -165,9 +165,7 @@ def test_r7_r8_inference_tables(engine: Engine, tmp_path: Path) -> None:
 def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) -> None:
     specs = write_specs(tmp_path / "specs", [self_hosted("ep", {"a": 100})])
     engine.apply(specs)
-    engine.store.begin_update(
-        "ep", stack="stack", desired={"name": "ep"}, version=2, secret_refs={}, actor="other"
-    )
+    engine.store.begin_update("ep", stack="stack", desired={"name": "ep"}, version=2, actor="other")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         # Another live process holds the lock (as the REST API's background update would).
@@ -179,7 +177,7 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
         loaded_plan = engine.store.snapshot()
         assert loaded_plan.endpoints["ep"].update_interrupted is False
         from engine.specs.loader import load_specs
-        from engine.workspace import desired_from
+        from engine.workflow import desired_from
         from plans import make_plan
 
         docs = desired_from(load_specs([specs]), engine.secrets).documents

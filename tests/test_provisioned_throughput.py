@@ -25,10 +25,10 @@ from engine_harness import ROOT, run_cli, write_specs
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
-from engine.catalog import calibrate as cal
 from engine.catalog.models import CatalogEntry, CatalogError, ModelCatalog
 from engine.host.inventory import entity_checker
 from engine.state import SqliteStateStore
+from providers.runner import calibrate as cal
 
 MODEL = "main.default.tiny"
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -339,8 +339,8 @@ def test_calibrate_stops_the_server_when_interrupted(
             main = threading.main_thread().ident
             threading.Timer(0.3, signal.pthread_kill, (main, signum)).start()
 
-    started = time.monotonic()
     previous = signal.getsignal(signal.SIGTERM)
+    # A 60 s measurement: had the signal not stopped it, calibrate would return, not raise.
     with pytest.raises(raised):
         cal.calibrate(
             _entry(_model_folder(tmp_path)),
@@ -351,7 +351,6 @@ def test_calibrate_stops_the_server_when_interrupted(
             python=fake_vllm,
             progress=interrupt_when_measuring,
         )
-    assert time.monotonic() - started < 30
     assert signal.getsignal(signal.SIGTERM) is previous
     assert not workdir.exists()
     assert _processes_mentioning(str(workdir)) == []

@@ -213,6 +213,15 @@ CASES: list[tuple[str, Callable[[], Spec], Callable[[Spec], None], str, Severity
         f"{E0}.environment_vars.TOKEN",
         Severity.ERROR,
     ),
+    # A trailing newline (a YAML `|` block) is not a whole reference: the runner and the gateway
+    # resolve only whole references, so validate must not accept it either.
+    (
+        "E15",
+        custom_model,
+        _set("config.served_entities.0.environment_vars", {"TOKEN": "{{secrets/s/k}}\n"}),
+        f"{E0}.environment_vars.TOKEN",
+        Severity.ERROR,
+    ),
     (
         "T1",
         custom_model,
@@ -291,6 +300,16 @@ CASES: list[tuple[str, Callable[[], Spec], Callable[[Spec], None], str, Severity
         "X3",
         openai_chat,
         _set("config.served_entities.0.external_model.openai_config.openai_api_key", "sk-raw-key"),
+        f"{OAI}.openai_api_key",
+        Severity.ERROR,
+    ),
+    (
+        "X3",
+        openai_chat,
+        _set(
+            "config.served_entities.0.external_model.openai_config.openai_api_key",
+            "{{secrets/s/k}}\n",
+        ),
         f"{OAI}.openai_api_key",
         Severity.ERROR,
     ),

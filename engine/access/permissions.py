@@ -10,7 +10,7 @@ from typing import Any
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError
-from engine.state import SqliteStateStore
+from engine.state import DirectoryStore
 
 __all__ = [
     "LEVELS",
@@ -31,7 +31,7 @@ LEVEL_DESCRIPTIONS = {
 _PRINCIPAL_FIELDS = ("user_name", "group_name", "service_principal_name")
 
 
-def level_of(store: SqliteStateStore, principal: Principal, endpoint_id: str) -> str | None:
+def level_of(store: DirectoryStore, principal: Principal, endpoint_id: str) -> str | None:
     if principal.admin:
         return "CAN_MANAGE"
     return level_in(store.permissions(endpoint_id), principal)
@@ -64,7 +64,7 @@ def require(level: str | None, needed: str, what: str) -> None:
         raise ApiError(403, "PERMISSION_DENIED", f"{needed} is required to {what}")
 
 
-def acl_json(store: SqliteStateStore, endpoint_id: str) -> dict[str, Any]:
+def acl_json(store: DirectoryStore, endpoint_id: str) -> dict[str, Any]:
     return {
         "object_id": f"/serving-endpoints/{endpoint_id}",
         "object_type": "serving-endpoint",

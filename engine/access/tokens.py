@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from engine.state import SqliteStateStore
+from engine.state import DirectoryStore
 
 __all__ = ["Principal", "TokenIndex", "create_token", "hash_token", "TOKEN_PREFIX"]
 
@@ -32,7 +32,7 @@ class Principal:
 
 
 def create_token(
-    store: SqliteStateStore,
+    store: DirectoryStore,
     principal: str,
     *,
     groups: list[str] | None = None,
@@ -68,7 +68,7 @@ class TokenIndex:
         }
 
     @classmethod
-    def load(cls, store: SqliteStateStore) -> TokenIndex:
+    def load(cls, store: DirectoryStore) -> TokenIndex:
         return cls(store.list_tokens())
 
     def principal_for(self, authorization: str | None) -> Principal | None:

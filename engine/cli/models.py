@@ -11,8 +11,7 @@ import typer
 
 from engine.catalog.models import CatalogError, ModelCatalog
 from engine.cli.output import fail
-from engine.state import StateError, resolve_state_path
-from engine.workspace import open_store
+from engine.state import StateError, open_state, resolve_state_path
 
 __all__ = ["models_app"]
 
@@ -22,7 +21,7 @@ StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
 
 def _catalog(state: Path | None) -> ModelCatalog:
     try:
-        return ModelCatalog(open_store(state))
+        return ModelCatalog(open_state(state))
     except StateError as exc:
         fail(str(exc))
 
@@ -97,8 +96,8 @@ def calibrate_model(
     Starts one vLLM server for the model (stopped afterwards, also on Ctrl-C): run it when
     the host is otherwise idle, or the number will be low.
     """
-    from engine.catalog import calibrate as cal
     from engine.host.inventory import gpu_count
+    from providers.runner import calibrate as cal
 
     catalog = _catalog(state)
     entry = catalog.get(name, version)

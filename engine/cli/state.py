@@ -11,9 +11,10 @@ import typer
 from engine.cli.output import fail
 from engine.control.views import endpoint_detail
 from engine.executors import cli_executors
-from engine.state import EndpointRow, SqliteStateStore, StateError, resolve_state_path
-from engine.workspace import actor_name, open_store
+from engine.state import EndpointRow, StateError, StateStore, open_state, resolve_state_path
+from engine.workflow import actor_name
 from providers import Deployment, ExecutorError
+from schemas import EntityRole
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
 
@@ -28,19 +29,19 @@ def register(app: typer.Typer) -> None:
     app.command("import")(import_command)
 
 
-def _open(state: Path | None) -> SqliteStateStore:
+def _open(state: Path | None) -> StateStore:
     try:
-        return open_store(state)
+        return open_state(state)
     except StateError as exc:
         fail(str(exc))
 
 
-def endpoint_view(store: SqliteStateStore, row: EndpointRow) -> dict[str, Any]:
+def endpoint_view(store: StateStore, row: EndpointRow) -> dict[str, Any]:
     """The platform's detailed shape, plus the stack that manages the endpoint."""
     return {**endpoint_detail(store, row), "stack": row.stack}
 
 
-def print_state_list(store: SqliteStateStore, as_json: bool) -> None:
+def print_state_list(store: StateStore, as_json: bool) -> None:
     rows = store.list_endpoints()
     if as_json:
         typer.echo(json.dumps([endpoint_view(store, r) for r in rows], indent=2))
@@ -105,7 +106,7 @@ def refresh_command(state: StateOpt = None) -> None:
     # host's reconciler restarts it (RECOVERING, then READY).
     executors = cli_executors(resolve_state_path(state))
     drift = 0
-    for entity in store.entities(role="active"):
+    for entity in store.entities(role=EntityRole.ACTIVE):
         if (entity.handle or {}).get("scaled_to_zero"):
             continue  # no process by design: the next request starts it
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)

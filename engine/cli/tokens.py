@@ -10,8 +10,7 @@ import typer
 
 from engine.access.tokens import create_token
 from engine.cli.output import fail
-from engine.state import StateError
-from engine.workspace import open_store
+from engine.state import StateError, open_state
 
 __all__ = ["tokens_app"]
 
@@ -21,7 +20,7 @@ StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
 
 def _store(state: Path | None):  # noqa: ANN202
     try:
-        return open_store(state)
+        return open_state(state)
     except StateError as exc:
         fail(str(exc))
 

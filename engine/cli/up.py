@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from engine.asgi import serve_lifespan
 from engine.catalog.models import ModelCatalog
-from engine.cli.output import EXIT_ERROR, EXIT_OK, fail
-from engine.cli.plan import _load, _make_plan, _print_plan, _run_apply, _session
+from engine.cli.output import EXIT_ERROR, EXIT_OK, fail, reported
+from engine.cli.plan import load_specs_reporting, print_plan, run_apply
 from engine.cli.serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
 from engine.specs.loader import LoadResult
-from engine.state import LockHeld, SqliteStateStore, resolve_state_path
-from engine.workspace import actor_name
+from engine.state import LockInfo, StateStore, open_state, resolve_state_path
+from engine.workflow import Session, actor_name, default_stack, locked, plan_stack
 from providers import (
     Deployment,
     EntityStatus,
@@ -57,6 +58,7 @@ from providers import (
     SecretResolver,
 )
 from providers.runner import RunnerExecutor
+from schemas import DeploymentState, EntityRole, now_ms, pid_alive
 
 if TYPE_CHECKING:
     from engine.host.app import ServingApp
@@ -97,16 +99,18 @@ def up_command(
     cold_start_wait: ColdStartWaitOpt = None,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
-    loaded = _load(paths)
     state_path = resolve_state_path(state).absolute()
-    with _session(state_path) as (store, secrets):
-        _refuse_second_host(store)
-        plan, _ = _make_plan(
-            paths, store, secrets, stack=stack, allow_replace=allow_replace, loaded=loaded
-        )
-        if plan.errored:
-            _print_plan(plan)
-            raise typer.Exit(EXIT_ERROR)
+    with reported():
+        loaded = load_specs_reporting(paths)
+        with Session(state_path) as session:
+            assert session.store is not None
+            _refuse_second_host(session.store)
+            plan, _ = plan_stack(
+                session, loaded, stack=stack or default_stack(paths), allow_replace=allow_replace
+            )
+    if plan.errored:
+        print_plan(plan)
+        raise typer.Exit(EXIT_ERROR)
 
     import uvicorn
 
@@ -201,19 +205,7 @@ class UpHost:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown)
 
     async def startup(self) -> None:
         await self.app.startup()
@@ -280,48 +272,39 @@ class UpHost:
             self.server.should_exit = True
 
     def _plan_and_apply(self) -> int:
-        with _session(self.state_path) as (store, secrets):
-            lock_id = self._lock(store)
-            try:
-                plan, desired = _make_plan(
-                    self.paths,
-                    store,
-                    secrets,
-                    stack=self.stack,
+        def waiting(info: LockInfo) -> None:
+            typer.echo(f"waiting for the state lock: {info.describe()}", err=True)
+
+        with reported(), Session(self.state_path) as session:
+            assert session.store is not None
+            with locked(
+                session.store,
+                "up",
+                holder=actor_name(),
+                timeout=self.lock_timeout,
+                on_wait=waiting,
+            ) as lock_id:
+                plan, desired = plan_stack(
+                    session,
+                    self.loaded,
+                    stack=self.stack or default_stack(self.paths),
                     allow_replace=self.allow_replace,
                     holding_lock=True,
-                    loaded=self.loaded,
                 )
-                _print_plan(plan)
-                self._documents = list(desired.documents) if desired else []
+                print_plan(plan)
+                self._documents = list(desired.documents)
                 if plan.errored:
                     return EXIT_ERROR
                 if plan.has_changes:
-                    _run_apply(
+                    run_apply(
+                        session,
                         plan,
-                        store,
-                        secrets,
-                        desired.plaintexts if desired else {},
                         lock_id,
+                        desired.plaintexts,
                         executors=self._executors_for_up(),
                         drain=self.app.drain,
                     )
-            finally:
-                store.release_lock(lock_id)
         return EXIT_OK
-
-    def _lock(self, store: SqliteStateStore) -> str:
-        try:
-            return store.acquire_lock("up", holder=actor_name(), timeout=0).id
-        except LockHeld as exc:
-            typer.echo(f"waiting for the state lock: {exc.info.describe()}", err=True)
-        try:
-            return store.acquire_lock("up", holder=actor_name(), timeout=self.lock_timeout).id
-        except LockHeld as exc:
-            fail(
-                f"the state is locked: {exc.info.describe()}. Wait, retry with --lock-timeout, "
-                f"or if that process is gone: engine force-unlock {exc.info.id}"
-            )
 
     def _executors_for_up(self) -> ExecutorRegistry:
         registry = self.app.executors()
@@ -330,15 +313,18 @@ class UpHost:
         return registry
 
     def _serving_something(self) -> bool:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
-            return any(e.deployment == "DEPLOYMENT_READY" for e in store.entities(role="active"))
+            return any(
+                e.deployment == DeploymentState.READY
+                for e in store.entities(role=EntityRole.ACTIVE)
+            )
         finally:
             store.close()
 
     def _wait_for_routes(self, timeout: float = 5.0) -> None:
         """Until the gateway's routing table shows what was applied (it polls the state)."""
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             serial = store.serial
         finally:
@@ -376,7 +362,7 @@ class UpHost:
         entities = body.get("config", {}).get("served_entities") or [{}]
         task = (entities[0].get("external_model") or {}).get("task")
         if task is None and entities[0].get("entity_name"):
-            store = SqliteStateStore(self.state_path)
+            store = open_state(self.state_path)
             try:
                 entry = ModelCatalog(store).get(
                     entities[0]["entity_name"], str(entities[0].get("entity_version", ""))
@@ -462,31 +448,17 @@ class _HostRunners(Executor):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _refuse_second_host(store: SqliteStateStore) -> None:
+def _refuse_second_host(store: StateStore) -> None:
     """Two hosts on one state would both own its runners: refuse while another one lives."""
-    now_ms = int(time.time() * 1000)
+    now = now_ms()
     for other in store.hosts():
         if other["hostname"] == socket.gethostname():
-            alive = other["pid"] != os.getpid() and _pid_alive(int(other["pid"]))
+            alive = other["pid"] != os.getpid() and pid_alive(int(other["pid"]))
         else:
-            alive = now_ms - int(other["last_seen_ms"]) < HEARTBEAT_FRESH_MS
+            alive = now - int(other["last_seen_ms"]) < HEARTBEAT_FRESH_MS
         if alive:
             where = other["address"] or f"pid {other['pid']} on {other['hostname']}"
             fail(
                 f"a serving host is already running on this state ({where}): apply through it "
                 "(`engine apply`, or its REST API), or stop it first"
             )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -11,7 +11,7 @@ import functools
 import json
 from typing import Any
 
-from schemas import endpoint_json_schema
+from schemas import ConfigUpdateState, ReadyState, endpoint_json_schema
 
 __all__ = ["openapi_document", "endpoint_openapi"]
 
@@ -71,10 +71,8 @@ def _document_text() -> str:
                 "type": "object",
                 "required": ["ready", "config_update"],
                 "properties": {
-                    "ready": {"enum": ["READY", "NOT_READY"]},
-                    "config_update": {
-                        "enum": ["NOT_UPDATING", "IN_PROGRESS", "UPDATE_FAILED", "UPDATE_CANCELED"]
-                    },
+                    "ready": {"enum": [s.value for s in ReadyState]},
+                    "config_update": {"enum": [s.value for s in ConfigUpdateState]},
                 },
             },
             "config": obj,

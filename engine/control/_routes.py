@@ -43,14 +43,24 @@ from engine.access.permissions import (
 )
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, read_json, send_json, send_text
-from engine.catalog.calibrate import optimization_info
 from engine.catalog.models import ModelCatalog
+from engine.control._bodies import (
+    acl_body,
+    ai_gateway_body,
+    config_body,
+    create_body,
+    rate_limits_body,
+    secret_body,
+    tags_body,
+)
 from engine.control._openapi import endpoint_openapi, openapi_document
 from engine.control._service import EndpointService
+from engine.control.host_services import HostServices
 from engine.control.views import endpoint_detail, endpoint_summary, task_of
 from engine.secrets.managed import MANAGED_SCOPE
 from engine.secrets.store import SecretStoreError
-from engine.state import EndpointRow, SqliteStateStore
+from engine.state import EndpointRow, StateStore
+from providers.runner.calibrate import optimization_info
 
 __all__ = ["ControlPlane"]
 
@@ -61,15 +71,30 @@ SECRETS = "/api/2.0/secrets/"
 
 
 class ControlPlane:
-    def __init__(self, app: Any, service: EndpointService) -> None:
-        self.app = app
+    def __init__(self, host: HostServices, service: EndpointService) -> None:
+        self.host = host
         self.service = service
 
     @property
-    def store(self) -> SqliteStateStore:
-        return self.app.store
+    def store(self) -> StateStore:
+        return self.host.store
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
+        """Answer a control-plane request (False: not one of ours).
+
+        Read-your-writes: every answer waits, just before it is sent, for the host's routing
+        table to reach the state's serial as of then; so whatever the answer shows (an endpoint
+        READY, new rate limits, tags, permissions) is already what the data plane serves.
+        """
+
+        async def send_caught_up(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                await self.host.catch_up()
+            await send(message)
+
+        return await self._route(scope, receive, send_caught_up)
+
+    async def _route(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         path: str = scope["path"]
         method: str = scope["method"]
         allowed = _allowed_methods(path)
@@ -102,13 +127,13 @@ class ControlPlane:
     async def _endpoints(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
+        principal = self.host.authenticate(scope)
         parts = [unquote(p) for p in rest.split("/")] if rest else []
         if not parts:
             if method == "GET":
                 await send_json(send, 200, await _thread(self._list, principal))
             elif method == "POST":
-                body = await read_json(receive)
+                body = create_body(await read_json(receive))
                 name = await _thread(self.service.create, body, principal.name)
                 await send_json(send, 200, await _thread(self._detail, name, principal))
             else:
@@ -166,8 +191,6 @@ class ControlPlane:
         return endpoint_detail(self.store, row, level_of(self.store, principal, row.id))
 
     async def _get(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        # A client that sees NOT_UPDATING queries next: the routing table must be current.
-        await self.app.refresh()
         await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _delete(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
@@ -176,14 +199,13 @@ class ControlPlane:
         await send_json(send, 200, {})
 
     async def _put_config(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        body = await read_json(receive)
+        body = config_body(await read_json(receive), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         await _thread(self.service.update_config, name, body, principal.name)
         await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _put_rate_limits(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        body = await read_json(receive, allow_empty=True)
-        limits = body.get("rate_limits", []) if isinstance(body, dict) else None
+        limits = rate_limits_body(await read_json(receive, allow_empty=True), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         doc = await _thread(
             self.service.replace_part, name, "rate_limits", limits or None, principal.name
@@ -191,28 +213,12 @@ class ControlPlane:
         await send_json(send, 200, {"rate_limits": doc.get("rate_limits", [])})
 
     async def _patch_tags(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        body = await read_json(receive, allow_empty=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
-        add = body.get("add_tags") or []
-        delete = body.get("delete_tags") or []
-        if (
-            not isinstance(add, list)
-            or not isinstance(delete, list)
-            or not all(isinstance(k, str) for k in delete)
-        ):
-            raise ApiError(
-                400,
-                "INVALID_PARAMETER_VALUE",
-                "`add_tags` must be a list of {key, value} and `delete_tags` a list of keys",
-            )
+        add, delete = tags_body(await read_json(receive, allow_empty=True))
         row = await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         tags = {t["key"]: t for t in (row.spec or {}).get("tags", [])}
         for key in delete:
             tags.pop(key, None)
         for tag in add:
-            if not isinstance(tag, dict) or not isinstance(tag.get("key"), str):
-                raise ApiError(400, "INVALID_PARAMETER_VALUE", "each tag needs a string `key`")
             tags[tag["key"]] = tag
         doc = await _thread(
             self.service.replace_part, name, "tags", list(tags.values()) or None, principal.name
@@ -220,10 +226,7 @@ class ControlPlane:
         await send_json(send, 200, {"tags": doc.get("tags", [])})
 
     async def _put_ai_gateway(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
-        body = await read_json(receive, allow_empty=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
-        gateway = {k: v for k, v in body.items() if k != "name" and v is not None}
+        gateway = ai_gateway_body(await read_json(receive, allow_empty=True), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         doc = await _thread(
             self.service.replace_part, name, "ai_gateway", gateway or None, principal.name
@@ -238,7 +241,7 @@ class ControlPlane:
         await _thread(self._row, name, principal, "CAN_VIEW", "read")
         text = "\n".join(
             line
-            for line in self.app.metrics.render().splitlines()
+            for line in self.host.metrics_text().splitlines()
             if line.startswith("#") or f'endpoint="{name}"' in line
         )
         await send_text(send, 200, text + "\n", "text/plain; version=0.0.4")
@@ -247,7 +250,7 @@ class ControlPlane:
         if parts[1] != "served-models" or parts[3] not in ("logs", "build-logs"):
             raise _no_route(scope["method"], scope["path"])
         row = await _thread(self._row, name, principal, "CAN_VIEW", "read")
-        logs = await _thread(self.app.entity_logs, row, parts[2], parts[3] == "build-logs")
+        logs = await _thread(self.host.entity_logs, row, parts[2], parts[3] == "build-logs")
         if logs is None:
             raise ApiError(
                 404,
@@ -261,7 +264,7 @@ class ControlPlane:
     async def _permissions(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
+        principal = self.host.authenticate(scope)
         parts = rest.strip("/").split("/")
         row = await _thread(self.store.get_endpoint_by_id, parts[0])
         if row is None:
@@ -278,7 +281,7 @@ class ControlPlane:
             await send_json(send, 200, await _thread(acl_json, self.store, row.id))
         elif len(parts) == 1 and method in ("PUT", "PATCH"):
             require(level, "CAN_MANAGE", f"change permissions of endpoint {row.name!r}")
-            entries = parse_acl(await read_json(receive, allow_empty=True))
+            entries = parse_acl(acl_body(await read_json(receive, allow_empty=True)))
             await _thread(self.store.set_permissions, row.id, entries, replace=method == "PUT")
             await send_json(send, 200, await _thread(acl_json, self.store, row.id))
         else:
@@ -289,13 +292,11 @@ class ControlPlane:
     async def _secrets(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.app.authenticate(scope)
-        secrets = self.app.secrets
+        principal = self.host.authenticate(scope)
+        secrets = self.host.secrets
         body: Any = {}
         if method == "POST":
-            body = await read_json(receive)
-            if not isinstance(body, dict):
-                raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be an object")
+            body = secret_body(rest.strip("/"), await read_json(receive))
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         scope_name = body.get("scope", query.get("scope"))
         if scope_name == MANAGED_SCOPE and not principal.admin:
@@ -336,7 +337,13 @@ class ControlPlane:
                         raise ApiError(
                             400, "INVALID_PARAMETER_VALUE", "`bytes_value` is not base64"
                         ) from None
-                    value = raw.decode("utf-8", "replace")
+                    try:
+                        value = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        # The store holds text: replacing bytes would store another secret.
+                        raise ApiError(
+                            400, "INVALID_PARAMETER_VALUE", "`bytes_value` must be UTF-8 text"
+                        ) from None
                 else:
                     raise ApiError(400, "INVALID_PARAMETER_VALUE", "`string_value` is required")
             secrets.put_secret(field("scope", body), field("key", body), value)

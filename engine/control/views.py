@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from engine.state import EndpointRow, EntityRow, SqliteStateStore
+from engine.state import EndpointRow, EntityRow, StateStore
 from plans import is_sensitive
+from schemas import DeploymentState, EntityRole, ReadyState
 
 __all__ = ["endpoint_detail", "endpoint_summary", "strip_sensitive", "task_of"]
 
@@ -41,7 +42,7 @@ def _routes(config: dict[str, Any]) -> dict[str, Any]:
 
 def _entity_state(instance: EntityRow | None, pending: bool) -> dict[str, str]:
     if instance is None:
-        return {"deployment": "DEPLOYMENT_CREATING", "deployment_state_message": ""}
+        return {"deployment": DeploymentState.CREATING, "deployment_state_message": ""}
     return {"deployment": instance.deployment, "deployment_state_message": instance.message}
 
 
@@ -59,19 +60,22 @@ def _served(
 
 
 def _state(row: EndpointRow, active: list[EntityRow]) -> dict[str, str]:
-    ready = bool(active) and all(e.deployment == "DEPLOYMENT_READY" for e in active)
+    ready = bool(active) and all(e.deployment == DeploymentState.READY for e in active)
     if row.spec is not None and not (row.spec.get("config") or {}).get("served_entities"):
         ready = True
-    return {"ready": "READY" if ready else "NOT_READY", "config_update": row.config_update}
+    return {
+        "ready": ReadyState.READY if ready else ReadyState.NOT_READY,
+        "config_update": row.config_update,
+    }
 
 
 def endpoint_detail(
-    store: SqliteStateStore, row: EndpointRow, permission_level: str | None = None
+    store: StateStore, row: EndpointRow, permission_level: str | None = None
 ) -> dict[str, Any]:
     """`ServingEndpointDetailed`: what `GET /api/2.0/serving-endpoints/{name}` answers."""
     entities = store.entities(row.name)
-    active = {e.name: e for e in entities if e.role == "active"}
-    pending = {e.name: e for e in entities if e.role == "pending"}
+    active = {e.name: e for e in entities if e.role == EntityRole.ACTIVE}
+    pending = {e.name: e for e in entities if e.role == EntityRole.PENDING}
     spec = row.spec or {}
     view: dict[str, Any] = {
         "name": row.name,
@@ -120,7 +124,7 @@ def endpoint_detail(
     return view
 
 
-def endpoint_summary(store: SqliteStateStore, row: EndpointRow) -> dict[str, Any]:
+def endpoint_summary(store: StateStore, row: EndpointRow) -> dict[str, Any]:
     """`ServingEndpoint`: an item of `GET /api/2.0/serving-endpoints`."""
     detail = endpoint_detail(store, row)
     summary = {k: v for k, v in detail.items() if k not in ("pending_config",)}

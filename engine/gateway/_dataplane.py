@@ -18,12 +18,14 @@ from typing import Any
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
+from engine.gateway._errors import answer_for, token_counts, unreadable
 from engine.gateway._metrics import Metrics
 from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
 from providers.adapters import ProviderError, StreamError, StreamTally
+from schemas import now_ms
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -40,26 +42,10 @@ _REQUIRED = {
     "llm/v1/completions": "prompt",
     "llm/v1/embeddings": "input",
 }
-_CODES = {
-    400: "INVALID_PARAMETER_VALUE",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "RESOURCE_DOES_NOT_EXIST",
-    408: "DEADLINE_EXCEEDED",
-    409: "RESOURCE_CONFLICT",
-    429: "REQUEST_LIMIT_EXCEEDED",
-    502: "TEMPORARILY_UNAVAILABLE",
-    503: "TEMPORARILY_UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 
 
 # The status accounted for a stream whose client went away first (nginx's "client closed").
 CLIENT_GONE = 499
-
-
-def _code(status: int) -> str:
-    return _CODES.get(status, "INTERNAL_ERROR" if status >= 500 else "BAD_REQUEST")
 
 
 def check_body(task: str | None, body: Any) -> None:
@@ -123,6 +109,16 @@ def check_body(task: str | None, body: Any) -> None:
 
 def _to_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _encode_base64(result: dict[str, Any]) -> None:
+    """`encoding_format: base64`, done here (adapters return floats); a malformed vector is
+    the upstream's fault."""
+    try:
+        for item in result.get("data", []):
+            item["embedding"] = _to_base64(item["embedding"])
+    except (KeyError, TypeError, AttributeError, struct.error):
+        raise ProviderError("upstream_server", "the embeddings are not float vectors") from None
 
 
 # Starts a scaled-to-zero entity and returns it routable (or raises ApiError 503).
@@ -236,41 +232,51 @@ class DataPlane:
             candidates += [
                 route.entities[n] for n in route.order if route.entities[n] is not entity
             ]
-        error: ProviderError | None = None
+        failure: ApiError | None = None
         for candidate in candidates:
             try:
                 result = await self._once(route, candidate, body)
+                if encoding == "base64":
+                    _encode_base64(result)
             except ProviderError as exc:
-                error = exc
+                failure = _answer(exc, candidate)
                 self.metrics.upstream_errors[(route.name, candidate.name, exc.kind)] += 1
-                if exc.http_status >= 500 or exc.http_status == 429:
+                # Another entity may answer what this one could not (fallback_config).
+                if failure.status >= 500 or failure.status == 429:
                     continue
                 break
-            if encoding == "base64":
-                for item in result.get("data", []):
-                    item["embedding"] = _to_base64(item["embedding"])
             self._account(route, candidate, principal, 200, started, result.get("usage"))
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
-        assert error is not None
-        self._account(route, candidates[-1], principal, error.http_status, started, None)
-        raise ApiError(error.http_status, _code(error.http_status), error.message)
+        assert failure is not None
+        self._account(route, candidates[-1], principal, failure.status, started, None)
+        raise failure
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
         entity = await self._routable(route, entity)
         upstream = entity.upstream
         if upstream is None:
-            raise ProviderError(
-                "upstream_server", f"served entity {entity.name!r}: {entity.unavailable}"
-            )
+            raise ProviderError("unavailable", entity.unavailable or "not ready")
         upstream.acquire()
         try:
             adapter = upstream.adapter
-            if route.task == "llm/v1/embeddings":
-                return await adapter.embeddings(body)
-            if route.task == "llm/v1/completions":
-                return await adapter.completions(body)
-            return await adapter.chat(with_system_prompt(body, entity.system_prompt))
+            provider = _provider(adapter)
+            try:
+                if route.task == "llm/v1/embeddings":
+                    result = await adapter.embeddings(body)
+                elif route.task == "llm/v1/completions":
+                    result = await adapter.completions(body)
+                else:
+                    result = await adapter.chat(with_system_prompt(body, entity.system_prompt))
+            except ProviderError:
+                raise
+            except Exception as exc:
+                raise unreadable(exc, entity.name, provider) from exc
+            if not isinstance(result, dict):
+                raise ProviderError("upstream_server", f"{provider} sent a response of no shape")
+            # Checked before the answer is sent: a bad `usage` is a 502, not a crash after it.
+            token_counts(result.get("usage"), provider)
+            return result
         finally:
             await upstream.release()
 
@@ -298,12 +304,14 @@ class DataPlane:
         tally = StreamTally()
         try:
             adapter = upstream.adapter
-            frames = (
-                adapter.completions_sse(body, tally)
-                if route.task == "llm/v1/completions"
-                else adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
-            )
-            status = await _unless_gone(self._relay(send, route, entity, frames), receive)
+
+            def open_frames() -> AsyncIterator[bytes]:
+                if route.task == "llm/v1/completions":
+                    return adapter.completions_sse(body, tally)
+                return adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
+
+            relay = self._relay(send, route, entity, open_frames, _provider(adapter))
+            status = await _unless_gone(relay, receive)
             if status is not None:
                 await send({"type": "http.response.body", "body": b""})
         except ApiError as exc:  # refused before the stream started: the error has a status
@@ -315,7 +323,12 @@ class DataPlane:
         self._account(route, entity, principal, status, started, tally.usage)
 
     async def _relay(
-        self, send: Any, route: EndpointRoute, entity: ServedEntity, frames: AsyncIterator[bytes]
+        self,
+        send: Any,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        open_frames: Callable[[], AsyncIterator[bytes]],
+        provider: str,
     ) -> int:
         """Send the stream's SSE frames as they come; the status to account for it.
 
@@ -324,26 +337,29 @@ class DataPlane:
         stream's last event, with no `[DONE]`. The caller ends the response.
         """
         failure: ProviderError | None = None
-        async with aclosing(frames):  # closed early too: the upstream call stops now
-            try:
-                first = await anext(frames, b"")
-            except StreamError as exc:
-                first, failure = b"", exc
-            except ProviderError as exc:
-                self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
-                raise ApiError(exc.http_status, _code(exc.http_status), exc.message) from None
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", b"text/event-stream"),
-                        (b"cache-control", b"no-cache"),
-                        (b"served-model-name", entity.name.encode()),
-                    ],
-                }
-            )
-            if failure is None:
+        frames: AsyncIterator[bytes] | None = None
+        try:
+            frames = open_frames()
+            first = await anext(frames, b"")
+        except StreamError as exc:  # the upstream answered 2xx: the answer is a stream
+            frames, first, failure = None, b"", exc
+        except ProviderError as exc:
+            raise self._refused(route, entity, exc) from None
+        except Exception as exc:  # noqa: BLE001 - an adapter's own bug: a 502, not a 500
+            raise self._refused(route, entity, unreadable(exc, entity.name, provider)) from exc
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    (b"served-model-name", entity.name.encode()),
+                ],
+            }
+        )
+        if frames is not None:
+            async with aclosing(frames):  # closed early too: the upstream call stops now
                 try:
                     if first:
                         await send({"type": "http.response.body", "body": first, "more_body": True})
@@ -351,12 +367,19 @@ class DataPlane:
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
                 except ProviderError as exc:
                     failure = exc
+                except Exception as exc:  # noqa: BLE001 - an adapter's own bug, mid-stream
+                    failure = unreadable(exc, entity.name, provider)
         if failure is None:
             return 200
         self.metrics.upstream_errors[(route.name, entity.name, failure.kind)] += 1
-        error = {"error_code": _code(failure.http_status), "message": failure.message}
-        await send({"type": "http.response.body", "body": _event(error), "more_body": True})
-        return failure.http_status
+        answer = _answer(failure, entity)
+        await send({"type": "http.response.body", "body": _event(answer.body()), "more_body": True})
+        return answer.status
+
+    def _refused(self, route: EndpointRoute, entity: ServedEntity, exc: ProviderError) -> ApiError:
+        """A stream that failed before it started: answered with a status, as a call is."""
+        self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
+        return _answer(exc, entity)
 
     def _account(
         self,
@@ -368,8 +391,11 @@ class DataPlane:
         usage: dict[str, Any] | None,
     ) -> None:
         elapsed = time.perf_counter() - started
-        prompt = int((usage or {}).get("prompt_tokens") or 0)
-        completion = int((usage or {}).get("completion_tokens") or 0)
+        try:
+            prompt, completion = token_counts(usage, "the provider")
+        except ProviderError:
+            # A stream's answer is already sent: its malformed usage counts as none.
+            prompt = completion = 0
         self.metrics.observe(route.name, entity.name, status, elapsed, prompt, completion)
         if self.meter is not None and entity.provisioned is not None:
             self.meter.record(entity.instance_id, completion)
@@ -385,7 +411,7 @@ class DataPlane:
         if route.usage_tracking and self.usage is not None:
             self.usage.record(
                 UsageRecord(
-                    at_ms=int(time.time() * 1000),
+                    at_ms=now_ms(),
                     endpoint=route.name,
                     entity=entity.name,
                     principal=principal.name,
@@ -395,6 +421,16 @@ class DataPlane:
                     completion_tokens=completion,
                 )
             )
+
+
+def _provider(adapter: Any) -> str:
+    return getattr(adapter, "PROVIDER", "the provider")
+
+
+def _answer(exc: ProviderError, entity: ServedEntity) -> ApiError:
+    """`answer_for` with the secrets this entity's upstream was built from."""
+    secrets = entity.upstream.secrets if entity.upstream is not None else ()
+    return answer_for(exc, entity.name, secrets)
 
 
 def _event(payload: Any) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -18,26 +19,54 @@ from typing import Any
 
 import httpx
 
+from engine.gateway._errors import masked
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
-from engine.secrets.store import parse_secret_reference
 from engine.state import EndpointRow, EntityRow
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 from providers.runner.executor import replica_bounds, replicas_of
+from schemas import DeploymentState, parse_secret_reference
 
 __all__ = ["EndpointRoute", "RoutingTable", "ServedEntity", "Upstream", "TableBuilder"]
 
 log = logging.getLogger("engine.gateway")
-UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=60.0)
+# Seconds an upstream may take to answer (or between two chunks of a stream).
+UPSTREAM_READ_TIMEOUT_ENV = "ENGINE_UPSTREAM_READ_TIMEOUT"
+DEFAULT_READ_TIMEOUT = 300.0
+
+
+def upstream_timeout() -> httpx.Timeout:
+    """The upstreams' timeouts; the read timeout from $ENGINE_UPSTREAM_READ_TIMEOUT if set."""
+    raw = os.environ.get(UPSTREAM_READ_TIMEOUT_ENV, "").strip()
+    try:
+        read = float(raw) if raw else DEFAULT_READ_TIMEOUT
+    except ValueError:
+        read = 0.0
+    if not 0 < read < float("inf"):
+        log.warning(
+            "%s=%r is not a number of seconds above 0; using %s",
+            UPSTREAM_READ_TIMEOUT_ENV,
+            raw,
+            DEFAULT_READ_TIMEOUT,
+        )
+        read = DEFAULT_READ_TIMEOUT
+    return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=60.0)
 
 
 class Upstream:
     """An adapter with its own keep-alive client, closed when retired and idle."""
 
-    def __init__(self, adapter: ProviderAdapter | ReplicaSet, client: AiohttpClient) -> None:
+    def __init__(
+        self,
+        adapter: ProviderAdapter | ReplicaSet,
+        client: AiohttpClient,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
         self.adapter = adapter
         self.client = client
+        # The secret values its config resolved to: masked in every error the gateway answers.
+        self.secrets = secrets
         self.in_flight = 0
         self.retired = False
         # Scale to zero: when a request last used it, and whether its runner is being stopped
@@ -137,6 +166,7 @@ class TableBuilder:
         chunk_size: Callable[[dict[str, Any]], int | None] = lambda entity: None,
     ) -> None:
         self._resolve = resolve
+        self._timeout = upstream_timeout()
         self._runner_task = runner_task
         self._system_prompt = system_prompt
         self._chunk_size = chunk_size
@@ -205,7 +235,7 @@ class TableBuilder:
             # A scaled-to-zero runner is started by the next request, also after a failed
             # cold start (the request then waits for another try).
             if instance is None or (
-                instance.deployment != "DEPLOYMENT_READY" and not _scaled_to_zero(instance)
+                instance.deployment != DeploymentState.READY and not _scaled_to_zero(instance)
             ):
                 served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
                 continue
@@ -262,8 +292,9 @@ class TableBuilder:
             models = [external] if external else self._runner_models(instance, urls)
             if not models:
                 return ServedEntity(instance.name, instance.id, None, "no runner for this entity")
+            secrets: list[str] = []
             try:
-                resolved = [self._resolved(model) for model in models]
+                resolved = [self._resolved(model, secrets) for model in models]
             except KeyError as exc:
                 log.error(
                     "%s/%s: secret %s does not resolve",
@@ -276,14 +307,18 @@ class TableBuilder:
                 )
             # vLLM's server (uvicorn) closes idle connections after 5 s: keep ours for less.
             client = AiohttpClient(
-                timeout=UPSTREAM_TIMEOUT, max_connections=256, keepalive=15.0 if external else 3.0
+                timeout=self._timeout, max_connections=256, keepalive=15.0 if external else 3.0
             )
             try:
                 adapters = [adapter_for(model, client) for model in resolved]
-            except ProviderError as exc:
-                return ServedEntity(instance.name, instance.id, None, exc.message)
+            except Exception as exc:
+                # One entity that cannot be built is unavailable, never a host that cannot
+                # start: the other endpoints keep serving. (The client is not open yet.)
+                reason = _unbuildable(exc, (external or {}).get("provider"), secrets)
+                log.error("%s/%s: %s", instance.endpoint, instance.name, reason)
+                return ServedEntity(instance.name, instance.id, None, reason)
             adapter = adapters[0] if len(adapters) == 1 else ReplicaSet(adapters)
-            upstream = self._upstreams[key] = Upstream(adapter, client)
+            upstream = self._upstreams[key] = Upstream(adapter, client, tuple(secrets))
         return ServedEntity(instance.name, instance.id, upstream)
 
     def _self_hosted_task(self, spec: dict[str, Any]) -> str | None:
@@ -309,11 +344,24 @@ class TableBuilder:
             for base_url in urls
         ]
 
-    def _resolved(self, value: Any) -> Any:
+    def _resolved(self, value: Any, secrets: list[str]) -> Any:
+        """`value` with its secret references resolved; each value found is added to `secrets`."""
         if isinstance(value, str):
-            return self._resolve(value) if parse_secret_reference(value) else value
+            if not parse_secret_reference(value):
+                return value
+            secret = self._resolve(value)
+            secrets.append(secret)
+            return secret
         if isinstance(value, dict):
-            return {k: self._resolved(v) for k, v in value.items()}
+            return {k: self._resolved(v, secrets) for k, v in value.items()}
         if isinstance(value, list):
-            return [self._resolved(v) for v in value]
+            return [self._resolved(v, secrets) for v in value]
         return value
+
+
+def _unbuildable(exc: Exception, provider: str | None, secrets: list[str]) -> str:
+    """Why an entity's adapter cannot be built, for its 503s and the log: never a secret."""
+    if isinstance(exc, ProviderError):
+        return f"its configuration cannot work: {masked(exc.message, secrets)}"
+    # Not the exception's text: it may quote a config value, and so a secret.
+    return f"the {provider or 'runner'} adapter cannot be built ({type(exc).__name__})"

@@ -19,9 +19,18 @@ from typing import Any
 
 from engine.access.permissions import level_in
 from engine.access.tokens import Principal, TokenIndex
-from engine.asgi import ApiError, header, read_json, send_error, send_json, send_text
+from engine.asgi import (
+    ApiError,
+    header,
+    read_json,
+    send_error,
+    send_json,
+    send_text,
+    serve_lifespan,
+)
 from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
+from engine.executors import build_executors
 from engine.gateway._dataplane import TASK_OF_ROUTE, DataPlane
 from engine.gateway._metrics import Metrics
 from engine.gateway._ratelimit import RateLimiter
@@ -31,8 +40,7 @@ from engine.host.autoscale import Autoscaler, ThroughputMeter
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
-from engine.state import EndpointRow, EntityRow, LockHeld, SqliteStateStore
-from engine.workspace import build_executors
+from engine.state import EndpointRow, EntityRow, LockHeld, StateStore, open_state
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 
@@ -60,7 +68,7 @@ class ServingApp:
         self,
         state_path: Path,
         *,
-        poll_interval: float = 0.2,
+        poll_interval: float | None = None,
         heartbeat_interval: float = 2.0,
         reconcile_interval: float = 3.0,
         address: str = "",
@@ -68,7 +76,9 @@ class ServingApp:
         cold_start_wait: float | None = None,
     ) -> None:
         self.state_path = Path(state_path)
-        self.poll_interval = poll_interval
+        # How often the host looks for changes made elsewhere (the CLI, another process); its
+        # own API's changes are served at once (catch_up).
+        self.poll_interval = _seconds(poll_interval, "ENGINE_STATE_POLL_INTERVAL", 0.2)
         self.heartbeat_interval = heartbeat_interval
         self.address = address
         self.table = RoutingTable()
@@ -78,8 +88,9 @@ class ServingApp:
         self.extra_routes: list[Handler] = []
         self.host_id = uuid.uuid4().hex[:12]
         self._tasks: list[asyncio.Task[None]] = []
-        self.store: SqliteStateStore | None = None
-        self.secrets: SecretStore | None = None
+        self._refreshing = asyncio.Lock()
+        self._store: StateStore | None = None
+        self._secrets: SecretStore | None = None
         self.usage: UsageRecorder | None = None
         self.dataplane: DataPlane | None = None
         self._builder: TableBuilder | None = None
@@ -100,11 +111,24 @@ class ServingApp:
         self.meter = ThroughputMeter()
         self.autoscaler: Autoscaler | None = None
 
+    @property
+    def store(self) -> StateStore:
+        """The host's open state store (from startup to shutdown)."""
+        if self._store is None:
+            raise RuntimeError("the serving host has not started")
+        return self._store
+
+    @property
+    def secrets(self) -> SecretStore:
+        if self._secrets is None:
+            raise RuntimeError("the serving host has not started")
+        return self._secrets
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self.store = SqliteStateStore(self.state_path)
-        self.secrets = secret_store_for_state(self.state_path)
+        self._store = open_state(self.state_path)
+        self._secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
         self.dataplane = DataPlane(
@@ -150,7 +174,7 @@ class ServingApp:
                 await task
         if self._builder is not None:
             await self._builder.close()
-        if self.store is not None and self.runners is not None:
+        if self._store is not None and self.runners is not None:
             # Runners being started (at startup or by a reconcile pass) are stopped too.
             pending = {t for t in (self._restart, self._reconciling) if t is not None}
             if pending:
@@ -159,24 +183,24 @@ class ServingApp:
                 await self.scaler.wait_starts()
             if self.autoscaler is not None:
                 await self.autoscaler.wait()
-            await asyncio.to_thread(stop_runners, self.store, self.runners)
+            await asyncio.to_thread(stop_runners, self._store, self.runners)
             # Runners of applies still starting (pending entities) stop with the host too.
             await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
-        if self.store is not None:
-            self.store.remove_host(self.host_id)
-            self.store.close()
-        if self.secrets is not None:
-            self.secrets.close()
+        if self._store is not None:
+            self._store.remove_host(self.host_id)
+            self._store.close()
+        if self._secrets is not None:
+            self._secrets.close()
 
     def drain(self, row: EntityRow, timeout: float = 60.0) -> None:
         """Block (in an apply's thread) until the routing table no longer sends requests to
         this entity instance and those in flight have finished; bounded by `timeout`."""
-        if self.store is None or self._builder is None:
+        if self._store is None or self._builder is None:
             return
         key = (row.id, row.fingerprint)
-        target = SqliteStateStore(self.state_path)
+        target = open_state(self.state_path)
         try:
             serial = target.serial
         finally:
@@ -200,7 +224,7 @@ class ServingApp:
 
     def _restart_runners(self) -> None:
         """One reconcile pass, skipped while an apply holds the state lock."""
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             lock = store.acquire_lock("reconcile", holder=f"host:{self.host_id}", timeout=0)
         except LockHeld:
@@ -253,8 +277,8 @@ class ServingApp:
         return entry.default_system_prompt if entry else None
 
     def _catalog_entry(self, entity: dict[str, Any]) -> Any:
-        assert self.store is not None
-        return ModelCatalog(self.store).get(
+        assert self._store is not None
+        return ModelCatalog(self._store).get(
             entity.get("entity_name", ""), entity.get("entity_version", "")
         )
 
@@ -287,22 +311,32 @@ class ServingApp:
         return started
 
     def _resolve(self, reference: str) -> str:
-        assert self.secrets is not None
+        assert self._secrets is not None
         try:
-            return self.secrets.resolve(reference)
+            return self._secrets.resolve(reference)
         except SecretStoreError:
             raise KeyError(reference) from None
 
     async def refresh(self, *, force: bool = False) -> None:
         """Rebuild the routing table and token index if the state moved on."""
-        assert self.store is not None and self._builder is not None
-        serial = self.store.serial
-        if not force and serial == self.table.serial:
-            return
-        serial, view = self.store.serving_view()
-        self.tokens = TokenIndex.load(self.store)
-        self.table = self._builder.build(serial, view, self.store.all_permissions())
-        await self._builder.retire_unused()
+        assert self._store is not None and self._builder is not None
+        async with self._refreshing:
+            # One rebuild at a time: a caller that waited finds the table already current.
+            serial = self._store.serial
+            if not force and serial == self.table.serial:
+                return
+            serial, view = self._store.serving_view()
+            self.tokens = TokenIndex.load(self._store)
+            self.table = self._builder.build(serial, view, self._store.all_permissions())
+            await self._builder.retire_unused()
+
+    async def catch_up(self) -> None:
+        """The routing table at least at the state's serial as of now (read-your-writes: the
+        control plane calls this before it answers)."""
+        await self.refresh()
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
 
     async def _poll(self) -> None:
         while True:
@@ -313,10 +347,10 @@ class ServingApp:
                 log.exception("cannot refresh the routing table")
 
     async def _heartbeat(self) -> None:
-        assert self.store is not None
+        assert self._store is not None
         while True:
             try:
-                self.store.heartbeat(
+                self._store.heartbeat(
                     self.host_id,
                     pid=os.getpid(),
                     hostname=socket.gethostname(),
@@ -343,19 +377,7 @@ class ServingApp:
             await send_error(send, ApiError(500, "INTERNAL_ERROR", "the server failed to answer"))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.startup()
-                except Exception as exc:  # noqa: BLE001
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send, self.startup, self.shutdown)
 
     def authenticate(self, scope: dict[str, Any]) -> Principal:
         principal = self.tokens.principal_for(header(scope, b"authorization"))
@@ -427,8 +449,8 @@ class ServingApp:
 
     def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:
         """Log lines of a served entity: its lifecycle from the state, and the runner's log."""
-        assert self.store is not None
-        instances = [e for e in self.store.entities(row.name) if e.name == entity]
+        assert self._store is not None
+        instances = [e for e in self._store.entities(row.name) if e.name == entity]
         served = {e["name"] for e in (row.spec or {}).get("config", {}).get("served_entities", [])}
         if not instances and entity not in served:
             return None
@@ -450,7 +472,7 @@ class ServingApp:
                         lines += f.read()[-65536:].splitlines()
                 except OSError:
                     lines.append(f"(log file {log_file} is gone)")
-        for item in self.store.history(row.name)[-50:]:
+        for item in self._store.history(row.name)[-50:]:
             lines.append(
                 f"{item.at_ms} {item.actor} {item.action} config_version={item.config_version}"
             )

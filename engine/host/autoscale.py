@@ -23,10 +23,11 @@ from pathlib import Path
 
 from engine.gateway._table import RoutingTable
 from engine.host.scale_to_zero import READY_TIMEOUT, active_entity
-from engine.state import SqliteStateStore
+from engine.state import open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 from providers.runner.executor import replicas_of
+from schemas import DeploymentState
 
 __all__ = ["Autoscaler", "ThroughputMeter", "desired_replicas"]
 
@@ -127,10 +128,10 @@ class Autoscaler:
             await asyncio.wait(set(self._busy.values()))
 
     def _grow(self, instance_id: int) -> None:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             row = active_entity(store, instance_id)
-            if row is None or row.deployment != "DEPLOYMENT_READY" or not row.handle:
+            if row is None or row.deployment != DeploymentState.READY or not row.handle:
                 return
             deployment = Deployment(row.endpoint, row.name, row.id, row.config)
             if self.runners.bounds(deployment) is None:
@@ -150,7 +151,7 @@ class Autoscaler:
             store.close()
 
     def _shrink(self, instance_id: int) -> None:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             row = active_entity(store, instance_id)
             replicas = replicas_of(row.handle) if row is not None else []

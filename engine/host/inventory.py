@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.catalog.models import CatalogEntry, ModelCatalog
+from schemas import RuleId
 
 __all__ = ["gpu_count", "entity_checker", "cpu_fallback_allowed"]
 
@@ -37,13 +38,13 @@ def cpu_fallback_allowed() -> bool:
 
 def entity_checker(
     catalog: ModelCatalog, *, gpus: int | None = None, allow_cpu_fallback: bool | None = None
-) -> Callable[[dict[str, Any]], list[tuple[str, str]]]:
+) -> Callable[[dict[str, Any]], list[tuple[RuleId, str]]]:
     """Plan-time checks of a self-hosted entity: known model version (M1), GPUs (G1),
     provisioned throughput in multiples of the model's calibrated chunk size (E13)."""
     gpus = gpu_count() if gpus is None else gpus
     fallback = cpu_fallback_allowed() if allow_cpu_fallback is None else allow_cpu_fallback
 
-    def check(entity: dict[str, Any]) -> list[tuple[str, str]]:
+    def check(entity: dict[str, Any]) -> list[tuple[RuleId, str]]:
         if "external_model" in entity:
             return []
         problems = []
@@ -51,7 +52,7 @@ def entity_checker(
         if name and version and not catalog.exists(name, version):
             problems.append(
                 (
-                    "M1",
+                    RuleId.M1,
                     f"model {name} version {version} is not in the model catalog; register it with "
                     f"`engine models register {name} --version {version} --path DIR --task TASK`",
                 )
@@ -66,7 +67,7 @@ def entity_checker(
         if workload.startswith(_GPU_TYPES) and gpus == 0 and not fallback:
             problems.append(
                 (
-                    "G1",
+                    RuleId.G1,
                     f"workload_type {workload} needs GPUs and this host has none; use a CPU "
                     "workload type, or allow CPU fallback with ENGINE_ALLOW_CPU_FALLBACK=1",
                 )
@@ -79,7 +80,7 @@ def entity_checker(
 _THROUGHPUT_FIELDS = ("min_provisioned_throughput", "max_provisioned_throughput")
 
 
-def _throughput_problems(entity: dict[str, Any], entry: CatalogEntry) -> list[tuple[str, str]]:
+def _throughput_problems(entity: dict[str, Any], entry: CatalogEntry) -> list[tuple[RuleId, str]]:
     """E13: min/max_provisioned_throughput are multiples of the model's throughput_chunk_size
     (output tokens/s of one replica here, from `engine models calibrate`).
 
@@ -93,7 +94,7 @@ def _throughput_problems(entity: dict[str, Any], entry: CatalogEntry) -> list[tu
     if not chunk:
         return [
             (
-                "E13",
+                RuleId.E13,
                 f"provisioned throughput needs the throughput_chunk_size of model {entry.name} "
                 f"version {entry.version}, which is not calibrated on this host; run `engine "
                 f"models calibrate {entry.name} --version {entry.version}` (or set a known "
@@ -107,7 +108,7 @@ def _throughput_problems(entity: dict[str, Any], entry: CatalogEntry) -> list[tu
             nearest = f"{lower} or {upper}" if lower else f"{upper}"
             problems.append(
                 (
-                    "E13",
+                    RuleId.E13,
                     f"{field} {value} is not a multiple of the throughput_chunk_size {chunk} "
                     f"of model {entry.name} version {entry.version}; use {nearest}",
                 )

@@ -15,9 +15,10 @@ from typing import Any
 
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import cpu_fallback_allowed, gpu_count
-from engine.state import SqliteStateStore
+from engine.state import StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
+from schemas import DeploymentState, EntityRole
 
 __all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
 
@@ -26,7 +27,7 @@ log = logging.getLogger("engine.runners")
 
 def make_runner_executor(state_path: Path) -> RunnerExecutor:
     def resolve(entity: dict[str, Any]) -> ModelInfo:
-        store = SqliteStateStore(state_path)
+        store = open_state(state_path)
         try:
             entry = ModelCatalog(store).get(entity["entity_name"], entity["entity_version"])
         finally:
@@ -52,17 +53,17 @@ def make_runner_executor(state_path: Path) -> RunnerExecutor:
     )
 
 
-def _self_hosted(store: SqliteStateStore) -> list[Any]:
+def _self_hosted(store: StateStore) -> list[Any]:
     """Active self-hosted entities that should have a running runner (a scaled-to-zero one
     waits for a request instead, also across host restarts)."""
     return [
         e
-        for e in store.entities(role="active")
+        for e in store.entities(role=EntityRole.ACTIVE)
         if "external_model" not in e.config and not (e.handle or {}).get("scaled_to_zero")
     ]
 
 
-def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:
+def stop_runners(store: StateStore, executor: RunnerExecutor) -> None:
     """The host is stopping: its runners stop with it, and the state says so."""
     for entity in _self_hosted(store):
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
@@ -73,7 +74,7 @@ def stop_runners(store: SqliteStateStore, executor: RunnerExecutor) -> None:
             continue
         store.update_entity(
             entity.id,
-            deployment="DEPLOYMENT_RECOVERING",
+            deployment=DeploymentState.RECOVERING,
             message="the serving host stopped; it restarts with the host",
         )
 
@@ -97,18 +98,18 @@ class Backoff:
 
 
 def _serving(executor: RunnerExecutor, deployment: Deployment, entity: Any, store: Any) -> bool:
-    if executor.status(deployment, entity.handle).deployment == "DEPLOYMENT_READY":
+    if executor.status(deployment, entity.handle).deployment == DeploymentState.READY:
         return True
     # A replica removed since the row was read is stopped on purpose: ask again with the
     # handle as it is now.
-    fresh = next((e for e in store.entities(role="active") if e.id == entity.id), None)
+    fresh = next((e for e in store.entities(role=EntityRole.ACTIVE) if e.id == entity.id), None)
     if fresh is None or fresh.handle == entity.handle:
         return False
-    return executor.status(deployment, fresh.handle).deployment == "DEPLOYMENT_READY"
+    return executor.status(deployment, fresh.handle).deployment == DeploymentState.READY
 
 
 def restart_runners(
-    store: SqliteStateStore,
+    store: StateStore,
     executor: RunnerExecutor,
     resolve: Any,
     backoff: Backoff | None = None,
@@ -126,14 +127,14 @@ def restart_runners(
             continue  # a replica is being added or removed: its handle is about to change
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
         if _serving(executor, deployment, entity, store):
-            if entity.deployment != "DEPLOYMENT_READY":
-                store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
+            if entity.deployment != DeploymentState.READY:
+                store.update_entity(entity.id, deployment=DeploymentState.READY, message="")
             backoff.succeeded(entity.id)
             continue
         if not backoff.due(entity.id):
             continue
         log.warning("%s: runner is not serving; restarting it", deployment.label)
-        store.update_entity(entity.id, deployment="DEPLOYMENT_RECOVERING", message="restarting")
+        store.update_entity(entity.id, deployment=DeploymentState.RECOVERING, message="restarting")
         try:
             executor.stop(deployment, entity.handle)
             executor.prepare(deployment, resolve)
@@ -141,8 +142,8 @@ def restart_runners(
             store.update_entity(entity.id, handle=handle)
             executor.wait_ready(deployment, handle, 600)
         except ExecutorError as exc:
-            store.update_entity(entity.id, deployment="DEPLOYMENT_FAILED", message=exc.message)
+            store.update_entity(entity.id, deployment=DeploymentState.FAILED, message=exc.message)
             backoff.failed(entity.id)
             continue
-        store.update_entity(entity.id, deployment="DEPLOYMENT_READY", message="")
+        store.update_entity(entity.id, deployment=DeploymentState.READY, message="")
         backoff.succeeded(entity.id)

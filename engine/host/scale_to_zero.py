@@ -22,9 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.gateway._table import RoutingTable
-from engine.state import EntityRow, LockHeld, SqliteStateStore
+from engine.state import EntityRow, LockHeld, StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
+from schemas import DeploymentState, EntityRole
 
 __all__ = ["ColdStartError", "ScaleToZero", "active_entity"]
 
@@ -90,7 +91,7 @@ class ScaleToZero:
                     upstream.parked = False
 
     def _park(self, instance_id: int) -> bool:
-        store = SqliteStateStore(self.state_path)
+        store = open_state(self.state_path)
         try:
             try:
                 lock = store.acquire_lock("scale-to-zero", holder=self.holder, timeout=0)
@@ -99,7 +100,7 @@ class ScaleToZero:
             try:
                 with self._locks[instance_id]:
                     row = active_entity(store, instance_id)
-                    if row is None or _scaled(row) or row.deployment != "DEPLOYMENT_READY":
+                    if row is None or _scaled(row) or row.deployment != DeploymentState.READY:
                         return False
                     deployment = Deployment(row.endpoint, row.name, row.id, row.config)
                     self.runners.stop(deployment, row.handle)
@@ -146,7 +147,7 @@ class ScaleToZero:
 
     def _cold_start(self, instance_id: int) -> None:
         with self._locks[instance_id]:
-            store = SqliteStateStore(self.state_path)
+            store = open_state(self.state_path)
             try:
                 row = active_entity(store, instance_id)
                 if row is None:
@@ -157,7 +158,7 @@ class ScaleToZero:
             finally:
                 store.close()
 
-    def _start(self, store: SqliteStateStore, row: EntityRow) -> None:
+    def _start(self, store: StateStore, row: EntityRow) -> None:
         deployment = Deployment(row.endpoint, row.name, row.id, row.config)
         log.info("%s: cold start", deployment.label)
         store.update_entity(row.id, message="starting from zero for a request")
@@ -169,7 +170,9 @@ class ScaleToZero:
             self.runners.stop(deployment, None)
             # Still scaled to zero: the next request tries again.
             store.update_entity(
-                row.id, deployment="DEPLOYMENT_FAILED", message=f"cold start failed: {exc.message}"
+                row.id,
+                deployment=DeploymentState.FAILED,
+                message=f"cold start failed: {exc.message}",
             )
             raise ColdStartError(
                 f"served entity {row.name!r} cannot start: {exc.message}"
@@ -177,9 +180,9 @@ class ScaleToZero:
         if active_entity(store, row.id) is None:
             self.runners.stop(deployment, handle)  # an apply retired it meanwhile
             raise ColdStartError("the served entity is no longer active")
-        store.update_entity(row.id, handle=handle, deployment="DEPLOYMENT_READY", message="")
+        store.update_entity(row.id, handle=handle, deployment=DeploymentState.READY, message="")
         log.info("%s: started from zero", deployment.label)
 
 
-def active_entity(store: SqliteStateStore, instance_id: int) -> EntityRow | None:
-    return next((e for e in store.entities(role="active") if e.id == instance_id), None)
+def active_entity(store: StateStore, instance_id: int) -> EntityRow | None:
+    return next((e for e in store.entities(role=EntityRole.ACTIVE) if e.id == instance_id), None)

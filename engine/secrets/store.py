@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -27,6 +26,14 @@ from typing import Any, Final, Literal
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from schemas import (
+    SECRET_NAME,
+    SECRET_REFERENCE,
+    SECRET_REFERENCE_FORM,
+    now_ms,
+    parse_secret_reference,
+)
 
 __all__ = [
     "DIGEST_PREFIX",
@@ -56,11 +63,9 @@ DIGEST_PREFIX: Final = "hmac-sha256:"
 # Same cap as Databricks secrets; keeps one bad pipe from bloating the store.
 MAX_VALUE_BYTES: Final = 128 * 1024
 
-NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-# Unanchored so callers can also scan larger strings; parse_secret_reference uses fullmatch.
-SECRET_REFERENCE_PATTERN: Final = re.compile(
-    r"\{\{secrets/([A-Za-z0-9_.\-]+)/([A-Za-z0-9_.\-]+)\}\}"
-)
+# Scope and key names, and the reference syntax, are schemas' (every layer reads them).
+NAME_PATTERN: Final = SECRET_NAME
+SECRET_REFERENCE_PATTERN: Final = SECRET_REFERENCE
 
 ErrorCode = Literal[
     "RESOURCE_DOES_NOT_EXIST",
@@ -149,23 +154,13 @@ class _Keys:
     digest_key: bytes
 
 
-def parse_secret_reference(text: str) -> tuple[str, str] | None:
-    """Return ``(scope, key)`` if the whole of ``text`` is ``{{secrets/<scope>/<key>}}``."""
-    if not isinstance(text, str):
-        return None
-    match = SECRET_REFERENCE_PATTERN.fullmatch(text)
-    if match is None:
-        return None
-    return match.group(1), match.group(2)
-
-
 def secret_store_for_state(state_path: Path) -> SecretStore:
     """The store that sits beside a state database: ``<state dir>/secrets.db``."""
     return SecretStore(Path(state_path).parent / SECRETS_DB_NAME)
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return now_ms()
 
 
 def _validate_name(kind: str, name: object) -> str:
@@ -571,7 +566,7 @@ class SecretStore:
             # Do not echo the text: it may be a plaintext secret pasted by mistake.
             raise SecretStoreError(
                 INVALID_PARAMETER_VALUE,
-                "not a secret reference: expected exactly {{secrets/<scope>/<key>}}",
+                f"not a secret reference: expected exactly {SECRET_REFERENCE_FORM}",
             )
         return self.get_secret(*parsed)
 

@@ -26,7 +26,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from engine.specs.yaml_source import ParsedDocument, YamlSourceError, parse_documents
-from schemas import Diagnostic, EndpointSpec, Path, RuleOptions, validate_endpoint
+from schemas import Diagnostic, EndpointSpec, Path, RuleId, RuleOptions, validate_endpoint
 
 __all__ = ["LoadResult", "LoadedEndpoint", "SpecUsageError", "load_specs", "SPEC_SUFFIXES"]
 
@@ -136,7 +136,9 @@ def _load_files(
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            result.diagnostics.append(Diagnostic("F1", f"cannot read file: {reason}", file=name))
+            result.diagnostics.append(
+                Diagnostic(RuleId.F1, f"cannot read file: {reason}", file=name)
+            )
             continue
         _load_text(text, name, env, options, result)
 
@@ -165,17 +167,21 @@ def _load_text(
     try:
         documents = list(parse_documents(text))
     except YamlSourceError as exc:
-        result.diagnostics.append(Diagnostic("F1", exc.message, exc.path, file=file, line=exc.line))
+        result.diagnostics.append(
+            Diagnostic(RuleId.F1, exc.message, exc.path, file=file, line=exc.line)
+        )
         return
     for doc in documents:
         for message, line, path in doc.problems:
-            result.diagnostics.append(Diagnostic("F2", message, path, file=file, line=line))
+            result.diagnostics.append(Diagnostic(RuleId.F2, message, path, file=file, line=line))
+        for message, line, path in doc.invalid:
+            result.diagnostics.append(Diagnostic(RuleId.F1, message, path, file=file, line=line))
         missing: list[tuple[Path, str]] = []
         doc.value = _interpolate(doc.value, (), env, missing)
         for path, var in missing:
             result.diagnostics.append(
                 Diagnostic(
-                    "V1",
+                    RuleId.V1,
                     f"environment variable `{var}` is not set (referenced as ${{env:{var}}})",
                     path,
                     file=file,
@@ -183,8 +189,8 @@ def _load_text(
                 )
             )
         # Validate anyway so that every problem shows at once, but don't report the blanks
-        # left by unset variables a second time.
-        blanked = {path for path, _ in missing}
+        # left by unset variables or by values that could not be read a second time.
+        blanked = {path for path, _ in missing} | {path for _, _, path in doc.invalid}
         for prefix, body in _bodies(doc, file, result):
             _validate_body(body, prefix, doc, file, options, result, skip=blanked)
 
@@ -205,7 +211,7 @@ def _bodies(doc: ParsedDocument, file: str, result: LoadResult) -> Iterable[tupl
         if not isinstance(endpoints, dict):
             result.diagnostics.append(
                 Diagnostic(
-                    "F3",
+                    RuleId.F3,
                     "`model_serving_endpoints` must map resource keys to endpoint bodies",
                     ("resources", "model_serving_endpoints"),
                     file=file,
@@ -265,7 +271,7 @@ def _check_duplicates(result: LoadResult) -> None:
             other = first[name]
             result.diagnostics.append(
                 Diagnostic(
-                    "D1",
+                    RuleId.D1,
                     f"endpoint {name!r} is already declared at {other.file}:{other.line}; "
                     "endpoint names must be unique",
                     ("name",),

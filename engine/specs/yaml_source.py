@@ -4,10 +4,16 @@ PyYAML's composer gives nodes with positions; constructing the values ourselves 
 position of every key so that a diagnostic can say `file:line path`. Duplicate keys are an
 error (YAML would silently keep the last one), aliases are bounded (no billion laughs) and
 `<<` merge keys work as in YAML 1.1.
+
+A scalar whose construction fails (`2024-02-30`, `!!int abc`, `!!bool maybe`, an integer longer
+than Python's int-string limit), as a value or as a key, is recorded in
+`ParsedDocument.invalid` and building goes on, so one bad value costs one diagnostic, not the
+whole report. The message never repeats the value: it may be a pasted secret.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +29,10 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _MAX_NODES = 2_000_000
 _MAX_DEPTH = 200
+_TAG_PREFIX = "tag:yaml.org,2002:"
+# What PyYAML's scalar constructors raise on a value their tag cannot hold: int("abc"),
+# the bool table's KeyError, date(2024, 2, 30), a timestamp regex that did not match, ...
+_CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
 
 class YamlSourceError(Exception):
@@ -42,6 +52,8 @@ class ParsedDocument:
     lines: dict[Path, int] = field(default_factory=dict)
     # Problems that do not stop parsing (duplicate keys); (message, line, path).
     problems: list[tuple[str, int, Path]] = field(default_factory=list)
+    # Scalars that could not be constructed (the value is left out); (message, line, path).
+    invalid: list[tuple[str, int, Path]] = field(default_factory=list)
 
     def line_of(self, path: Path) -> int:
         """The line of `path`, or of its nearest ancestor that exists."""
@@ -97,8 +109,9 @@ class _Builder:
             ]
         try:
             return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            raise YamlSourceError(f"invalid value: {exc}", _line(node), path) from None
+        except _CONSTRUCT_ERRORS as exc:
+            doc.invalid.append((_construct_problem(node, exc), _line(node), path))
+            return None
 
     def _mapping(
         self, node: yaml.MappingNode, path: Path, doc: ParsedDocument, depth: int
@@ -111,7 +124,12 @@ class _Builder:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlSourceError("a mapping key must be a plain value", _line(key_node), path)
-            key = self._loader.construct_object(key_node, deep=True)
+            try:
+                key = self._loader.construct_object(key_node, deep=True)
+            except _CONSTRUCT_ERRORS as exc:
+                problem = f"invalid mapping key: {_construct_problem(key_node, exc)}"
+                doc.invalid.append((problem, _line(key_node), path))
+                continue
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 key = str(key)
             if key in out:
@@ -143,3 +161,34 @@ class _Builder:
 
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
+
+
+def _construct_problem(node: yaml.ScalarNode, exc: Exception) -> str:
+    """Why the scalar cannot be read, without repeating it; a hint when quoting would help."""
+    tag = node.tag.removeprefix(_TAG_PREFIX)
+    explicit = node.tag != _implicit_tag(node)
+    quote = "" if explicit else "; quote it to keep it as text"
+    if tag == "int":
+        digits = sum(c.isdigit() for c in node.value)
+        limit = sys.get_int_max_str_digits()
+        if limit and digits > limit:
+            return f"an integer of {digits} digits is too long (at most {limit}){quote}"
+        return "not a valid integer (`!!int`)"
+    if tag == "float":
+        return "not a valid number (`!!float`)"
+    if tag == "bool":
+        return "not a valid boolean (`!!bool`): use true or false"
+    if tag == "timestamp":
+        # datetime's own messages ("day is out of range for month") name no input.
+        detail = f": {exc}" if isinstance(exc, ValueError) else ""
+        return f"not a valid date or timestamp{detail}{quote}"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        return f"invalid value: {exc.problem.split(chr(10))[0]}"
+    return f"cannot construct a `!!{tag}` value ({type(exc).__name__})"
+
+
+def _implicit_tag(node: yaml.ScalarNode) -> str:
+    """The tag YAML would give this scalar without an explicit one (plain scalars only)."""
+    if node.style:
+        return f"{_TAG_PREFIX}str"
+    return yaml.resolver.Resolver().resolve(yaml.ScalarNode, node.value, (True, False))

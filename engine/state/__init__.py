@@ -1,17 +1,26 @@
-"""The state store: the one truth about endpoints, config versions, entities and the lock."""
+"""The state store: the one truth about endpoints, config versions, entities and the lock.
+
+`StateStore` (protocol.py) is the interface callers are typed against; `SqliteStateStore` is the
+embedded default that implements it.
+"""
 
 from engine.state._lock import LockHeld, LockInfo
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from engine.state._sqlite import SqliteStateStore, StateError, open_state, resolve_state_path
+from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
 
 __all__ = [
+    "CoreStore",
+    "DirectoryStore",
     "EndpointRow",
     "EntityRow",
     "HistoryRow",
     "LockHeld",
     "LockInfo",
+    "Permission",
     "SqliteStateStore",
     "StateError",
+    "StateStore",
     "open_state",
     "resolve_state_path",
 ]

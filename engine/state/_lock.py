@@ -6,7 +6,12 @@ import os
 import socket
 from dataclasses import dataclass
 
+from schemas import pid_alive
+
 __all__ = ["LockHeld", "LockInfo", "holder_is_alive", "this_host"]
+
+# How long a lock holder may go without renewing before others may take the lock over.
+DEFAULT_LEASE_MS = 15 * 60 * 1000
 
 
 def this_host() -> str:
@@ -43,21 +48,5 @@ def holder_is_alive(info: LockInfo, now_ms: int) -> bool:
     (and recover) without a force-unlock, while a live holder is never overridden.
     """
     if info.host == this_host():
-        if info.pid == os.getpid():
-            return True
-        try:
-            os.kill(info.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return _not_zombie(info.pid)
+        return info.pid == os.getpid() or pid_alive(info.pid)
     return now_ms < info.lease_expires_ms
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from schemas import ConfigUpdateState
 
 __all__ = ["EndpointRow", "EntityRow", "HistoryRow"]
 
@@ -41,12 +43,11 @@ class EndpointRow:
     pending: dict[str, Any] | None
     pending_version: int | None
     pending_started_ms: int | None
-    secret_refs: dict[str, str] = field(default_factory=dict)
     deleting: bool = False
 
     @property
     def in_progress(self) -> bool:
-        return self.config_update == "IN_PROGRESS"
+        return self.config_update == ConfigUpdateState.IN_PROGRESS
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.state._lock import LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
+from schemas import ConfigUpdateState, DeploymentState, EntityRole, now_ms
 
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
 STATE_ENV_VAR = "ENGINE_STATE"
-SCHEMA_VERSION = 4
-DEFAULT_LEASE_MS = 15 * 60 * 1000
+SCHEMA_VERSION = 5
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -131,6 +131,12 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (name, version)
     );
     """,
+    # `secret_refs` were never read: the references live in the spec, managed secrets in the
+    # secret store. Dropped rather than kept as a second, stale copy.
+    5: """
+    ALTER TABLE endpoints DROP COLUMN secret_refs;
+    ALTER TABLE endpoints DROP COLUMN pending_secret_refs;
+    """,
 }
 
 
@@ -151,7 +157,7 @@ def open_state(state: Path | None = None) -> SqliteStateStore:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return now_ms()
 
 
 def _dumps(value: Any) -> str | None:
@@ -170,6 +176,9 @@ class SqliteStateStore:
             self._conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
+            # Rows are read by column name, so a migration that adds or drops a column cannot
+            # shift what a position means.
+            self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=30000")
@@ -220,7 +229,7 @@ class SqliteStateStore:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 tables = {
-                    r[0]
+                    r["name"]
                     for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
                 }
                 version = 0
@@ -228,7 +237,7 @@ class SqliteStateStore:
                     row = self._conn.execute(
                         "SELECT value FROM meta WHERE key = 'schema_version'"
                     ).fetchone()
-                    version = int(row[0]) if row else 0
+                    version = int(row["value"]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise StateError(
                         f"{self.path} was written by a newer serving-engine (schema "
@@ -257,7 +266,7 @@ class SqliteStateStore:
                 raise
 
     def _meta(self, conn: sqlite3.Connection, key: str) -> str:
-        return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+        return conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()["value"]
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -330,7 +339,17 @@ class SqliteStateStore:
                 "WHERE endpoint = ? ORDER BY id",
                 (endpoint,),
             ).fetchall()
-        return [HistoryRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [
+            HistoryRow(
+                endpoint=r["endpoint"],
+                config_version=r["config_version"],
+                at_ms=r["at_ms"],
+                actor=r["actor"],
+                action=r["action"],
+                summary=json.loads(r["summary"]),
+            )
+            for r in rows
+        ]
 
     def serving_view(self) -> tuple[int, list[tuple[EndpointRow, list[EntityRow]]]]:
         """The serial and every endpoint with its active entities, read in one transaction."""
@@ -339,7 +358,9 @@ class SqliteStateStore:
             rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
             entities = [
                 self._entity(r)
-                for r in conn.execute("SELECT * FROM entities WHERE role = 'active' ORDER BY id")
+                for r in conn.execute(
+                    "SELECT * FROM entities WHERE role = ? ORDER BY id", (EntityRole.ACTIVE,)
+                )
             ]
         by_endpoint: dict[str, list[EntityRow]] = {}
         for entity in entities:
@@ -354,8 +375,10 @@ class SqliteStateStore:
                 "SELECT endpoint_id, principal_type, principal, level FROM permissions"
             ).fetchall()
         out: dict[str, list[tuple[str, str, str]]] = {}
-        for endpoint_id, kind, name, level in rows:
-            out.setdefault(endpoint_id, []).append((kind, name, level))
+        for r in rows:
+            out.setdefault(r["endpoint_id"], []).append(
+                (r["principal_type"], r["principal"], r["level"])
+            )
         return out
 
     def permissions(self, endpoint_id: str) -> list[tuple[str, str, str]]:
@@ -366,7 +389,7 @@ class SqliteStateStore:
                 "ORDER BY principal_type, principal",
                 (endpoint_id,),
             ).fetchall()
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [(r["principal_type"], r["principal"], r["level"]) for r in rows]
 
     def set_permissions(
         self, endpoint_id: str, entries: list[tuple[str, str, str]], *, replace: bool
@@ -393,9 +416,8 @@ class SqliteStateStore:
 
     def models(self) -> list[dict[str, Any]]:
         with self._read() as conn:
-            cursor = conn.execute("SELECT * FROM models ORDER BY name, version")
-            names = [c[0] for c in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = conn.execute("SELECT * FROM models ORDER BY name, version").fetchall()
+        return [dict(row) for row in rows]
 
     # -- tokens and hosts -------------------------------------------------------------------
 
@@ -433,17 +455,7 @@ class SqliteStateStore:
                 "FROM tokens ORDER BY created_ms"
             ).fetchall()
         return [
-            {
-                "id": r[0],
-                "token_hash": r[1],
-                "principal": r[2],
-                "groups": json.loads(r[3]),
-                "kind": r[4],
-                "admin": bool(r[5]),
-                "comment": r[6],
-                "created_ms": r[7],
-            }
-            for r in rows
+            {**dict(r), "groups": json.loads(r["groups"]), "admin": bool(r["admin"])} for r in rows
         ]
 
     def delete_token(self, token_id: str) -> bool:
@@ -465,8 +477,7 @@ class SqliteStateStore:
             rows = conn.execute(
                 "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts"
             ).fetchall()
-        keys = ("id", "pid", "hostname", "address", "started_ms", "last_seen_ms")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(r) for r in rows]
 
     def remove_host(self, host_id: str) -> None:
         with self._mutex:
@@ -553,7 +564,6 @@ class SqliteStateStore:
         stack: str | None,
         desired: dict[str, Any],
         version: int,
-        secret_refs: dict[str, str],
         actor: str,
     ) -> EndpointRow:
         """Record the new config as pending (creating the endpoint row if needed)."""
@@ -578,9 +588,9 @@ class SqliteStateStore:
                 )
             conn.execute(
                 "UPDATE endpoints SET pending = ?, pending_version = ?, pending_started_ms = ?, "
-                "pending_secret_refs = ?, config_update = 'IN_PROGRESS', update_message = '', "
+                "config_update = ?, update_message = '', "
                 "deleting = 0, stack = COALESCE(stack, ?) WHERE name = ?",
-                (_dumps(desired), version, now, _dumps(secret_refs), stack, name),
+                (_dumps(desired), version, now, ConfigUpdateState.IN_PROGRESS, stack, name),
             )
             self._history(conn, name, version, actor, "begin-update", {})
         row = self.get_endpoint(name)
@@ -595,14 +605,23 @@ class SqliteStateStore:
         fingerprint: str,
         config: dict[str, Any],
         config_version: int,
-        role: str = "pending",
+        role: str = EntityRole.PENDING,
     ) -> int:
         """Track an entity before anything starts it, so no started entity is ever untracked."""
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO entities (endpoint, name, fingerprint, config, role, deployment, "
-                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, 'DEPLOYMENT_CREATING', ?, ?)",
-                (endpoint, name, fingerprint, _dumps(config), role, config_version, _now_ms()),
+                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    endpoint,
+                    name,
+                    fingerprint,
+                    _dumps(config),
+                    role,
+                    DeploymentState.CREATING,
+                    config_version,
+                    _now_ms(),
+                ),
             )
             return int(cursor.lastrowid)
 
@@ -646,29 +665,28 @@ class SqliteStateStore:
             row = conn.execute(
                 "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
             ).fetchone()
-            if row is None or row[0] is None:
+            if row is None or row["pending_version"] is None:
                 raise StateError(f"endpoint {name!r} has no pending config to activate")
             conn.execute(
                 "UPDATE endpoints SET spec = pending, config_version = pending_version, "
-                "secret_refs = pending_secret_refs, pending = NULL, pending_version = NULL, "
-                "pending_started_ms = NULL, pending_secret_refs = '{}', "
-                "config_update = 'NOT_UPDATING', update_message = '', updated_ms = ? "
+                "pending = NULL, pending_version = NULL, pending_started_ms = NULL, "
+                "config_update = ?, update_message = '', updated_ms = ? "
                 "WHERE name = ?",
-                (now, name),
+                (ConfigUpdateState.NOT_UPDATING, now, name),
             )
             marks = ",".join("?" * len(keep)) or "NULL"
             conn.execute(
-                f"UPDATE entities SET role = 'active' WHERE endpoint = ? AND id IN ({marks})",
-                (name, *keep),
+                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id IN ({marks})",
+                (EntityRole.ACTIVE, name, *keep),
             )
             conn.execute(
-                f"UPDATE entities SET role = 'retiring' WHERE endpoint = ? AND id NOT IN ({marks})",
-                (name, *keep),
+                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id NOT IN ({marks})",
+                (EntityRole.RETIRING, name, *keep),
             )
-            self._history(conn, name, row[0], actor, "activate", summary)
+            self._history(conn, name, row["pending_version"], actor, "activate", summary)
             retiring = conn.execute(
-                "SELECT * FROM entities WHERE endpoint = ? AND role = 'retiring' ORDER BY id",
-                (name,),
+                "SELECT * FROM entities WHERE endpoint = ? AND role = ? ORDER BY id",
+                (name, EntityRole.RETIRING),
             ).fetchall()
         return [self._entity(r) for r in retiring]
 
@@ -680,21 +698,26 @@ class SqliteStateStore:
             ).fetchone()
             conn.execute(
                 "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
-                "pending_started_ms = NULL, pending_secret_refs = '{}', "
-                "config_update = 'UPDATE_FAILED', update_message = ? WHERE name = ?",
-                (message, name),
+                "pending_started_ms = NULL, "
+                "config_update = ?, update_message = ? WHERE name = ?",
+                (ConfigUpdateState.UPDATE_FAILED, message, name),
             )
             self._history(
-                conn, name, row[0] if row else None, actor, "update-failed", {"message": message}
+                conn,
+                name,
+                row["pending_version"] if row else None,
+                actor,
+                "update-failed",
+                {"message": message},
             )
 
     def clear_interrupted(self, name: str, *, actor: str) -> None:
         with self._write() as conn:
             conn.execute(
                 "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
-                "pending_started_ms = NULL, pending_secret_refs = '{}', "
-                "config_update = 'NOT_UPDATING' WHERE name = ?",
-                (name,),
+                "pending_started_ms = NULL, "
+                "config_update = ? WHERE name = ?",
+                (ConfigUpdateState.NOT_UPDATING, name),
             )
             self._history(conn, name, None, actor, "recovered", {})
 
@@ -710,15 +733,19 @@ class SqliteStateStore:
             version = conn.execute(
                 "SELECT config_version FROM endpoints WHERE name = ?", (name,)
             ).fetchone()
-            self._history(conn, name, version[0] if version else None, actor, "update", summary)
+            self._history(
+                conn, name, version["config_version"] if version else None, actor, "update", summary
+            )
 
     def mark_deleting(self, name: str, *, actor: str) -> list[EntityRow]:
         with self._write() as conn:
             conn.execute(
-                "UPDATE endpoints SET deleting = 1, config_update = 'IN_PROGRESS' WHERE name = ?",
-                (name,),
+                "UPDATE endpoints SET deleting = 1, config_update = ? WHERE name = ?",
+                (ConfigUpdateState.IN_PROGRESS, name),
             )
-            conn.execute("UPDATE entities SET role = 'retiring' WHERE endpoint = ?", (name,))
+            conn.execute(
+                "UPDATE entities SET role = ? WHERE endpoint = ?", (EntityRole.RETIRING, name)
+            )
             self._history(conn, name, None, actor, "begin-delete", {})
             rows = conn.execute(
                 "SELECT * FROM entities WHERE endpoint = ? ORDER BY id", (name,)
@@ -727,8 +754,8 @@ class SqliteStateStore:
 
     def delete_endpoint(self, name: str, *, actor: str) -> None:
         with self._write() as conn:
-            left = conn.execute("SELECT COUNT(*) FROM entities WHERE endpoint = ?", (name,))
-            if left.fetchone()[0]:
+            left = conn.execute("SELECT COUNT(*) AS n FROM entities WHERE endpoint = ?", (name,))
+            if left.fetchone()["n"]:
                 raise StateError(f"endpoint {name!r} still has entities; stop them first")
             conn.execute(
                 "DELETE FROM permissions WHERE endpoint_id = "
@@ -764,71 +791,39 @@ class SqliteStateStore:
         row = conn.execute(
             "SELECT id, holder, operation, acquired_ms, lease_expires_ms, host, pid FROM lock"
         ).fetchone()
-        return LockInfo(*row) if row else None
+        return LockInfo(**dict(row)) if row else None
 
     @staticmethod
-    def _endpoint(row: sqlite3.Row | tuple[Any, ...]) -> EndpointRow:
-        (
-            name,
-            endpoint_id,
-            stack,
-            creator,
-            created,
-            updated,
-            spec,
-            version,
-            update,
-            message,
-            pending,
-            pending_version,
-            pending_started,
-            secret_refs,
-            _pending_refs,
-            deleting,
-        ) = row
+    def _endpoint(row: sqlite3.Row) -> EndpointRow:
         return EndpointRow(
-            name=name,
-            id=endpoint_id,
-            stack=stack,
-            creator=creator,
-            created_ms=created,
-            updated_ms=updated,
-            spec=_loads(spec),
-            config_version=version,
-            config_update=update,
-            update_message=message,
-            pending=_loads(pending),
-            pending_version=pending_version,
-            pending_started_ms=pending_started,
-            secret_refs=_loads(secret_refs) or {},
-            deleting=bool(deleting),
+            name=row["name"],
+            id=row["id"],
+            stack=row["stack"],
+            creator=row["creator"],
+            created_ms=row["created_ms"],
+            updated_ms=row["updated_ms"],
+            spec=_loads(row["spec"]),
+            config_version=row["config_version"],
+            config_update=row["config_update"],
+            update_message=row["update_message"],
+            pending=_loads(row["pending"]),
+            pending_version=row["pending_version"],
+            pending_started_ms=row["pending_started_ms"],
+            deleting=bool(row["deleting"]),
         )
 
     @staticmethod
-    def _entity(row: sqlite3.Row | tuple[Any, ...]) -> EntityRow:
-        (
-            entity_id,
-            endpoint,
-            name,
-            fingerprint,
-            config,
-            role,
-            deployment,
-            message,
-            handle,
-            version,
-            created,
-        ) = row
+    def _entity(row: sqlite3.Row) -> EntityRow:
         return EntityRow(
-            id=entity_id,
-            endpoint=endpoint,
-            name=name,
-            fingerprint=fingerprint,
-            config=json.loads(config),
-            role=role,
-            deployment=deployment,
-            message=message,
-            handle=_loads(handle),
-            config_version=version,
-            created_ms=created,
+            id=row["id"],
+            endpoint=row["endpoint"],
+            name=row["name"],
+            fingerprint=row["fingerprint"],
+            config=json.loads(row["config"]),
+            role=row["role"],
+            deployment=row["deployment"],
+            message=row["message"],
+            handle=_loads(row["handle"]),
+            config_version=row["config_version"],
+            created_ms=row["created_ms"],
         )

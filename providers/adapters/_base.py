@@ -2,7 +2,8 @@
 
 An adapter serves one external-model entity. It is built from the entity's config with every
 secret already resolved (the engine resolves; providers never import engine/), and one pooled
-`httpx.AsyncClient` per upstream that the gateway owns and closes.
+`UpstreamClient` per upstream that the gateway owns and closes. Building one does no I/O, so
+apply builds it too, to check the config before anything serves.
 
 Request bodies are the unified schema (OpenAI's): chat `messages`, completions `prompt`,
 embeddings `input`; `temperature`, `max_tokens`, `n`, `stop`, `stream`; other keys are
@@ -18,22 +19,26 @@ The gateway streams through `chat_sse` / `completions_sse`: the client's SSE byt
 the usage seen recorded in a `StreamTally`. By default they frame the translated chunks;
 adapters whose upstream already speaks OpenAI's stream format pass its bytes through.
 
-Exceptions::
+Exceptions (what failed, never an HTTP answer: the gateway maps a kind and upstream status to
+its own status in one place, engine/gateway/_errors.py; an upstream 401 is not the caller's)::
 
     ProviderError                 kind + upstream status + message (never a key or token)
-      kind = "upstream_client"    upstream said 4xx: the gateway answers the same status
-      kind = "upstream_server"    upstream said 5xx or sent garbage: 502
-      kind = "timeout"            no answer in time: 504
-      kind = "unsupported"        this provider cannot do this task: 400
-      kind = "config"             the entity's config cannot work: 500
+      kind = "upstream_client"    upstream said 4xx (`status`; a 429's `retry_after` seconds)
+      kind = "upstream_server"    upstream said 5xx, sent garbage, or cannot be reached
+      kind = "timeout"            no answer in time
+      kind = "unsupported"        this provider cannot do this task
+      kind = "config"             the entity's config cannot work (e.g. its key is refused)
+      kind = "unavailable"        the entity cannot serve now (raised by the gateway, not adapters)
       StreamError                 the upstream accepted a stream (2xx), then broke it: not an
                                   event stream, cut before its end, a failure mid-stream
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
-import time
+import math
 import uuid
 from abc import ABC
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -43,6 +48,9 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
+from schemas import now_ms
+
+from ._client import UpstreamClient, UpstreamReply, UpstreamStream
 from ._sse import DONE, event
 
 __all__ = [
@@ -62,6 +70,7 @@ __all__ = [
     "raise_for_upstream",
     "upstream_error_message",
     "response_json",
+    "retry_after",
     "redact",
     "redacting",
     "REDACTED",
@@ -77,18 +86,20 @@ _T = TypeVar("_T")
 
 
 class ProviderError(Exception):
-    def __init__(self, kind: str, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
-
-    @property
-    def http_status(self) -> int:
-        """The status the gateway answers with."""
-        if self.kind == "upstream_client" and self.status is not None:
-            return self.status
-        return {"timeout": 504, "unsupported": 400, "config": 500}.get(self.kind, 502)
+        # Seconds the upstream asked us to wait (its Retry-After), when it said.
+        self.retry_after = retry_after
 
 
 class StreamError(ProviderError):
@@ -114,8 +125,8 @@ class ProviderAdapter(ABC):
     # Default base URL (the provider's official API); `*_api_base` in the config overrides it.
     DEFAULT_BASE: ClassVar[str] = ""
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
-        """`model` is the entity's `external_model` block, secrets resolved."""
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
+        """`model` is the entity's `external_model` block, secrets resolved. No I/O here."""
         self.model = model
         self.name: str = model["name"]
         self.client = client
@@ -173,8 +184,22 @@ class ProviderAdapter(ABC):
 
 
 def usage(prompt: int | None, completion: int | None) -> Json:
-    p, c = prompt or 0, completion or 0
+    """OpenAI's `usage` from two counts (None is 0); a count that is no whole number >= 0 is
+    the upstream's garbage (a ProviderError, not a TypeError deep in the gateway)."""
+    p, c = _count(prompt), _count(completion)
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProviderError(
+            "upstream_server", "the upstream sent a token count that is not a whole number"
+        )
+    return value
 
 
 def new_id(prefix: str) -> str:
@@ -199,7 +224,7 @@ def _response(
     return {
         "id": response_id or new_id(prefix),
         "object": kind,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
@@ -267,7 +292,7 @@ def chunk(
     out: Json = {
         "id": response_id,
         "object": obj,
-        "created": int(time.time()),
+        "created": now_ms() // 1000,
         "model": model,
         "choices": [choice],
     }
@@ -321,7 +346,7 @@ def embeddings_response(model: str, vectors: list[list[float]], prompt_tokens: i
 REDACTED = "[REDACTED]"
 
 
-def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
+def upstream_error_message(source: UpstreamReply | Json | list[Any]) -> str:
     """The provider's own message from an error body (every provider nests it differently).
 
     `source` is the response, or its body already parsed (a stream's error event, say). A list
@@ -344,15 +369,42 @@ def upstream_error_message(source: httpx.Response | Json | list[Any]) -> str:
     return json.dumps(body)[:500]
 
 
-def raise_for_upstream(response: httpx.Response, provider: str) -> None:
+def retry_after(response: UpstreamReply) -> float | None:
+    """Seconds the upstream asks callers to wait: `retry-after-ms` (OpenAI, Azure), or
+    `Retry-After` as seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    headers = response.headers
+    millis = headers.get("retry-after-ms")
+    try:
+        if millis is not None and math.isfinite(float(millis)):
+            return max(0.0, float(millis) / 1000)
+    except ValueError:
+        pass
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def raise_for_upstream(response: UpstreamReply, provider: str) -> None:
     if response.status_code < 400:
         return
     message = f"{provider} error: {upstream_error_message(response)}"
     kind = "upstream_client" if response.status_code < 500 else "upstream_server"
-    raise ProviderError(kind, message, status=response.status_code)
+    wait = retry_after(response) if response.status_code == 429 else None
+    raise ProviderError(kind, message, status=response.status_code, retry_after=wait)
 
 
-def response_json(response: httpx.Response, provider: str, *, object_only: bool = False) -> Any:
+def response_json(response: UpstreamReply, provider: str, *, object_only: bool = False) -> Any:
     """A 2xx body as JSON; anything else is the upstream misbehaving (502), not the caller.
 
     `object_only`: the body must be a JSON object, as every native (non-OpenAI) API answers.
@@ -380,7 +432,9 @@ def redact(
             message = message.replace(secret, mask)
     if message == exc.message:
         return exc
-    return type(exc)(exc.kind, message, status=exc.status)  # a StreamError stays one
+    return type(exc)(  # a StreamError stays one
+        exc.kind, message, status=exc.status, retry_after=exc.retry_after
+    )
 
 
 @contextmanager
@@ -396,8 +450,8 @@ def redacting(*secrets: str | None, mask: str = REDACTED) -> Iterator[None]:
 
 
 async def send(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
-) -> httpx.Response:
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
+) -> UpstreamReply:
     """One request with transport errors mapped (the most specific first)."""
     try:
         response = await client.request(method, url, **kwargs)
@@ -416,7 +470,7 @@ SSE_TYPE = "text/event-stream"
 _PEEK = 4096
 
 
-async def _not_a_stream(response: httpx.Response, provider: str, media: str) -> StreamError:
+async def _not_a_stream(response: UpstreamStream, provider: str, media: str) -> StreamError:
     """A 2xx answer in another format, e.g. a JSON body from a server that ignored `stream`."""
     head = b""
     async for piece in response.aiter_bytes():
@@ -436,11 +490,11 @@ async def _not_a_stream(response: httpx.Response, provider: str, media: str) -> 
 
 
 async def _streamed(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     provider: str,
     method: str,
     url: str,
-    pieces: Callable[[httpx.Response], AsyncIterator[_T]],
+    pieces: Callable[[UpstreamStream], AsyncIterator[_T]],
     kwargs: Json,
     content_type: str | None,
 ) -> AsyncIterator[_T]:
@@ -469,7 +523,7 @@ async def _streamed(
 
 
 def stream_bytes(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     provider: str,
     method: str,
     url: str,
@@ -487,7 +541,7 @@ def stream_bytes(
 
 
 def stream_lines(
-    client: httpx.AsyncClient, provider: str, method: str, url: str, **kwargs: Any
+    client: UpstreamClient, provider: str, method: str, url: str, **kwargs: Any
 ) -> AsyncIterator[str]:
     """Lines of an SSE response; the same checks and error mapping as `stream_bytes`.
 

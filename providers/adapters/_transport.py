@@ -1,8 +1,7 @@
-"""The pooled upstream client the gateway gives adapters: aiohttp behind httpx's interface.
+"""The pooled upstream client the gateway gives adapters: aiohttp behind the `UpstreamClient` seam.
 
-Adapters are written against the small part of `httpx.AsyncClient` they need (`request`,
-`post`, `get`, `stream`, responses with `status_code`, `headers`, `content`, `text`, `json()`,
-`aread()`, `aiter_lines()`), and tests may hand them a plain `httpx.AsyncClient`. On the hot
+Adapters are typed against `UpstreamClient` (providers/adapters/_client.py), the small part of
+`httpx.AsyncClient` they need, and tests may hand them a plain `httpx.AsyncClient`. On the hot
 path the gateway hands them this class instead: measured on this 2-core machine against nginx,
 aiohttp's client does about 8,400 requests/s where httpx's does about 740 (bench/RESULTS.md).
 Transport failures are raised as httpx's exceptions, so error mapping stays in one place.
@@ -19,7 +18,10 @@ from typing import Any
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpClient", "StreamedResponse", "UpstreamResponse"]
+__all__ = ["AiohttpClient", "DEFAULT_TIMEOUT", "StreamedResponse", "UpstreamResponse"]
+
+# No total limit (streams run as long as they produce); connect and between-reads limits.
+DEFAULT_TIMEOUT = httpx.Timeout(None, connect=10.0, read=300.0)
 
 
 class UpstreamResponse:
@@ -98,7 +100,7 @@ class _mapped_errors:
 
 
 class AiohttpClient:
-    """One keep-alive connection pool per upstream."""
+    """One keep-alive connection pool per upstream (an `UpstreamClient`)."""
 
     def __init__(
         self,
@@ -107,12 +109,20 @@ class AiohttpClient:
         max_connections: int = 256,
         keepalive: float = 15.0,
     ) -> None:
-        self._timeout = _client_timeout(timeout)
+        # Kept as httpx.Timeout, as httpx.AsyncClient exposes it: adapters read `timeout.read`.
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        self._timeouts = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._timeout = _client_timeout(self._timeouts)
         self._max_connections = max_connections
         # Idle seconds a pooled connection is kept: below the server's own idle timeout, or a
         # request may be sent on a connection the server is closing (a reset, then a 502).
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def timeout(self) -> httpx.Timeout:
+        return self._timeouts
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use, inside the running event loop.
@@ -187,7 +197,7 @@ class AiohttpClient:
 
 def _client_timeout(timeout: httpx.Timeout | float | None) -> aiohttp.ClientTimeout:
     if timeout is None:
-        return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+        timeout = DEFAULT_TIMEOUT
     if isinstance(timeout, (int, float)):
         return aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     return aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)

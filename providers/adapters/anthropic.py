@@ -36,8 +36,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ._base import (
     BaseStreamState,
     Json,
@@ -52,6 +50,7 @@ from ._base import (
     stream_lines,
     usage,
 )
+from ._client import UpstreamClient
 from ._common import credential, event_json, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
@@ -246,7 +245,7 @@ class AnthropicAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
     DEFAULT_BASE = DEFAULT_BASE
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config = model.get("anthropic_config") or {}
         self._api_key: str = credential(

@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 import botocore.session
-import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
@@ -62,6 +61,7 @@ from ._base import (
     stream_bytes,
     usage,
 )
+from ._client import UpstreamClient, UpstreamReply
 from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent
@@ -530,7 +530,7 @@ def sign(
     return dict(request.headers.items())
 
 
-def _header_tokens(response: httpx.Response) -> tuple[int | None, int | None]:
+def _header_tokens(response: UpstreamReply) -> tuple[int | None, int | None]:
     """Bedrock's own counts, sent as headers for every model (Cohere's body has none)."""
 
     def read(name: str) -> int | None:
@@ -556,7 +556,7 @@ class BedrockAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
     DEFAULT_BASE = DEFAULT_BASE
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config = model.get("amazon_bedrock_config") or {}
         region = config.get("aws_region")
@@ -611,7 +611,7 @@ class BedrockAdapter(ProviderAdapter):
         body = json.dumps(payload).encode()
         return body, sign(await self._credentials(), self.region, url, body, accept)
 
-    async def _invoke(self, payload: Json) -> tuple[Json, httpx.Response]:
+    async def _invoke(self, payload: Json) -> tuple[Json, UpstreamReply]:
         body, headers = await self._signed(self.invoke_url, payload, "application/json")
         response = await send(
             self.client, NAME, "POST", self.invoke_url, content=body, headers=headers
@@ -706,7 +706,7 @@ class BedrockAdapter(ProviderAdapter):
         payloads = self.family.embeddings_to_model(input_texts(body, PROVIDER), body)
         limit = asyncio.Semaphore(TITAN_EMBED_CONCURRENCY)
 
-        async def one(payload: Json) -> tuple[Json, httpx.Response]:
+        async def one(payload: Json) -> tuple[Json, UpstreamReply]:
             async with limit:
                 return await self._invoke(payload)
 

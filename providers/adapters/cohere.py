@@ -39,8 +39,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from ._base import (
     BaseStreamState,
     Json,
@@ -56,6 +54,7 @@ from ._base import (
     stream_lines,
     usage,
 )
+from ._client import UpstreamClient
 from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
@@ -251,7 +250,7 @@ class CohereAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
     DEFAULT_BASE = DEFAULT_BASE
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config = model.get("cohere_config") or {}
         self._api_key: str = credential(config, "cohere_api_key", required_in=f"{PROVIDER}_config")

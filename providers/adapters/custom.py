@@ -18,6 +18,7 @@ from __future__ import annotations
 import httpx
 
 from ._base import Json
+from ._client import UpstreamClient
 from ._registry import register_adapter
 from .openai import CHAT, COMPLETIONS, EMBEDDINGS, OpenAICompatibleAdapter, credential, require
 
@@ -42,7 +43,7 @@ def route_url(configured: str, route: str) -> str:
 class CustomAdapter(OpenAICompatibleAdapter):
     PROVIDER = "custom"
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config: Json = model.get("custom_provider_config") or {}
         p = self.PROVIDER

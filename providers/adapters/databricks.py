@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-import httpx
-
 from ._base import Json
+from ._client import UpstreamClient
 from ._registry import register_adapter
 from .openai import OpenAICompatibleAdapter, credential, require
 
@@ -29,7 +28,7 @@ __all__ = ["DatabricksModelServingAdapter"]
 class DatabricksModelServingAdapter(OpenAICompatibleAdapter):
     PROVIDER = "databricks-model-serving"
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config: Json = model.get("databricks_model_serving_config") or {}
         p = self.PROVIDER

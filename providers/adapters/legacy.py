@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import httpx
-
 from ._base import (
     Json,
     ProviderAdapter,
@@ -39,6 +37,7 @@ from ._base import (
     response_json,
     send,
 )
+from ._client import UpstreamClient
 from ._common import input_texts, prompt_of
 from ._registry import register_adapter
 from .openai import MASK, credential, require
@@ -137,7 +136,7 @@ class _LegacyAdapter(ProviderAdapter):
     CONFIG: ClassVar[str]
     KEY: ClassVar[str]
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config: Json = model.get(self.CONFIG) or {}
         self.api_key = require(

@@ -39,7 +39,7 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+from schemas import looks_like_secret_reference
 
 from ._base import (
     SSE_TYPE,
@@ -56,6 +56,7 @@ from ._base import (
     upstream_error_message,
     usage,
 )
+from ._client import UpstreamClient
 from ._common import credential as _lookup
 from ._registry import register_adapter
 from ._sse import EventFramer, event_data, parse_sse
@@ -99,7 +100,7 @@ def credential(config: Json, field: str) -> str | None:
     if value is None:
         return None
     value = str(value)
-    if value.startswith("{{secrets/"):
+    if looks_like_secret_reference(value):
         # The engine resolves references before building adapters; sending one is a bug.
         raise ProviderError("config", f"{field} is an unresolved secret reference")
     return value
@@ -141,7 +142,10 @@ def model_to_response(payload: Any, provider: str) -> Json:
     if not isinstance(payload, dict):
         raise ProviderError("upstream_server", f"{provider} sent an unexpected response")
     raw = payload.get("usage")
-    raw = raw if isinstance(raw, dict) else {}
+    if raw is None:
+        raw = {}
+    elif not isinstance(raw, dict):
+        raise ProviderError("upstream_server", f"{provider} sent a `usage` that is not an object")
     filled = usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
     filled.update({k: v for k, v in raw.items() if v is not None})
     return {**payload, "usage": filled}
@@ -235,7 +239,7 @@ class OpenAICompatibleAdapter(ProviderAdapter):
     and implement `_url`, `_headers` and `_secrets`.
     """
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         self.upstream_model: str | None = self.name
         self.stream_usage = False
@@ -354,7 +358,7 @@ class OpenAIAdapter(OpenAICompatibleAdapter):
     def __init__(
         self,
         model: Json,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

@@ -61,6 +61,7 @@ from ._base import (
     stream_lines,
     usage,
 )
+from ._client import UpstreamClient
 from ._common import credential, event_json, input_texts, prompt_of, stop_list, text_of
 from ._registry import register_adapter
 from ._sse import SseEvent, parse_sse
@@ -459,7 +460,7 @@ class VertexAdapter(ProviderAdapter):
     PROVIDER = PROVIDER
     DEFAULT_BASE = DEFAULT_BASE
 
-    def __init__(self, model: Json, client: httpx.AsyncClient) -> None:
+    def __init__(self, model: Json, client: UpstreamClient) -> None:
         super().__init__(model, client)
         config = model.get("google_cloud_vertex_ai_config") or {}
         project, region = config.get("project_id"), config.get("region")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas import DeploymentState, replace_secret_references
+
 from .._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
 from .vllm_process import (
     PID_FILE,
@@ -36,7 +38,6 @@ from .vllm_process import (
 
 __all__ = ["ModelInfo", "RunnerExecutor", "gpus_needed", "replica_bounds", "replicas_of"]
 
-_REFERENCE = re.compile(r"\{\{secrets/[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+\}\}")
 # GPUs each GPU workload type stands for (tensor parallel size); CPU types need none.
 _GPUS_BY_WORKLOAD = {
     "GPU_SMALL": 1,
@@ -212,16 +213,16 @@ class RunnerExecutor(Executor):
 
     @staticmethod
     def _resolve_secrets(label: str, value: str, resolve: SecretResolver) -> str:
-        def one(match: re.Match[str]) -> str:
+        def one(reference: str) -> str:
             try:
-                return resolve(match.group(0))
+                return resolve(reference)
             except KeyError:
                 # Name the reference, never a value.
                 raise ExecutorError(
-                    f"{label}: secret reference {match.group(0)} does not resolve"
+                    f"{label}: secret reference {reference} does not resolve"
                 ) from None
 
-        return _REFERENCE.sub(one, value)
+        return replace_secret_references(value, one)
 
     def start(self, deployment: Deployment) -> dict[str, Any]:
         with self._lock:
@@ -293,7 +294,7 @@ class RunnerExecutor(Executor):
         for server in self._recorded_servers(deployment, handle):
             if server is None:
                 return EntityStatus(
-                    "DEPLOYMENT_FAILED", "no vLLM server is recorded for this entity"
+                    DeploymentState.FAILED, "no vLLM server is recorded for this entity"
                 )
             if not server.alive():
                 code = server.exit_code()
@@ -304,10 +305,10 @@ class RunnerExecutor(Executor):
             else:
                 continue
             return EntityStatus(
-                "DEPLOYMENT_FAILED",
+                DeploymentState.FAILED,
                 f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
             )
-        return EntityStatus("DEPLOYMENT_READY")
+        return EntityStatus(DeploymentState.READY)
 
     def stop_all(self) -> None:
         """Stop every server this process started and has not stopped: the host is going, and

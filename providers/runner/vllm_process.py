@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from schemas import process_stat
+
 __all__ = [
     "LOG_FILE",
     "PID_FILE",
@@ -154,17 +156,6 @@ def _environment(spec: VllmServerSpec, workdir: Path) -> dict[str, str]:
 # -- /proc helpers ---------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, pgid, session id, start time in clock ticks) of a process, or None if gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
-
-
 def _cmdline(pid: int) -> str:
     try:
         return (
@@ -180,8 +171,8 @@ def group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        stat = _stat(int(entry.name))
-        if stat is not None and stat[1] == pgid and stat[0] != "Z":
+        stat = process_stat(int(entry.name))
+        if stat is not None and stat.pgid == pgid and stat.state != "Z":
             members.append(int(entry.name))
     return members
 
@@ -246,8 +237,8 @@ class RunningServer:
         )
 
     def _leader_is_ours(self) -> bool:
-        stat = _stat(self.pid)
-        return stat is not None and stat[0] != "Z" and stat[3] == self.start_ticks
+        stat = process_stat(self.pid)
+        return stat is not None and stat.state != "Z" and stat.start_ticks == self.start_ticks
 
     def _owns_group(self) -> bool:
         """Whether process group `pid` is this server's. True for our child, for a leader with
@@ -255,8 +246,8 @@ class RunningServer:
         a pgid's number out of reuse while any member lives, so members left are ours."""
         if self.process is not None:
             return True
-        stat = _stat(self.pid)
-        return stat is None or stat[3] == self.start_ticks
+        stat = process_stat(self.pid)
+        return stat is None or stat.start_ticks == self.start_ticks
 
     def alive(self) -> bool:
         """The API server process itself runs (its engine processes may outlive it)."""
@@ -372,14 +363,14 @@ def launch(spec: VllmServerSpec, workdir: Path) -> RunningServer:
             cwd=workdir,
             start_new_session=True,  # own session and process group: one signal stops it all
         )
-    stat = _stat(process.pid)
+    stat = process_stat(process.pid)
     server = RunningServer(
         pid=process.pid,
         port=port,
         workdir=workdir,
         task=spec.task,
         served_model_name=spec.served_model_name,
-        start_ticks=stat[3] if stat is not None else 0,
+        start_ticks=stat.start_ticks if stat is not None else 0,
         process=process,
     )
     # No environment in the pid file: it may hold resolved secrets.
@@ -409,10 +400,10 @@ def stop_by_pidfile(workdir: Path, grace: float = 10.0) -> bool:
     server = RunningServer.attach(workdir)
     if server is None:
         return False
-    stat = _stat(server.pid)
-    live_leader = stat is not None and stat[0] != "Z"
+    stat = process_stat(server.pid)
+    live_leader = stat is not None and stat.state != "Z"
     if live_leader and (
-        stat[3] != server.start_ticks or "vllm" not in _cmdline(server.pid).lower()
+        stat.start_ticks != server.start_ticks or "vllm" not in _cmdline(server.pid).lower()
     ):
         (workdir / PID_FILE).unlink(missing_ok=True)  # stale: that pid is someone else's now
         return False

@@ -36,11 +36,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from engine.catalog.models import CatalogEntry
 from providers.runner.vllm_process import ServerStartError, VllmServerSpec, launch
 
 __all__ = [
@@ -55,6 +54,20 @@ __all__ = [
     "optimization_info",
     "supported_architectures",
 ]
+
+
+class CalibrationModel(Protocol):
+    """A catalog model as calibration reads it (the engine's catalog entries have these
+    fields; providers/ never imports engine/)."""
+
+    name: str
+    version: str
+    path: Path
+    task: str
+    model_type: str | None
+    context_length: int | None
+    throughput_chunk_size: int | None
+
 
 log = logging.getLogger("engine.calibrate")
 
@@ -182,7 +195,9 @@ def not_calibrated_message(name: str, version: str) -> str:
     )
 
 
-def optimization_info(entry: CatalogEntry, archs: frozenset[str] | None = None) -> dict[str, Any]:
+def optimization_info(
+    entry: CalibrationModel, archs: frozenset[str] | None = None
+) -> dict[str, Any]:
     """The body of `get-model-optimization-info` for a catalog entry."""
     known = supported_architectures() if archs is None else archs
     optimizable = bool(known) and any(a in known for a in model_architectures(entry.path))
@@ -339,7 +354,7 @@ def _signals_unwind() -> Iterator[None]:
 
 
 def calibrate(
-    entry: CatalogEntry,
+    entry: CalibrationModel,
     workdir: Path,
     *,
     concurrency: int = 16,

@@ -1,0 +1,378 @@
+"""The one path from specs to serving: load desired -> plan -> lock -> apply.
+
+The CLI (`engine plan/apply/destroy`), `engine up` and the REST API all go through these
+functions, so a rule checked in one place is checked in all of them. Nothing here prints: each
+step returns values or raises a `WorkflowError` whose message is one line that is safe to show
+(it never carries a secret value); callers decide how to report it (an `error:` line and an exit
+code, an HTTP error body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.apply import Applier, ApplyEvent, ApplyReport, PlanNotApplicable
+from engine.catalog.models import ModelCatalog
+from engine.host.inventory import entity_checker
+from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
+from engine.specs.loader import LoadResult, SpecUsageError, load_specs
+from engine.state import (
+    EntityRow,
+    LockHeld,
+    LockInfo,
+    StateError,
+    StateStore,
+    open_state,
+    resolve_state_path,
+)
+from plans import (
+    Canonical,
+    Plan,
+    PlanFile,
+    PlanFileError,
+    StateSnapshot,
+    canonical_endpoint,
+    make_plan,
+    read_plan_file,
+)
+from providers import ExecutorRegistry
+
+__all__ = [
+    "ApplyFailed",
+    "DesiredSpecs",
+    "PlanErrored",
+    "Session",
+    "SpecsInvalid",
+    "StateLocked",
+    "UsageError",
+    "WorkflowError",
+    "actor_name",
+    "apply_plan",
+    "default_stack",
+    "desired_from",
+    "load_desired",
+    "locked",
+    "plan_endpoint",
+    "plan_stack",
+    "read_saved_plan",
+    "reload_saved",
+]
+
+# The private stack name under which the REST API plans the deletion of one endpoint.
+_API_STACK = "\0api"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class WorkflowError(Exception):
+    """A problem to report in one line; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(WorkflowError):
+    """The command line names something that cannot be read (no such file, a bad plan file)."""
+
+    exit_code = 2
+
+
+class SpecsInvalid(WorkflowError):
+    """The specs have errors: `diagnostics` holds every problem (and warning) found."""
+
+    def __init__(self, loaded: LoadResult) -> None:
+        super().__init__(f"{len(loaded.errors)} problem(s) in the specs; nothing was planned")
+        self.loaded = loaded
+
+
+class StateLocked(WorkflowError):
+    def __init__(self, info: LockInfo) -> None:
+        super().__init__(
+            f"the state is locked: {info.describe()}. Wait, retry with --lock-timeout, "
+            f"or if that process is gone: engine force-unlock {info.id}"
+        )
+        self.info = info
+
+
+class PlanErrored(WorkflowError):
+    """The plan has errors (forbidden transitions, unresolved secrets...): nothing was applied."""
+
+    def __init__(self, plan: Plan) -> None:
+        errors = [e for c in plan.changes for e in c.errors]
+        super().__init__("; ".join(f"{e.message} [{e.rule}]" for e in errors) or "plan errored")
+        self.plan = plan
+        self.rules = {e.rule for e in errors}
+
+
+class ApplyFailed(WorkflowError):
+    """Some endpoints failed to apply; the old config keeps serving where it existed."""
+
+    def __init__(self, report: ApplyReport) -> None:
+        super().__init__("; ".join(report.failed.values()))
+        self.report = report
+
+
+# -- who and where ------------------------------------------------------------------------------
+
+
+def actor_name() -> str:
+    """Who is acting, as recorded in the history: $ENGINE_ACTOR, else user@host."""
+    explicit = os.environ.get("ENGINE_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def default_stack(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """The spec directory's name (a file's parent directory)."""
+    first = Path(paths[0]).resolve()
+    return (first if first.is_dir() else first.parent).name or "default"
+
+
+class Session:
+    """The state store and the secret store of one state, opened together; their failures
+    (a newer schema, an unreadable key file) become one `WorkflowError`."""
+
+    def __init__(self, state: Path | None) -> None:
+        self.path = resolve_state_path(state)
+        self.store: StateStore | None = None
+        self.secrets: SecretStore | None = None
+
+    def __enter__(self) -> Session:
+        try:
+            self.store = open_state(self.path)
+            self.secrets = secret_store_for_state(self.path)
+        except (StateError, SecretStoreError) as exc:
+            self.close()
+            raise _state_error(exc) from None
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.close()
+        if isinstance(exc, StateError | SecretStoreError):
+            raise _state_error(exc) from None
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self.secrets is not None:
+            self.secrets.close()
+
+
+def _state_error(exc: StateError | SecretStoreError) -> WorkflowError:
+    return WorkflowError(exc.message if isinstance(exc, SecretStoreError) else str(exc))
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DesiredSpecs:
+    loaded: LoadResult | None
+    documents: list[Canonical] = field(default_factory=list)
+    # keyed hash -> plaintext, for moving `*_plaintext` values into the secret store.
+    plaintexts: dict[str, str] = field(default_factory=dict)
+
+
+def load_desired(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
+    """Load and validate the specs; raise `SpecsInvalid` (with every diagnostic) if any error."""
+    try:
+        loaded = load_specs(paths)
+    except SpecUsageError as exc:
+        raise UsageError(str(exc)) from None
+    if not loaded.valid:
+        raise SpecsInvalid(loaded)
+    return loaded
+
+
+def desired_from(loaded: LoadResult, secrets: SecretStore) -> DesiredSpecs:
+    """Canonical documents of valid specs; plaintexts kept in memory only."""
+    desired = DesiredSpecs(loaded)
+    digest = _digest_into(desired.plaintexts, secrets)
+    desired.documents = [canonical_endpoint(e.spec, digest) for e in loaded.endpoints]
+    return desired
+
+
+def canonical_body(spec: object, secrets: SecretStore) -> tuple[Canonical, dict[str, str]]:
+    """One validated endpoint (an `EndpointSpec`) as a canonical document plus its plaintexts."""
+    plaintexts: dict[str, str] = {}
+    return canonical_endpoint(spec, _digest_into(plaintexts, secrets)), plaintexts
+
+
+def _digest_into(plaintexts: dict[str, str], secrets: SecretStore) -> Callable[[str], str]:
+    def digest(value: str) -> str:
+        hashed = secrets.digest(value)
+        plaintexts[hashed] = value
+        return hashed
+
+    return digest
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+
+def plan_stack(
+    session: Session,
+    loaded: LoadResult | None,
+    *,
+    stack: str,
+    allow_replace: bool = False,
+    destroy: bool = False,
+    holding_lock: bool = False,
+) -> tuple[Plan, DesiredSpecs]:
+    """The plan that makes a stack match its specs (`loaded` None: no specs, e.g. destroy)."""
+    store, secrets = _opened(session)
+    desired = desired_from(loaded, secrets) if loaded is not None else DesiredSpecs(None)
+    plan = make_plan(
+        desired.documents,
+        store.snapshot(holding_lock=holding_lock),
+        stack=stack,
+        allow_replace=allow_replace,
+        destroy=destroy,
+        secret_exists=secrets.has,
+        entity_check=entity_checker(ModelCatalog(store)),
+    )
+    return plan, desired
+
+
+def plan_endpoint(session: Session, doc: Canonical, *, delete: bool = False) -> Plan:
+    """The plan of one endpoint, whatever stack (if any) manages it: what the REST API applies.
+    Must be called holding the lock."""
+    store, secrets = _opened(session)
+    snapshot = store.snapshot(holding_lock=True)
+    name = doc["name"]
+    if delete:
+        # Exactly this endpoint, under a private stack name, destroyed: the planner's own
+        # delete path.
+        record = dataclasses.replace(snapshot.endpoints[name], stack=_API_STACK)
+        only = StateSnapshot(snapshot.lineage, snapshot.serial, {name: record})
+        return make_plan([], only, stack=_API_STACK, destroy=True)
+    current = {name: snapshot.endpoints[name]} if name in snapshot.endpoints else {}
+    return make_plan(
+        [doc],
+        StateSnapshot(snapshot.lineage, snapshot.serial, current),
+        stack=None,
+        secret_exists=secrets.has,
+        entity_check=entity_checker(ModelCatalog(store)),
+    )
+
+
+# -- saved plans --------------------------------------------------------------------------------
+
+
+def read_saved_plan(paths: Sequence[Path]) -> PlanFile | None:
+    """The plan file `engine apply PLANFILE` names, or None when the paths are specs."""
+    if len(paths) != 1 or not paths[0].is_file():
+        return None
+    try:
+        return read_plan_file(paths[0])
+    except PlanFileError as exc:
+        if paths[0].suffix in (".yaml", ".yml") or "not a serving-engine plan" in str(exc):
+            return None
+        if "not a readable plan file" in str(exc) and paths[0].suffix != ".json":
+            return None
+        raise WorkflowError(str(exc)) from None
+
+
+def reload_saved(saved: PlanFile, secrets: SecretStore) -> tuple[Plan, DesiredSpecs]:
+    """Re-read a saved plan's specs for their plaintexts; refuse if they no longer match."""
+    plan = saved.plan
+    if not saved.sources:
+        return plan, DesiredSpecs(None)
+    try:
+        loaded = load_specs([Path(s) for s in saved.sources])
+    except SpecUsageError as exc:
+        raise WorkflowError(f"the plan's specs are gone: {exc}") from None
+    if not loaded.valid:
+        raise WorkflowError("the plan's specs no longer validate; plan again")
+    desired = desired_from(loaded, secrets)
+    now = {doc["name"]: doc for doc in desired.documents}
+    for change in plan.actionable:
+        if change.desired is not None and now.get(change.endpoint) != change.desired:
+            raise WorkflowError(
+                f"the specs changed since the plan was made ({change.endpoint}); plan again"
+            )
+    return plan, desired
+
+
+# -- lock and apply -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def locked(
+    store: StateStore,
+    operation: str,
+    *,
+    holder: str,
+    timeout: float = 0.0,
+    on_wait: Callable[[LockInfo], None] | None = None,
+) -> Iterator[str]:
+    """Hold the state lock for the block; yields the lock id. `on_wait` is told who holds it
+    when the lock is not free at once (before waiting up to `timeout` seconds)."""
+    try:
+        info = store.acquire_lock(operation, holder=holder, timeout=0 if on_wait else timeout)
+    except LockHeld as exc:
+        if on_wait is None or timeout <= 0:
+            raise StateLocked(exc.info) from None
+        on_wait(exc.info)
+        try:
+            info = store.acquire_lock(operation, holder=holder, timeout=timeout)
+        except LockHeld as again:
+            raise StateLocked(again.info) from None
+    try:
+        yield info.id
+    finally:
+        store.release_lock(info.id)
+
+
+def apply_plan(
+    session: Session,
+    plan: Plan,
+    *,
+    lock_id: str,
+    executors: ExecutorRegistry,
+    actor: str,
+    plaintexts: Mapping[str, str] | None = None,
+    on_event: Callable[[ApplyEvent], None] | None = None,
+    drain: Callable[[EntityRow], None] | None = None,
+) -> ApplyReport:
+    """Carry the plan out under the held lock. Raises `PlanErrored` for a plan with errors and
+    `WorkflowError` for one that cannot be applied (stale, needs a runner here); returns the
+    report, whose `failed` lists endpoints that failed (their old config keeps serving)."""
+    if plan.errored:
+        raise PlanErrored(plan)
+    store, secrets = _opened(session)
+    applier = Applier(
+        store,
+        secrets,
+        executors,
+        actor=actor,
+        plaintexts=plaintexts or {},
+        on_event=on_event,
+        lock_id=lock_id,
+        drain=drain,
+    )
+    try:
+        return applier.apply(plan)
+    except PlanNotApplicable as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def _opened(session: Session) -> tuple[StateStore, SecretStore]:
+    assert session.store is not None and session.secrets is not None, "session not entered"
+    return session.store, session.secrets
