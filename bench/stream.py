@@ -11,6 +11,9 @@ gateway is checked: every event arrived, `[DONE]` last.
     python bench/stream.py                  # 3 rounds x 5 s per point, 100 events a stream
     python bench/stream.py --seconds 2 --rounds 1 --events 50
     python bench/stream.py --gap-ms 1       # a paced upstream: 1 ms between events
+    python bench/stream.py --baseline-tree ../old   # A/B: also a gateway from another checkout
+                                                    # (`git worktree add ../old COMMIT`), in the
+                                                    # same interleaved rounds
 
 By default the upstream writes as fast as it can, so on a small machine the ratio mostly shows
 how much CPU the gateway takes from the upstream and wrk; CPU/event is the gateway's own cost.
@@ -23,6 +26,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -146,6 +150,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100, help="content chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="upstream pause per event")
     parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument(
+        "--baseline-tree", type=Path, help="Another checkout whose gateway is measured too."
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -165,39 +172,48 @@ def main() -> None:
     )
     upstream_url = f"http://127.0.0.1:{port}"
     wait_http(upstream_url + "/")
-    gateway, gateway_url, token = start_gateway(work, upstream_url)
+    gateways = {"gateway": start_gateway(work / "gateway", upstream_url)}
+    if args.baseline_tree is not None:
+        gateways["baseline"] = start_gateway(
+            work / "baseline", upstream_url, args.baseline_tree.resolve()
+        )
     direct_path = upstream_url + "/v1/chat/completions"
-    gateway_path = gateway_url + "/serving-endpoints/bench/invocations"
-    results: dict[tuple[str, int], list[float]] = {}
+    events: dict[tuple[str, int], list[float]] = {}  # events/s per run
     p50: dict[tuple[str, int], list[float]] = {}
-    cpu: dict[int, list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     try:
-        check_stream(gateway_path, token, args.events)
-        wrk(gateway_path, token, 16, 1, work)  # warm-up: connections, caches
+        for name, (_, url, token) in gateways.items():
+            path = url + "/serving-endpoints/bench/invocations"
+            if name == "gateway":
+                check_stream(path, token, args.events)
+            wrk(path, token, 16, 1, work)  # warm-up: connections, caches
         for _ in range(args.rounds):
             for c in levels:
                 run = wrk(direct_path, None, c, args.seconds, work)
-                results.setdefault(("direct", c), []).append(run.rps * per_stream)
+                events.setdefault(("direct", c), []).append(run.rps * per_stream)
                 p50.setdefault(("direct", c), []).append(run.p50_ms)
-                before = cpu_seconds(gateway.pid)
-                run = wrk(gateway_path, token, c, args.seconds, work)
-                used = cpu_seconds(gateway.pid) - before
-                cpu.setdefault(c, []).append(used / (run.requests * per_stream))
-                results.setdefault(("gateway", c), []).append(run.rps * per_stream)
-                p50.setdefault(("gateway", c), []).append(run.p50_ms)
+                for name, (proc, url, token) in gateways.items():
+                    before = cpu_seconds(proc.pid)
+                    path = url + "/serving-endpoints/bench/invocations"
+                    run = wrk(path, token, c, args.seconds, work)
+                    used = cpu_seconds(proc.pid) - before
+                    cpu.setdefault((name, c), []).append(used / (run.requests * per_stream))
+                    events.setdefault((name, c), []).append(run.rps * per_stream)
+                    p50.setdefault((name, c), []).append(run.p50_ms)
     finally:
-        gateway.send_signal(signal.SIGTERM)
+        for proc, _, _ in gateways.values():
+            proc.send_signal(signal.SIGTERM)
         upstream.send_signal(signal.SIGTERM)
-        gateway.wait(10)
+        for proc, _, _ in gateways.values():
+            proc.wait(10)
         upstream.wait(10)
 
     med = statistics.median
     print(f"# stream bench: {platform.node()}, {os.cpu_count()} cores, {time.strftime('%F %R')}")
     print(
         f"# upstream: uvloop SSE, {args.events} chunks + usage + [DONE] a stream, "
-        f"{args.gap_ms:g} ms apart; wrk -t1; "
-        f"{args.rounds} interleaved rounds x {args.seconds}s; medians; load "
-        f"{os.getloadavg()[0]:.1f}"
+        f"{args.gap_ms:g} ms apart; wrk -t1; {args.rounds} interleaved rounds x "
+        f"{args.seconds}s; medians; load {os.getloadavg()[0]:.1f}"
     )
     header = (
         f"{'conc':>4} | {'direct events/s':>15} | {'gateway events/s':>16} | {'ratio':>5} | "
@@ -206,15 +222,31 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for c in levels:
-        d, g = med(results[("direct", c)]), med(results[("gateway", c)])
+        d, g = med(events[("direct", c)]), med(events[("gateway", c)])
         print(
             f"{c:>4} | {d:>15.0f} | {g:>16.0f} | {g / d:>5.3f} | "
             f"{med(p50[('direct', c)]):>8.2f}ms | {med(p50[('gateway', c)]):>6.2f}ms | "
-            f"{med(cpu[c]) * 1e6:>10.1f}us"
+            f"{med(cpu[('gateway', c)]) * 1e6:>10.1f}us"
         )
     print("p50: whole stream. gw CPU/event: engine serve's CPU time / events it relayed.")
-    worst = min(med(results[("gateway", c)]) / med(results[("direct", c)]) for c in levels)
+    worst = min(med(events[("gateway", c)]) / med(events[("direct", c)]) for c in levels)
     print(f"goal gateway/direct events/s >= 0.95: {'MET' if worst >= 0.95 else 'NOT MET'}")
+    if "baseline" in gateways:
+        print(f"# A/B against the baseline tree {args.baseline_tree} (same rounds)")
+        header = (
+            f"{'conc':>4} | {'new events/s':>12} | {'base events/s':>13} | {'new/base':>8} | "
+            f"{'base/direct':>11} | {'new CPU/event':>13} | {'base CPU/event':>14}"
+        )
+        print(header)
+        print("-" * len(header))
+        for c in levels:
+            d, n, b = (med(events[(k, c)]) for k in ("direct", "gateway", "baseline"))
+            print(
+                f"{c:>4} | {n:>12.0f} | {b:>13.0f} | {n / b:>8.3f} | {b / d:>11.3f} | "
+                f"{med(cpu[('gateway', c)]) * 1e6:>11.1f}us | "
+                f"{med(cpu[('baseline', c)]) * 1e6:>12.1f}us"
+            )
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
