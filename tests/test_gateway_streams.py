@@ -269,6 +269,22 @@ def test_a_stream_cut_before_its_end_is_not_completed(
     assert_ends_in_error(body, needle)
 
 
+def test_the_openai_sdk_raises_on_a_cut_stream(gateway: Gateway) -> None:
+    """The error event carries the `error` object OpenAI-compatible clients look for: the SDK
+    raises instead of returning a silently truncated answer."""
+    import openai
+
+    token = gateway.auth["Authorization"].removeprefix("Bearer ")
+    client = openai.OpenAI(base_url=gateway.url + "/serving-endpoints", api_key=token)
+    stream = client.chat.completions.create(model="ended", messages=CHAT["messages"], stream=True)
+    with pytest.raises(openai.APIError, match="ended before"):
+        for _ in stream:
+            pass
+    # A whole stream reads to its end as usual.
+    whole = client.chat.completions.create(model="hello", messages=CHAT["messages"], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in whole if c.choices) == "Hello"
+
+
 def test_a_stream_refused_before_it_starts_keeps_a_status(gateway: Gateway) -> None:
     """Nothing is sent yet, so the client gets a status, not a stream with an error event."""
     refused = httpx.post(

@@ -373,7 +373,7 @@ class DataPlane:
             return 200
         self.metrics.upstream_errors[(route.name, entity.name, failure.kind)] += 1
         answer = _answer(failure, entity)
-        await send({"type": "http.response.body", "body": _event(answer.body()), "more_body": True})
+        await send({"type": "http.response.body", "body": _error_event(answer), "more_body": True})
         return answer.status
 
     def _refused(self, route: EndpointRoute, entity: ServedEntity, exc: ProviderError) -> ApiError:
@@ -431,6 +431,13 @@ def _answer(exc: ProviderError, entity: ServedEntity) -> ApiError:
     """`answer_for` with the secrets this entity's upstream was built from."""
     secrets = entity.upstream.secrets if entity.upstream is not None else ()
     return answer_for(exc, entity.name, secrets)
+
+
+def _error_event(answer: ApiError) -> bytes:
+    """A mid-stream failure: the platform's body, plus the `error` object OpenAI-compatible
+    clients look for in an event (the OpenAI SDK raises on it instead of ending quietly)."""
+    body = answer.body()
+    return _event({**body, "error": {"code": body["error_code"], "message": body["message"]}})
 
 
 def _event(payload: Any) -> bytes:
