@@ -1,4 +1,6 @@
-"""The serving host's ASGI application: data plane, metrics and the control plane.
+"""The serving host's ASGI application: it owns the lifecycle (startup, state polling,
+heartbeat, the reconciler, runners, scale to zero, autoscaling, shutdown) and routes each
+request to the data plane (engine/gateway/routes.py) or the control plane (engine/control/).
 
 The routing table is rebuilt when the state's serial moves (an apply, a token change); the
 swap is one assignment, so a request in flight keeps the table it started with.
@@ -17,12 +19,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engine.access.permissions import level_in
 from engine.access.tokens import Principal, TokenIndex
 from engine.asgi import (
     ApiError,
     header,
-    read_json,
     send_error,
     send_json,
     send_text,
@@ -31,11 +31,12 @@ from engine.asgi import (
 from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
 from engine.executors import build_executors
-from engine.gateway._dataplane import TASK_OF_ROUTE, DataPlane
+from engine.gateway._dataplane import DataPlane
 from engine.gateway._metrics import Metrics
 from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
 from engine.gateway._usage import UsageRecorder
+from engine.gateway.routes import QueryRoutes
 from engine.host.autoscale import Autoscaler, ThroughputMeter
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
@@ -57,7 +58,6 @@ def _seconds(value: float | None, env: str, default: float) -> float:
 
 
 log = logging.getLogger("engine.gateway")
-PREFIX = "/serving-endpoints/"
 Handler = Callable[[dict[str, Any], Any, Any], Awaitable[bool]]
 
 
@@ -93,6 +93,7 @@ class ServingApp:
         self._secrets: SecretStore | None = None
         self.usage: UsageRecorder | None = None
         self.dataplane: DataPlane | None = None
+        self.queries: QueryRoutes | None = None
         self._builder: TableBuilder | None = None
         self.runners: RunnerExecutor | None = None
         self._restart: asyncio.Task[None] | None = None
@@ -134,6 +135,7 @@ class ServingApp:
         self.dataplane = DataPlane(
             self.limiter, self.metrics, self.usage, waker=self.wake, meter=self.meter
         )
+        self.queries = QueryRoutes(self.dataplane, lambda: self.table, self.authenticate)
         self.runners = make_runner_executor(self.state_path)
         self.scaler = ScaleToZero(
             self.state_path,
@@ -392,8 +394,7 @@ class ServingApp:
     async def _dispatch(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
-        if path.startswith(PREFIX) and method == "POST":
-            await self._invocation(scope, receive, send, path[len(PREFIX) :])
+        if self.queries is not None and await self.queries(scope, receive, send):
             return
         for handler in self.extra_routes:
             if await handler(scope, receive, send):
@@ -404,48 +405,6 @@ class ServingApp:
             await send_text(send, 200, self.metrics.render(), "text/plain; version=0.0.4")
         else:
             raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at {method} {path}")
-
-    async def _invocation(self, scope: dict[str, Any], receive: Any, send: Any, rest: str) -> None:
-        assert self.dataplane is not None
-        principal = self.authenticate(scope)
-        table = self.table
-        parts = rest.split("/")
-        if rest in TASK_OF_ROUTE:
-            body = await read_json(receive)
-            model = body.get("model") if isinstance(body, dict) else None
-            if not isinstance(model, str) or not model:
-                raise ApiError(
-                    400, "INVALID_PARAMETER_VALUE", "`model` must name the serving endpoint"
-                )
-            await self._authorize_query(principal, table, model)
-            await self.dataplane.invoke(
-                send, table, principal, model, body, openai_route=rest, receive=receive
-            )
-        elif len(parts) == 2 and parts[1] == "invocations":
-            body = await read_json(receive)
-            await self._authorize_query(principal, table, parts[0])
-            await self.dataplane.invoke(send, table, principal, parts[0], body, receive=receive)
-        elif len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations":
-            body = await read_json(receive)
-            await self._authorize_query(principal, table, parts[0])
-            await self.dataplane.invoke(
-                send, table, principal, parts[0], body, entity_name=parts[2], receive=receive
-            )
-        else:
-            raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at POST {scope['path']}")
-
-    async def _authorize_query(
-        self, principal: Principal, table: RoutingTable, endpoint: str
-    ) -> None:
-        """CAN_QUERY is needed to query; the ACLs are compiled into the routing table."""
-        route = table.endpoints.get(endpoint)
-        if route is None or principal.admin:
-            return  # the data plane answers 404 for an unknown endpoint
-        level = level_in(route.acl, principal)
-        if level is None:
-            raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {endpoint!r} does not exist")
-        if level == "CAN_VIEW":
-            raise ApiError(403, "PERMISSION_DENIED", f"CAN_QUERY is required to query {endpoint!r}")
 
     def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:
         """Log lines of a served entity: its lifecycle from the state, and the runner's log."""
