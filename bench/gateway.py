@@ -240,12 +240,16 @@ def main() -> None:
     try:
         for _, url, token in gateways.values():  # warm-up: connections, caches
             wrk(url + "/serving-endpoints/bench/invocations", token, 16, 1, work)
-        for _ in range(args.rounds):
+        for round_no in range(args.rounds):
+            # Which gateway runs first alternates between rounds: no side gets a fixed place.
+            order = list(gateways.items())
+            if round_no % 2:
+                order.reverse()
             for c in levels:
                 results.setdefault(("direct", c), []).append(
                     wrk(direct_path, None, c, args.seconds, work)
                 )
-                for name, (proc, url, token) in gateways.items():
+                for name, (proc, url, token) in order:
                     before = cpu_seconds(proc.pid)
                     path = url + "/serving-endpoints/bench/invocations"
                     run = wrk(path, token, c, args.seconds, work)
