@@ -98,7 +98,7 @@ def parse_json_body(raw: bytes) -> Any:
             f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
     try:
-        value = json.loads(text.removeprefix("\ufeff"), parse_constant=_reject_constant)
+        value = _DECODER.decode(text.removeprefix("\ufeff"))
     except json.JSONDecodeError as exc:
         raise _malformed(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -130,6 +130,10 @@ class _NotJson(ValueError):
 
 def _reject_constant(name: str) -> Any:
     raise _NotJson(f"`{name}` in the request body is not a JSON value")
+
+
+# One decoder for every body (json.loads with an argument builds a new one each call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _depth(value: Any) -> int:

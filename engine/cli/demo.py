@@ -28,7 +28,7 @@ from schemas import ConfigUpdateState, ReadyState
 
 __all__ = ["register"]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "local"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "local"
 
 
 def register(app: typer.Typer) -> None:
@@ -105,7 +105,10 @@ def _run(url: str, token: str, timeout: float) -> None:
                 time.sleep(0.2)
         # One after the other: the host applies one change at a time, and two vLLM engines
         # starting together on a 2-core machine only slow each other down.
-        for spec_file in sorted(EXAMPLES.glob("*.yaml")):
+        spec_files = sorted(EXAMPLES.glob("*.yaml"))
+        if not spec_files:
+            fail(f"no endpoint specs in {EXAMPLES}: the demo runs from a source checkout")
+        for spec_file in spec_files:
             body = yaml.safe_load(spec_file.read_text())
             if client.get(f"/api/2.0/serving-endpoints/{body['name']}").status_code == 404:
                 created = client.post("/api/2.0/serving-endpoints", json=body)

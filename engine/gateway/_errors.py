@@ -120,6 +120,18 @@ def token_counts(usage: Any, provider: str) -> tuple[int, int]:
     """
     if usage is None:
         return 0, 0
+    # The hot path: every answer's usage is checked here; well-formed counts return at once.
+    if type(usage) is dict:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        if (
+            type(prompt) is int
+            and type(completion) is int
+            and prompt >= 0
+            and completion >= 0
+            and (total is None or (type(total) is int and total >= 0))
+        ):
+            return prompt, completion
     if not isinstance(usage, dict):
         raise ProviderError("upstream_server", f"{provider} sent a `usage` that is not an object")
     counts = []

@@ -191,6 +191,8 @@ def usage(prompt: int | None, completion: int | None) -> Json:
 
 
 def _count(value: Any) -> int:
+    if type(value) is int and value >= 0:  # the common case first (bool is not int here)
+        return value
     if value is None:
         return 0
     if isinstance(value, float) and value.is_integer():
