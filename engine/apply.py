@@ -71,6 +71,7 @@ class Applier:
         executors: ExecutorRegistry,
         *,
         actor: str,
+        actor_kind: str = "operator",
         plaintexts: Mapping[str, str] | None = None,
         on_event: Callable[[ApplyEvent], None] | None = None,
         ready_timeout: float = 600.0,
@@ -81,6 +82,7 @@ class Applier:
         self.secrets = secrets
         self.executors = executors
         self.actor = actor
+        self.actor_kind = actor_kind
         self.plaintexts = plaintexts or {}
         self.on_event = on_event or (lambda event: None)
         self.ready_timeout = ready_timeout
@@ -186,6 +188,7 @@ class Applier:
             desired=desired,
             version=version,
             actor=self.actor,
+            actor_kind=self.actor_kind,
         )
         self._emit("pending", name, message=f"config version {version} pending")
         active = {

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.access.secret_acls import creator_principal, operator_principal, secret_use_denial
+from engine.access.tokens import Principal, TokenIndex
 from engine.apply import Applier, ApplyEvent, ApplyReport, PlanNotApplicable
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import entity_checker
@@ -37,10 +39,12 @@ from plans import (
     Plan,
     PlanFile,
     PlanFileError,
+    SecretAccess,
     StateSnapshot,
     canonical_endpoint,
     make_plan,
     read_plan_file,
+    secret_use_errors,
 )
 from providers import ExecutorRegistry
 
@@ -51,6 +55,7 @@ __all__ = [
     "Session",
     "SpecsInvalid",
     "StateLocked",
+    "TOKEN_ENV_VAR",
     "UsageError",
     "WorkflowError",
     "actor_name",
@@ -65,6 +70,8 @@ __all__ = [
     "reload_saved",
 ]
 
+# A token of the state: the CLI then acts as its principal (else as the operator of the files).
+TOKEN_ENV_VAR = "ENGINE_TOKEN"
 # The private stack name under which the REST API plans the deletion of one endpoint.
 _API_STACK = "\0api"
 
@@ -110,9 +117,15 @@ class PlanErrored(WorkflowError):
 
     def __init__(self, plan: Plan) -> None:
         errors = [e for c in plan.changes for e in c.errors]
-        super().__init__("; ".join(f"{e.message} [{e.rule}]" for e in errors) or "plan errored")
+        super().__init__(
+            "; ".join(f"{_where(e.path)}{e.message} [{e.rule}]" for e in errors) or "plan errored"
+        )
         self.plan = plan
         self.rules = {e.rule for e in errors}
+
+
+def _where(path: str) -> str:
+    return f"{path}: " if path and path != "name" else ""
 
 
 class ApplyFailed(WorkflowError):
@@ -138,6 +151,41 @@ def actor_name() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def cli_principal(store: StateStore) -> Principal:
+    """Who the CLI acts as: the principal of `$ENGINE_TOKEN`, else the operator (an admin:
+    whoever can open the state files can do everything the engine can)."""
+    token = os.environ.get(TOKEN_ENV_VAR, "").strip()
+    if not token:
+        return operator_principal(actor_name())
+    principal = TokenIndex.load(store).principal_for(f"Bearer {token}")
+    if principal is None:
+        raise UsageError(
+            f"${TOKEN_ENV_VAR} is not a token of this state (create one with `engine tokens "
+            "create`, or unset it to act as the operator)"
+        )
+    return principal
+
+
+def secret_access(store: StateStore, principal: Principal) -> SecretAccess:
+    """The planner's SEC2 check: `principal` must hold READ on every scope a config it writes
+    references, and so must the endpoint's creator (its secrets resolve as the creator)."""
+    acls = store.all_secret_acls()
+
+    def access(endpoint: str, scope: str) -> str | None:
+        reason = secret_use_denial(acls, principal, scope)
+        if reason is not None:
+            return reason
+        row = store.get_endpoint(endpoint)
+        if row is None or (row.creator, row.creator_kind) == (principal.name, principal.kind):
+            return None
+        reason = secret_use_denial(acls, creator_principal(store, row), scope)
+        if reason is not None:
+            return f"the endpoint resolves its secrets as its creator, and {reason}"
+        return None
+
+    return access
+
+
 def default_stack(paths: Sequence[str | os.PathLike[str]]) -> str:
     """The spec directory's name (a file's parent directory)."""
     first = Path(paths[0]).resolve()
@@ -146,12 +194,23 @@ def default_stack(paths: Sequence[str | os.PathLike[str]]) -> str:
 
 class Session:
     """The state store and the secret store of one state, opened together; their failures
-    (a newer schema, an unreadable key file) become one `WorkflowError`."""
+    (a newer schema, an unreadable key file) become one `WorkflowError`.
 
-    def __init__(self, state: Path | None) -> None:
+    `principal` is who acts: the REST API passes the caller; the CLI leaves it None and acts
+    as the principal of `$ENGINE_TOKEN`, else as the operator of the state files (an admin)."""
+
+    def __init__(self, state: Path | None, principal: Principal | None = None) -> None:
         self.path = resolve_state_path(state)
         self.store: StateStore | None = None
         self.secrets: SecretStore | None = None
+        self._principal = principal
+
+    @property
+    def principal(self) -> Principal:
+        if self._principal is None:
+            assert self.store is not None, "session not entered"
+            self._principal = cli_principal(self.store)
+        return self._principal
 
     def __enter__(self) -> Session:
         try:
@@ -246,6 +305,7 @@ def plan_stack(
         destroy=destroy,
         secret_exists=secrets.has,
         entity_check=entity_checker(ModelCatalog(store)),
+        secret_access=secret_access(store, session.principal),
     )
     return plan, desired
 
@@ -269,6 +329,7 @@ def plan_endpoint(session: Session, doc: Canonical, *, delete: bool = False) -> 
         stack=None,
         secret_exists=secrets.has,
         entity_check=entity_checker(ModelCatalog(store)),
+        secret_access=secret_access(store, session.principal),
     )
 
 
@@ -346,22 +407,31 @@ def apply_plan(
     *,
     lock_id: str,
     executors: ExecutorRegistry,
-    actor: str,
     plaintexts: Mapping[str, str] | None = None,
     on_event: Callable[[ApplyEvent], None] | None = None,
     drain: Callable[[EntityRow], None] | None = None,
 ) -> ApplyReport:
-    """Carry the plan out under the held lock. Raises `PlanErrored` for a plan with errors and
-    `WorkflowError` for one that cannot be applied (stale, needs a runner here); returns the
-    report, whose `failed` lists endpoints that failed (their old config keeps serving)."""
+    """Carry the plan out under the held lock, as the session's principal. Raises
+    `PlanErrored` for a plan with errors and `WorkflowError` for one that cannot be applied
+    (stale, needs a runner here); returns the report, whose `failed` lists endpoints that
+    failed (their old config keeps serving)."""
+    store, secrets = _opened(session)
+    principal = session.principal
+    # Checked again as whoever applies: a saved plan may have been made by someone else.
+    access = secret_access(store, principal)
+    for change in plan.actionable:
+        known = {(e.rule, e.path) for e in change.errors}
+        change.errors += [
+            e for e in secret_use_errors(change, access) if (e.rule, e.path) not in known
+        ]
     if plan.errored:
         raise PlanErrored(plan)
-    store, secrets = _opened(session)
     applier = Applier(
         store,
         secrets,
         executors,
-        actor=actor,
+        actor=principal.name,
+        actor_kind=principal.kind,
         plaintexts=plaintexts or {},
         on_event=on_event,
         lock_id=lock_id,

@@ -15,12 +15,21 @@ from ._model import (
     PlanSummary,
 )
 from ._planfile import FORMAT_VERSION, PlanFile, PlanFileError, read_plan_file, write_plan_file
-from ._planner import has_external, has_self_hosted, make_plan, secret_references
+from ._planner import (
+    SecretAccess,
+    has_external,
+    has_self_hosted,
+    make_plan,
+    secret_references,
+    secret_use_errors,
+)
 from ._render import render_plan_json, render_plan_text
 from ._state import EndpointRecord, StateSnapshot
 
 __all__ = [
     "FORMAT_VERSION",
+    "SecretAccess",
+    "secret_use_errors",
     "PlanFile",
     "PlanFileError",
     "read_plan_file",

@@ -25,7 +25,14 @@ from ._model import (
 )
 from ._state import EndpointRecord, StateSnapshot
 
-__all__ = ["make_plan", "has_self_hosted", "has_external", "secret_references"]
+__all__ = [
+    "SecretAccess",
+    "make_plan",
+    "has_self_hosted",
+    "has_external",
+    "secret_references",
+    "secret_use_errors",
+]
 
 # Fields with no update API: changing them means a new endpoint (rule L4).
 CREATE_ONLY_FIELDS = ("route_optimized", "description", "budget_policy_id")
@@ -33,6 +40,9 @@ SENSITIVE_BEFORE = "(sensitive value)"
 SENSITIVE_AFTER = "(sensitive value changed)"
 
 SecretExists = Callable[[str, str], bool]
+# Why the principal planning may not use a secret scope in an endpoint: (endpoint, scope) ->
+# a reason, or None when it may (the caller knows who plans and the ACLs; the planner does not).
+SecretAccess = Callable[[str, str], str | None]
 # What the running environment says about one served entity: (rule, message) problems, e.g.
 # an unknown model version or a GPU workload on a host without GPUs.
 EntityCheck = Callable[[dict[str, Any]], list[tuple[RuleId, str]]]
@@ -47,6 +57,7 @@ def make_plan(
     destroy: bool = False,
     secret_exists: SecretExists | None = None,
     entity_check: EntityCheck | None = None,
+    secret_access: SecretAccess | None = None,
 ) -> Plan:
     """Plan the changes that make `state` equal `desired` for the endpoints of `stack`.
 
@@ -60,8 +71,17 @@ def make_plan(
     wanted = {} if destroy else {doc["name"]: doc for doc in desired}
     for name, doc in wanted.items():
         change = _plan_endpoint(doc, state.endpoints.get(name), stack, allow_replace)
+        denied: set[str] = set()
+        if secret_access is not None:
+            access_errors = secret_use_errors(change, secret_access)
+            change.errors += access_errors
+            # A reference the planner may not use is not checked for existence either: the
+            # answer would tell whether another team's secret exists.
+            denied = {e.path for e in access_errors}
         if secret_exists is not None and change.action is not Action.NO_OP:
-            change.errors += _unresolved_references(doc, secret_exists)
+            change.errors += [
+                e for e in _unresolved_references(doc, secret_exists) if e.path not in denied
+            ]
         if entity_check is not None and change.action is not Action.NO_OP:
             for entity in doc.get("config", {}).get("served_entities") or []:
                 path = render_path(("config", "served_entities", ("name", entity.get("name"))))
@@ -224,6 +244,36 @@ def _table_errors(
             "legacy inference tables (auto_capture_config) cannot be re-enabled once "
             "disabled; use ai_gateway.inference_table_config",
         )
+
+
+def _changes_config(change: EndpointChange) -> bool:
+    """Creates, replaces and config updates: the changes that decide where secrets go."""
+    if change.action in (Action.CREATE, Action.REPLACE):
+        return True
+    updates = change.action is Action.UPDATE
+    return updates and any(f.path.startswith("config") for f in change.fields)
+
+
+def secret_use_errors(change: EndpointChange, access: SecretAccess) -> list[PlanError]:
+    """SEC2 errors for the references a change would start using that `access` refuses.
+
+    Only creates, replaces and config updates decide where secrets are sent; a tags or rate
+    limits change of an endpoint leaves its references as they were."""
+    doc = change.desired
+    if doc is None or not _changes_config(change):
+        return []
+    errors = []
+    for path, scope, key in secret_references(doc):
+        reason = access(doc["name"], scope)
+        if reason is not None:
+            errors.append(
+                PlanError(
+                    RuleId.SEC2,
+                    path,
+                    f"{format_secret_reference(scope, key)} may not be used: {reason}",
+                )
+            )
+    return errors
 
 
 def _unresolved_references(doc: Canonical, exists: SecretExists) -> list[PlanError]:

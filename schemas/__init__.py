@@ -37,6 +37,7 @@ from ._names import default_entity_name, entity_name_of
 from ._rule_ids import RuleId
 from ._rules import RuleOptions, check_endpoint
 from ._secret_refs import (
+    MANAGED_SCOPE,
     MAX_SECRET_NAME_LENGTH,
     SECRET_NAME,
     SECRET_REFERENCE,
@@ -82,6 +83,7 @@ __all__ = [
     "Route",
     "RuleId",
     "RuleOptions",
+    "MANAGED_SCOPE",
     "MAX_SECRET_NAME_LENGTH",
     "SECRET_NAME",
     "SECRET_REFERENCE",

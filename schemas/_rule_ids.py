@@ -12,6 +12,7 @@ and plan files keep the same bytes.
 | N*, E*, T*, X*, R* (not R8)  | one spec alone (`schemas._rules`); reference ids            |
 | F1-F3, V1, D1                | the loader (`engine.specs.loader`)                          |
 | E2, L1, L4, R7, R8, O1, SEC1 | the planner (`plans._planner`): a spec against the state    |
+| SEC2                         | the planner, with the workflow's secret scope ACL check     |
 | M1, G1, E13                  | the serving host's environment (`engine.host.inventory`)    |
 """
 
@@ -71,6 +72,7 @@ class RuleId(StrEnum):
     L4 = "L4"  # create-only fields
     O1 = "O1"  # the endpoint belongs to another stack
     SEC1 = "SEC1"  # a secret reference does not resolve
+    SEC2 = "SEC2"  # the principal (or the endpoint's creator) may not read the secret scope
     # -- the serving host's environment
     M1 = "M1"  # the model version is not in the catalog
     G1 = "G1"  # a GPU workload type on a host without GPUs

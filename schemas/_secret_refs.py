@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Final
 
 __all__ = [
+    "MANAGED_SCOPE",
     "MAX_SECRET_NAME_LENGTH",
     "SECRET_NAME",
     "SECRET_REFERENCE",
@@ -36,6 +37,10 @@ __all__ = [
     "parse_secret_reference",
     "replace_secret_references",
 ]
+
+# The scope where the engine keeps its own copies of `*_plaintext` values: no principal may
+# read, write or reference it (the state's ACL migration and the secrets API both skip it).
+MANAGED_SCOPE: Final = "engine-managed"
 
 _NAME_CHARS = r"[A-Za-z0-9_.\-]"
 # Databricks' limit for scope and key names; the store refuses longer ones.

@@ -316,11 +316,12 @@ def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
 
 def test_api_changes_show_as_drift_in_the_stack_plan(engine: Engine, tmp_path: Path) -> None:
     from engine.control import EndpointService
+    from engine.access.tokens import Principal
 
     specs = write_specs(tmp_path / "specs", [openai_chat("chat")])
     engine.apply(specs)
     service = EndpointService(engine.state, engine.registry)
-    service.replace_part("chat", "tags", [{"key": "owner", "value": "api"}], "someone")
+    service.replace_part("chat", "tags", [{"key": "owner", "value": "api"}], Principal("someone"))
     plan, _ = engine.plan(specs)
     (change,) = plan.actionable
     assert change.action is Action.UPDATE and change.change_class is ChangeClass.HOT

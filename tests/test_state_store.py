@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from engine.state import CoreStore, DirectoryStore, SqliteStateStore, StateStore, open_state
-from engine.state._sqlite import _MIGRATIONS
+from engine.state._sqlite import _MIGRATIONS, SCHEMA_VERSION
 
 
 def test_sqlite_store_implements_the_protocols(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_schema_4_migrates_dropping_the_dead_secret_refs(tmp_path: Path) -> None
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     conn.close()
     assert "secret_refs" not in columns and "pending_secret_refs" not in columns
-    assert version == "5"
+    assert version == str(SCHEMA_VERSION)
 
 
 def test_rows_are_read_by_column_name(tmp_path: Path) -> None:

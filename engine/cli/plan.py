@@ -240,7 +240,6 @@ def run_apply(
         plan,
         lock_id=lock_id,
         executors=executors,
-        actor=actor_name(),
         plaintexts=plaintexts,
         on_event=show_event,
         drain=drain,

@@ -52,6 +52,8 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
     "scopes/delete": ("scope",),
     "put": ("scope", "key", "string_value", "bytes_value"),
     "delete": ("scope", "key"),
+    "acls/put": ("scope", "principal", "permission"),
+    "acls/delete": ("scope", "principal"),
 }
 
 

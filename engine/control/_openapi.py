@@ -37,6 +37,10 @@ def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": schema}}}
 
 
+def _query(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": True, "schema": {"type": "string"}}
+
+
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "responses": responses, **extra}
 
@@ -300,6 +304,25 @@ def _document_text() -> str:
         },
     }
     empty = {"type": "object"}
+    permission = {"type": "string", "enum": ["READ", "WRITE", "MANAGE"]}
+    acl_put_body = {
+        "type": "object",
+        "required": ["scope", "principal", "permission"],
+        "properties": {
+            "scope": {"type": "string"},
+            "principal": {"type": "string"},
+            "permission": permission,
+        },
+    }
+    acl_delete_body = {
+        "type": "object",
+        "required": ["scope", "principal"],
+        "properties": {"scope": {"type": "string"}, "principal": {"type": "string"}},
+    }
+    acl_item = {
+        "type": "object",
+        "properties": {"principal": {"type": "string"}, "permission": permission},
+    }
     paths.update(
         {
             "/api/2.0/secrets/scopes/create": {
@@ -308,24 +331,77 @@ def _document_text() -> str:
                 )
             },
             "/api/2.0/secrets/scopes/delete": {
-                "post": _op("Delete a secret scope", _ok(empty, 400), requestBody=_body(scope_body))
+                "post": _op(
+                    "Delete a secret scope (MANAGE needed)",
+                    _ok(empty, 400, 403, 404),
+                    requestBody=_body(scope_body),
+                )
             },
             "/api/2.0/secrets/scopes/list": {
                 "get": _op(
-                    "List secret scopes",
+                    "List the secret scopes the caller holds a permission on",
                     _ok({"type": "object", "properties": {"scopes": {"type": "array"}}}),
                 )
             },
             "/api/2.0/secrets/put": {
-                "post": _op("Put a secret", _ok(empty, 400, 403), requestBody=_body(secret_body))
+                "post": _op(
+                    "Put a secret (WRITE needed)",
+                    _ok(empty, 400, 403, 404),
+                    requestBody=_body(secret_body),
+                )
             },
             "/api/2.0/secrets/delete": {
-                "post": _op("Delete a secret", _ok(empty, 400, 403), requestBody=_body(secret_body))
+                "post": _op(
+                    "Delete a secret (WRITE needed)",
+                    _ok(empty, 400, 403, 404),
+                    requestBody=_body(secret_body),
+                )
+            },
+            "/api/2.0/secrets/acls/put": {
+                "post": _op(
+                    "Grant a principal READ, WRITE or MANAGE on a scope (MANAGE needed)",
+                    _ok(empty, 400, 403, 404),
+                    requestBody=_body(acl_put_body),
+                )
+            },
+            "/api/2.0/secrets/acls/delete": {
+                "post": _op(
+                    "Remove a principal's entry from a scope (MANAGE needed)",
+                    _ok(empty, 400, 403, 404),
+                    requestBody=_body(acl_delete_body),
+                )
+            },
+            "/api/2.0/secrets/acls/get": {
+                "get": _op(
+                    "A principal's entry on a scope (MANAGE needed)",
+                    _ok(acl_item, 400, 403, 404),
+                    parameters=[_query("scope"), _query("principal")],
+                )
+            },
+            "/api/2.0/secrets/acls/list": {
+                "get": _op(
+                    "The entries of a scope (MANAGE needed)",
+                    _ok(
+                        {
+                            "type": "object",
+                            "properties": {"items": {"type": "array", "items": acl_item}},
+                        },
+                        400,
+                        403,
+                        404,
+                    ),
+                    parameters=[_query("scope")],
+                )
             },
             "/api/2.0/secrets/list": {
                 "get": _op(
-                    "List the keys of a scope (never values)",
-                    _ok({"type": "object", "properties": {"secrets": {"type": "array"}}}, 400, 403),
+                    "List the keys of a scope, never values (READ needed)",
+                    _ok(
+                        {"type": "object", "properties": {"secrets": {"type": "array"}}},
+                        400,
+                        403,
+                        404,
+                    ),
                     parameters=[
                         {
                             "name": "scope",

@@ -24,14 +24,12 @@ Blocking work (SQLite, starting an apply) runs in threads so queries keep flowin
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from engine.access.permissions import (
     LEVEL_DESCRIPTIONS,
@@ -50,15 +48,13 @@ from engine.control._bodies import (
     config_body,
     create_body,
     rate_limits_body,
-    secret_body,
     tags_body,
 )
 from engine.control._openapi import endpoint_openapi, openapi_document
+from engine.control._secrets_api import SecretsApi
 from engine.control._service import EndpointService
 from engine.control.host_services import HostServices
 from engine.control.views import endpoint_detail, endpoint_summary, task_of
-from engine.secrets.managed import MANAGED_SCOPE
-from engine.secrets.store import SecretStoreError
 from engine.state import EndpointRow, StateStore
 from providers.runner.calibrate import optimization_info
 
@@ -74,6 +70,7 @@ class ControlPlane:
     def __init__(self, host: HostServices, service: EndpointService) -> None:
         self.host = host
         self.service = service
+        self.secrets_api = SecretsApi(host)
 
     @property
     def store(self) -> StateStore:
@@ -134,7 +131,7 @@ class ControlPlane:
                 await send_json(send, 200, await _thread(self._list, principal))
             elif method == "POST":
                 body = create_body(await read_json(receive))
-                name = await _thread(self.service.create, body, principal.name)
+                name = await _thread(self.service.create, body, principal)
                 await send_json(send, 200, await _thread(self._detail, name, principal))
             else:
                 raise _no_route(method, scope["path"])
@@ -195,20 +192,20 @@ class ControlPlane:
 
     async def _delete(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         await _thread(self._row, name, principal, "CAN_MANAGE", "delete")
-        await _thread(self.service.delete, name, principal.name)
+        await _thread(self.service.delete, name, principal)
         await send_json(send, 200, {})
 
     async def _put_config(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         body = config_body(await read_json(receive), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
-        await _thread(self.service.update_config, name, body, principal.name)
+        await _thread(self.service.update_config, name, body, principal)
         await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _put_rate_limits(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         limits = rate_limits_body(await read_json(receive, allow_empty=True), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         doc = await _thread(
-            self.service.replace_part, name, "rate_limits", limits or None, principal.name
+            self.service.replace_part, name, "rate_limits", limits or None, principal
         )
         await send_json(send, 200, {"rate_limits": doc.get("rate_limits", [])})
 
@@ -221,7 +218,7 @@ class ControlPlane:
         for tag in add:
             tags[tag["key"]] = tag
         doc = await _thread(
-            self.service.replace_part, name, "tags", list(tags.values()) or None, principal.name
+            self.service.replace_part, name, "tags", list(tags.values()) or None, principal
         )
         await send_json(send, 200, {"tags": doc.get("tags", [])})
 
@@ -229,7 +226,7 @@ class ControlPlane:
         gateway = ai_gateway_body(await read_json(receive, allow_empty=True), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         doc = await _thread(
-            self.service.replace_part, name, "ai_gateway", gateway or None, principal.name
+            self.service.replace_part, name, "ai_gateway", gateway or None, principal
         )
         await send_json(send, 200, doc.get("ai_gateway", {}))
 
@@ -292,68 +289,8 @@ class ControlPlane:
     async def _secrets(
         self, scope: dict[str, Any], receive: Any, send: Any, rest: str, method: str
     ) -> None:
-        principal = self.host.authenticate(scope)
-        secrets = self.host.secrets
-        body: Any = {}
-        if method == "POST":
-            body = secret_body(rest.strip("/"), await read_json(receive))
-        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
-        scope_name = body.get("scope", query.get("scope"))
-        if scope_name == MANAGED_SCOPE and not principal.admin:
-            raise ApiError(
-                403, "PERMISSION_DENIED", f"scope {MANAGED_SCOPE} is managed by the engine"
-            )
-        try:
-            result = await _thread(self._secret_call, secrets, rest.strip("/"), method, body, query)
-        except SecretStoreError as exc:
-            raise ApiError(exc.http_status, exc.error_code, exc.message) from None
-        if result is None:
+        if not await self.secrets_api(scope, receive, send, rest.strip("/"), method):
             raise _no_route(method, scope["path"])
-        await send_json(send, 200, result)
-
-    @staticmethod
-    def _secret_call(
-        secrets: Any, action: str, method: str, body: dict[str, Any], query: dict[str, str]
-    ) -> dict[str, Any] | None:
-        def field(name: str, source: dict[str, Any]) -> str:
-            value = source.get(name)
-            if not isinstance(value, str) or not value:
-                raise ApiError(400, "INVALID_PARAMETER_VALUE", f"`{name}` is required")
-            return value
-
-        if action == "scopes/create" and method == "POST":
-            secrets.create_scope(field("scope", body))
-        elif action == "scopes/delete" and method == "POST":
-            secrets.delete_scope(field("scope", body))
-        elif action == "scopes/list" and method == "GET":
-            return {"scopes": [s.to_json() for s in secrets.list_scopes()]}
-        elif action == "put" and method == "POST":
-            value = body.get("string_value")
-            if not isinstance(value, str):
-                if isinstance(body.get("bytes_value"), str):
-                    try:
-                        raw = base64.b64decode(body["bytes_value"], validate=True)
-                    except (binascii.Error, ValueError):
-                        raise ApiError(
-                            400, "INVALID_PARAMETER_VALUE", "`bytes_value` is not base64"
-                        ) from None
-                    try:
-                        value = raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        # The store holds text: replacing bytes would store another secret.
-                        raise ApiError(
-                            400, "INVALID_PARAMETER_VALUE", "`bytes_value` must be UTF-8 text"
-                        ) from None
-                else:
-                    raise ApiError(400, "INVALID_PARAMETER_VALUE", "`string_value` is required")
-            secrets.put_secret(field("scope", body), field("key", body), value)
-        elif action == "delete" and method == "POST":
-            secrets.delete_secret(field("scope", body), field("key", body))
-        elif action == "list" and method == "GET":
-            return {"secrets": [s.to_json() for s in secrets.list_secrets(field("scope", query))]}
-        else:
-            return None
-        return {}
 
 
 @functools.cache

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.access.tokens import Principal
 from engine.apply import ApplyEvent
 from engine.asgi import ApiError
 from engine.state import EntityRow, StateStore
@@ -68,7 +69,7 @@ class EndpointService:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def create(self, body: Any, actor: str) -> str:
+    def create(self, body: Any, actor: Principal) -> str:
         if not isinstance(body, dict):
             raise _invalid("the request body must be a JSON object")
         name = body.get("name")
@@ -79,7 +80,7 @@ class EndpointService:
             doc, plaintexts = self._validated(body, session)
         return self._run(doc, plaintexts, actor, background=True)
 
-    def update_config(self, name: str, config: Any, actor: str) -> str:
+    def update_config(self, name: str, config: Any, actor: Principal) -> str:
         if not isinstance(config, dict):
             raise _invalid("the request body must be a JSON object")
         config = {k: v for k, v in config.items() if k != "name"}
@@ -90,7 +91,7 @@ class EndpointService:
             doc, plaintexts = self._validated(body, session)
         return self._run(doc, plaintexts, actor, background=True)
 
-    def replace_part(self, name: str, part: str, value: Any, actor: str) -> Canonical:
+    def replace_part(self, name: str, part: str, value: Any, actor: Principal) -> Canonical:
         """Replace a top-level block (rate_limits, tags, ai_gateway): a hot change."""
         with self._open() as session:
             current = self._current(session.store, name)
@@ -103,7 +104,7 @@ class EndpointService:
         self._run(doc, {}, actor, background=False)
         return doc
 
-    def delete(self, name: str, actor: str) -> None:
+    def delete(self, name: str, actor: Principal) -> None:
         with self._open() as session:
             self._current(session.store, name, allow_unfinished=True)
         self._run({"name": name}, {}, actor, background=False, delete=True)
@@ -114,7 +115,7 @@ class EndpointService:
         self,
         doc: Canonical,
         plaintexts: dict[str, str],
-        actor: str,
+        actor: Principal,
         *,
         background: bool,
         delete: bool = False,
@@ -126,9 +127,9 @@ class EndpointService:
 
         def finish() -> None:
             try:
-                with Session(self.state_path) as session:
+                with Session(self.state_path, actor) as session:
                     assert session.store is not None
-                    holder = f"api:{actor}"
+                    holder = f"api:{actor.name}"
                     with locked(session.store, "api", holder=holder, timeout=LOCK_WAIT) as lock:
                         plan = plan_endpoint(session, doc, delete=delete)
                         outcome["report"] = apply_plan(
@@ -136,7 +137,6 @@ class EndpointService:
                             plan,
                             lock_id=lock,
                             executors=self.executors(),
-                            actor=actor,
                             plaintexts=plaintexts,
                             on_event=lambda e: _mark(e, started),
                             drain=self.drain,
@@ -214,6 +214,8 @@ def _api_error(error: BaseException) -> BaseException:
         status, code = (
             (409, "RESOURCE_CONFLICT")
             if RuleId.L1 in error.rules
+            else (403, "PERMISSION_DENIED")
+            if RuleId.SEC2 in error.rules
             else (400, "INVALID_PARAMETER_VALUE")
         )
         return ApiError(status, code, error.message)

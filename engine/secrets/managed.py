@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.secrets.store import NAME_PATTERN, SecretStore, SecretStoreError
 from plans import SENSITIVE, is_sensitive
-from schemas import format_secret_reference
+from schemas import MANAGED_SCOPE, format_secret_reference
 
 __all__ = [
     "MANAGED_SCOPE",
@@ -28,8 +28,6 @@ __all__ = [
     "managed_key",
     "with_managed_references",
 ]
-
-MANAGED_SCOPE = "engine-managed"
 
 
 def with_managed_references(

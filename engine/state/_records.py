@@ -44,6 +44,8 @@ class EndpointRow:
     pending_version: int | None
     pending_started_ms: int | None
     deleting: bool = False
+    # user, service_principal, or operator (the CLI on the state files, without a token).
+    creator_kind: str = "operator"
 
     @property
     def in_progress(self) -> bool:

@@ -22,12 +22,19 @@ from typing import Any
 from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
-from schemas import ConfigUpdateState, DeploymentState, EntityRole, now_ms
+from schemas import (
+    MANAGED_SCOPE,
+    ConfigUpdateState,
+    DeploymentState,
+    EntityRole,
+    find_secret_references,
+    now_ms,
+)
 
 __all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
 
 STATE_ENV_VAR = "ENGINE_STATE"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -137,7 +144,49 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE endpoints DROP COLUMN secret_refs;
     ALTER TABLE endpoints DROP COLUMN pending_secret_refs;
     """,
+    # Secret scope ACLs (READ < WRITE < MANAGE per principal name), and what kind of principal
+    # created each endpoint: its secrets are resolved as that principal. `operator` is whoever
+    # runs the CLI on the state files without a token (an admin of this state).
+    6: """
+    CREATE TABLE secret_acls (
+        scope TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        permission TEXT NOT NULL,
+        PRIMARY KEY (scope, principal)
+    );
+    ALTER TABLE endpoints ADD COLUMN creator_kind TEXT NOT NULL DEFAULT 'operator';
+    """,
 }
+
+
+def _grant_existing_creators(conn: sqlite3.Connection) -> None:
+    """Schema 6: endpoints made through the API before ACLs existed keep serving.
+
+    Their creator is a token's principal; it gets READ on every scope its endpoint references,
+    and nothing else (a scope with no entry is the admins' until they grant it).
+    """
+    kinds = {
+        r["principal"]: r["kind"]
+        for r in conn.execute("SELECT principal, kind FROM tokens ORDER BY created_ms")
+    }
+    for row in conn.execute("SELECT name, creator, spec, pending FROM endpoints").fetchall():
+        kind = kinds.get(row["creator"])
+        if kind is None:
+            continue
+        conn.execute("UPDATE endpoints SET creator_kind = ? WHERE name = ?", (kind, row["name"]))
+        configs = [row["spec"] or "", row["pending"] or ""] + [
+            e["config"]
+            for e in conn.execute("SELECT config FROM entities WHERE endpoint = ?", (row["name"],))
+        ]
+        scopes = {scope for text in configs for scope, _ in find_secret_references(text)}
+        conn.executemany(
+            "INSERT OR IGNORE INTO secret_acls VALUES (?, ?, 'READ')",
+            [(scope, row["creator"]) for scope in sorted(scopes) if scope != MANAGED_SCOPE],
+        )
+
+
+# Python steps that follow a version's statements.
+_MIGRATION_STEPS = {6: _grant_existing_creators}
 
 
 class StateError(Exception):
@@ -247,6 +296,8 @@ class SqliteStateStore:
                     for statement in _MIGRATIONS[target].split(";"):
                         if statement.strip():
                             self._conn.execute(statement)
+                    if target in _MIGRATION_STEPS:
+                        _MIGRATION_STEPS[target](self._conn)
                     if target == 1:
                         self._conn.executemany(
                             "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -400,6 +451,50 @@ class SqliteStateStore:
             conn.executemany(
                 "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
                 [(endpoint_id, t, p, level) for t, p, level in entries],
+            )
+
+    # -- secret scope ACLs -------------------------------------------------------------------
+
+    def all_secret_acls(self) -> dict[str, list[tuple[str, str]]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT scope, principal, permission FROM secret_acls ORDER BY scope, principal"
+            ).fetchall()
+        out: dict[str, list[tuple[str, str]]] = {}
+        for r in rows:
+            out.setdefault(r["scope"], []).append((r["principal"], r["permission"]))
+        return out
+
+    def secret_acls(self, scope: str) -> list[tuple[str, str]]:
+        """(principal, permission) entries of one scope, by principal."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT principal, permission FROM secret_acls WHERE scope = ? ORDER BY principal",
+                (scope,),
+            ).fetchall()
+        return [(r["principal"], r["permission"]) for r in rows]
+
+    def put_secret_acl(self, scope: str, principal: str, permission: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO secret_acls VALUES (?, ?, ?)",
+                (scope, principal, permission),
+            )
+
+    def delete_secret_acl(self, scope: str, principal: str) -> bool:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "DELETE FROM secret_acls WHERE scope = ? AND principal = ?", (scope, principal)
+            )
+            return cursor.rowcount > 0
+
+    def reset_secret_acls(self, scope: str, entries: list[tuple[str, str]]) -> None:
+        """Replace every entry of a scope (a new scope starts from its creator's alone)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM secret_acls WHERE scope = ?", (scope,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO secret_acls VALUES (?, ?, ?)",
+                [(scope, principal, permission) for principal, permission in entries],
             )
 
     # -- the model catalog ------------------------------------------------------------------
@@ -565,24 +660,31 @@ class SqliteStateStore:
         desired: dict[str, Any],
         version: int,
         actor: str,
+        actor_kind: str = "operator",
     ) -> EndpointRow:
-        """Record the new config as pending (creating the endpoint row if needed)."""
+        """Record the new config as pending (creating the endpoint row if needed).
+
+        A new endpoint's creator is `actor` of `actor_kind` (user, service_principal, or the
+        operator of the state files): it manages the endpoint and its secrets resolve as it."""
         now = _now_ms()
         with self._write() as conn:
             exists = conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone()
             if not exists:
                 endpoint_id = uuid.uuid4().hex
                 conn.execute(
-                    "INSERT INTO endpoints (name, id, stack, creator, created_ms, updated_ms) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, endpoint_id, stack, actor, now, now),
+                    "INSERT INTO endpoints (name, id, stack, creator, creator_kind, created_ms, "
+                    "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, endpoint_id, stack, actor, actor_kind, now, now),
+                )
+                manager = (
+                    "service_principal_name" if actor_kind == "service_principal" else "user_name"
                 )
                 # The creator manages it; every authenticated caller may query it until an
                 # operator replaces the ACL (PUT /api/2.0/permissions/serving-endpoints/{id}).
                 conn.executemany(
                     "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
                     [
-                        (endpoint_id, "user_name", actor, "CAN_MANAGE"),
+                        (endpoint_id, manager, actor, "CAN_MANAGE"),
                         (endpoint_id, "group_name", "users", "CAN_QUERY"),
                     ],
                 )
@@ -800,6 +902,7 @@ class SqliteStateStore:
             id=row["id"],
             stack=row["stack"],
             creator=row["creator"],
+            creator_kind=row["creator_kind"],
             created_ms=row["created_ms"],
             updated_ms=row["updated_ms"],
             spec=_loads(row["spec"]),

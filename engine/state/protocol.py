@@ -81,6 +81,7 @@ class CoreStore(Protocol):
         desired: dict[str, Any],
         version: int,
         actor: str,
+        actor_kind: str = "operator",
     ) -> EndpointRow: ...
 
     def add_entity(
@@ -128,7 +129,7 @@ class CoreStore(Protocol):
 
 @runtime_checkable
 class DirectoryStore(Protocol):
-    """Tokens, serving hosts, endpoint permissions and catalog models."""
+    """Tokens, serving hosts, endpoint permissions, secret scope ACLs and catalog models."""
 
     def all_permissions(self) -> dict[str, list[Permission]]: ...
 
@@ -137,6 +138,17 @@ class DirectoryStore(Protocol):
     def set_permissions(
         self, endpoint_id: str, entries: list[Permission], *, replace: bool
     ) -> None: ...
+
+    # Secret scope ACLs: (principal, permission) per scope; permission READ, WRITE or MANAGE.
+    def all_secret_acls(self) -> dict[str, list[tuple[str, str]]]: ...
+
+    def secret_acls(self, scope: str) -> list[tuple[str, str]]: ...
+
+    def put_secret_acl(self, scope: str, principal: str, permission: str) -> None: ...
+
+    def delete_secret_acl(self, scope: str, principal: str) -> bool: ...
+
+    def reset_secret_acls(self, scope: str, entries: list[tuple[str, str]]) -> None: ...
 
     def put_model(self, record: dict[str, Any]) -> None: ...
 

@@ -1,0 +1,113 @@
+"""Secret scope ACLs: READ < WRITE < MANAGE per principal per scope, in the platform's shape.
+
+An entry's `principal` is one name, as on the platform: a user name, a service principal's
+application id, or a group name (`users` is every authenticated caller). The highest entry that
+matches the caller counts. Admins hold MANAGE on every scope; nobody holds anything on the
+engine's own scope (`engine-managed`, its copies of `*_plaintext` values).
+
+| needs  | to                                                                       |
+|--------|--------------------------------------------------------------------------|
+| READ   | list a scope's secret keys; reference `{{secrets/scope/...}}` in a spec  |
+| WRITE  | put and delete secrets                                                   |
+| MANAGE | delete the scope; read and change its ACLs                               |
+
+Endpoints resolve their secrets as their creator (as the platform does): `creator_principal`
+rebuilds that principal from the state (an operator of the state files is an admin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from engine.access.tokens import Principal
+from engine.asgi import ApiError
+from engine.state import DirectoryStore, EndpointRow
+from schemas import MANAGED_SCOPE
+
+__all__ = [
+    "OPERATOR",
+    "SCOPE_PERMISSIONS",
+    "creator_principal",
+    "operator_principal",
+    "require_scope",
+    "scope_permission",
+    "secret_use_denial",
+]
+
+SCOPE_PERMISSIONS = ("READ", "WRITE", "MANAGE")
+# The kind of principal that runs the CLI on the state files without a token.
+OPERATOR = "operator"
+
+Acl = Iterable[tuple[str, str]]
+
+
+def operator_principal(name: str) -> Principal:
+    """Whoever can open the state files directly: an admin of this state."""
+    return Principal(name=name, kind=OPERATOR, admin=True)
+
+
+def scope_permission(entries: Acl, principal: Principal, scope: str) -> str | None:
+    """The highest permission the principal holds on `scope` (None: no access)."""
+    if scope == MANAGED_SCOPE:
+        return None
+    if principal.admin:
+        return "MANAGE"
+    names = principal.groups | {"users", principal.name}
+    best = -1
+    for name, permission in entries:
+        if name in names and permission in SCOPE_PERMISSIONS:
+            best = max(best, SCOPE_PERMISSIONS.index(permission))
+    return SCOPE_PERMISSIONS[best] if best >= 0 else None
+
+
+def holds(entries: Acl, principal: Principal, scope: str, needed: str) -> bool:
+    held = scope_permission(entries, principal, scope)
+    return held is not None and SCOPE_PERMISSIONS.index(held) >= SCOPE_PERMISSIONS.index(needed)
+
+
+def require_scope(
+    store: DirectoryStore, principal: Principal, scope: str, needed: str, what: str
+) -> None:
+    """403 PERMISSION_DENIED unless the principal holds `needed` on `scope`."""
+    if scope == MANAGED_SCOPE:
+        raise ApiError(
+            403,
+            "PERMISSION_DENIED",
+            f"secret scope {MANAGED_SCOPE!r} is the engine's own: nobody may {what}",
+        )
+    if not holds(store.secret_acls(scope), principal, scope, needed):
+        raise ApiError(
+            403,
+            "PERMISSION_DENIED",
+            f"{needed} on secret scope {scope!r} is required to {what}",
+        )
+
+
+def secret_use_denial(acls: Mapping[str, Acl], principal: Principal, scope: str) -> str | None:
+    """Why `principal` may not put a reference to `scope` in a spec (None: it may)."""
+    if scope == MANAGED_SCOPE:
+        return (
+            f"secret scope {MANAGED_SCOPE!r} holds the engine's own copies of *_plaintext "
+            "values: no spec may reference it"
+        )
+    if holds(acls.get(scope, ()), principal, scope, "READ"):
+        return None
+    return f"{principal.name} has no READ on secret scope {scope!r}"
+
+
+def creator_principal(store: DirectoryStore, row: EndpointRow) -> Principal:
+    """The principal an endpoint's secrets resolve as: its creator as the state knows it now
+    (groups and admin from the creator's tokens; none left: only its own entries count)."""
+    if row.creator_kind == OPERATOR:
+        return operator_principal(row.creator)
+    return principal_named(store.list_tokens(), row.creator, row.creator_kind)
+
+
+def principal_named(tokens: Iterable[Mapping[str, object]], name: str, kind: str) -> Principal:
+    groups: set[str] = set()
+    admin = False
+    for token in tokens:
+        if token["principal"] == name and token["kind"] == kind:
+            groups.update(token["groups"])  # type: ignore[call-overload]
+            admin = admin or bool(token["admin"])
+    return Principal(name=name, groups=frozenset(groups), kind=kind, admin=admin)
