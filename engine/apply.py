@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.access.secret_acls import resolver_as_creator
 from engine.secrets.managed import delete_unused_managed_secrets, with_managed_references
 from engine.secrets.store import SecretStore, SecretStoreError
 from engine.state import EntityRow, StateStore
@@ -237,7 +238,10 @@ class Applier:
         executor = self.executors.for_entity(deployment.config)
         self._emit("prepare", deployment.endpoint, deployment.entity)
         try:
-            executor.prepare(deployment, self._resolve)
+            resolve = resolver_as_creator(
+                self.store, self.store.get_endpoint(deployment.endpoint), self._resolve
+            )
+            executor.prepare(deployment, resolve)
             self._emit("start", deployment.endpoint, deployment.entity)
             handle = executor.start(deployment)
             self.store.update_entity(deployment.instance_id, handle=handle)

@@ -7,6 +7,7 @@ from ._executor import (
     ExecutorError,
     ExecutorUnavailable,
     SecretResolver,
+    SecretUnavailable,
     entity_fingerprint,
     entity_kind,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ExecutorUnavailable",
     "ExternalModelExecutor",
     "SecretResolver",
+    "SecretUnavailable",
     "entity_fingerprint",
     "entity_kind",
 ]

@@ -29,12 +29,22 @@ __all__ = [
     "ExecutorError",
     "ExecutorUnavailable",
     "SecretResolver",
+    "SecretUnavailable",
     "entity_fingerprint",
     "entity_kind",
 ]
 
 # Resolves a `{{secrets/scope/key}}` reference to its value (raises KeyError if unknown).
 SecretResolver = Callable[[str], str]
+
+
+class SecretUnavailable(KeyError):
+    """A reference that exists but may not be resolved here (e.g. the endpoint's creator has
+    no READ on its scope): `reason` says why, naming no value."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        super().__init__(reference)
+        self.reason = reason
 
 
 def entity_kind(config: dict[str, Any]) -> str:

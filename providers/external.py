@@ -23,7 +23,14 @@ from schemas import (
     provider_info,
 )
 
-from ._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
+from ._executor import (
+    Deployment,
+    EntityStatus,
+    Executor,
+    ExecutorError,
+    SecretResolver,
+    SecretUnavailable,
+)
 from .adapters import ProviderError, UpstreamReply, UpstreamStream, adapter_for
 from .adapters._base import redact
 
@@ -105,10 +112,10 @@ class ExternalModelExecutor(Executor):
         for reference in references_in(deployment.config):
             try:
                 secrets.append(resolve(reference))
-            except KeyError:
-                raise ExecutorError(
-                    f"{deployment.label}: secret reference {reference} does not resolve"
-                ) from None
+            except KeyError as exc:
+                why = exc.reason if isinstance(exc, SecretUnavailable) else "does not resolve"
+                message = f"{deployment.label}: secret reference {reference}: {why}"
+                raise ExecutorError(message) from None
         check_adapter(deployment.label, resolved(model, resolve), secrets)
 
     def start(self, deployment: Deployment) -> dict[str, Any]:

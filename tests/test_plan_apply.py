@@ -315,8 +315,8 @@ def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
 
 
 def test_api_changes_show_as_drift_in_the_stack_plan(engine: Engine, tmp_path: Path) -> None:
-    from engine.control import EndpointService
     from engine.access.tokens import Principal
+    from engine.control import EndpointService
 
     specs = write_specs(tmp_path / "specs", [openai_chat("chat")])
     engine.apply(specs)

@@ -17,19 +17,22 @@ rebuilds that principal from the state (an operator of the state files is an adm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError
 from engine.state import DirectoryStore, EndpointRow
-from schemas import MANAGED_SCOPE
+from providers import SecretUnavailable
+from schemas import MANAGED_SCOPE, parse_secret_reference
 
 __all__ = [
+    "CreatorAccess",
     "OPERATOR",
     "SCOPE_PERMISSIONS",
     "creator_principal",
     "operator_principal",
     "require_scope",
+    "resolver_as_creator",
     "scope_permission",
     "secret_use_denial",
 ]
@@ -111,3 +114,58 @@ def principal_named(tokens: Iterable[Mapping[str, object]], name: str, kind: str
             groups.update(token["groups"])  # type: ignore[call-overload]
             admin = admin or bool(token["admin"])
     return Principal(name=name, groups=frozenset(groups), kind=kind, admin=admin)
+
+
+class CreatorAccess:
+    """Whether endpoints' creators may read the scopes their configs reference, from one read
+    of the ACLs and tokens (the serving host rebuilds it whenever the state changes)."""
+
+    def __init__(
+        self, acls: Mapping[str, list[tuple[str, str]]], tokens: list[dict[str, object]]
+    ) -> None:
+        self._acls = acls
+        self._tokens = tokens
+        self._principals: dict[tuple[str, str], Principal] = {}
+
+    @classmethod
+    def load(cls, store: DirectoryStore) -> CreatorAccess:
+        return cls(store.all_secret_acls(), store.list_tokens())
+
+    def principal(self, row: EndpointRow) -> Principal:
+        key = (row.creator, row.creator_kind)
+        if key not in self._principals:
+            self._principals[key] = (
+                operator_principal(row.creator)
+                if row.creator_kind == OPERATOR
+                else principal_named(self._tokens, row.creator, row.creator_kind)
+            )
+        return self._principals[key]
+
+    def denial(self, row: EndpointRow, scope: str) -> str | None:
+        """Why the endpoint may not resolve secrets of `scope` (None: it may)."""
+        if scope == MANAGED_SCOPE:
+            # The engine's copies of this endpoint's own `*_plaintext` values (no spec may
+            # reference the scope: only the engine writes such references).
+            return None
+        reason = secret_use_denial(self._acls, self.principal(row), scope)
+        if reason is None:
+            return None
+        return f"its secrets resolve as its creator, and {reason}"
+
+
+def resolver_as_creator(
+    store: DirectoryStore, row: EndpointRow | None, resolve: Callable[[str], str]
+) -> Callable[[str], str]:
+    """`resolve`, refusing (SecretUnavailable) references the endpoint's creator may not read:
+    what starts a runner or an adapter uses it, so a revoked READ takes effect there."""
+    access = CreatorAccess.load(store)
+
+    def resolve_as_creator(reference: str) -> str:
+        parsed = parse_secret_reference(reference)
+        if parsed is not None and row is not None:
+            reason = access.denial(row, parsed[0])
+            if reason is not None:
+                raise SecretUnavailable(reference, reason)
+        return resolve(reference)
+
+    return resolve_as_creator

@@ -12,12 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
+from engine.access.tokens import Principal
+from engine.asgi import ApiError
+from engine.cli.output import reported
+from engine.secrets.scopes import ScopeCall, scope_call
+from engine.secrets.store import NAME_PATTERN, SecretStore, SecretStoreError
+from engine.state import StateStore
 from engine.state._sqlite import STATE_ENV_VAR, resolve_state_path
+from engine.workflow import TOKEN_ENV_VAR, Session
 
 __all__ = ["STATE_ENV_VAR", "resolve_state_path", "secrets_app"]
 
@@ -25,7 +31,11 @@ secrets_app = typer.Typer(
     name="secrets",
     no_args_is_help=True,
     add_completion=False,
-    help="Manage secret scopes and the secrets that specs reference as {{secrets/SCOPE/KEY}}.",
+    help=(
+        "Manage secret scopes, their secrets (referenced in specs as {{secrets/SCOPE/KEY}}) "
+        f"and their ACLs. Acts as the principal of ${TOKEN_ENV_VAR} when it is set, else as "
+        "the operator of the state files (an admin)."
+    ),
 )
 
 StateOption = Annotated[
@@ -49,17 +59,31 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
+class _Caller:
+    def __init__(self, store: StateStore, secrets: SecretStore, principal: Principal) -> None:
+        self.store, self.secrets, self.principal = store, secrets, principal
+
+    def __call__(self, action: str, **args: Any) -> dict[str, Any]:
+        """One call, as the REST API's `/api/2.0/secrets/<action>` would make it."""
+        return scope_call(action, self.store, self.secrets, self.principal, args)
+
+    def require(self, scope: str, needed: str, what: str) -> None:
+        ScopeCall(self.store, self.secrets, self.principal, {"scope": scope}).scope(needed, what)
+
+
 @contextmanager
-def _open_store(state: Path | None) -> Iterator[SecretStore]:
-    # Expected failures become one `error:` line and exit 1 instead of a traceback.
-    try:
-        store = secret_store_for_state(resolve_state_path(state))
+def _calls(state: Path | None) -> Iterator[_Caller]:
+    """Secrets calls as the CLI's principal ($ENGINE_TOKEN's, else the operator of the state
+    files); failures become one `error:` line and exit 1."""
+    with reported():
         try:
-            yield store
-        finally:
-            store.close()
-    except SecretStoreError as exc:
-        _fail(exc.message)
+            with Session(state) as session:
+                assert session.store is not None and session.secrets is not None
+                yield _Caller(session.store, session.secrets, session.principal)
+        except ApiError as exc:
+            _fail(exc.message)
+        except SecretStoreError as exc:
+            _fail(exc.message)
 
 
 def _stdin_is_tty() -> bool:
@@ -91,71 +115,144 @@ def _iso_utc(timestamp_ms: int) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+PrincipalArg = Annotated[
+    str,
+    typer.Argument(
+        help="A user name, a service principal's application id, or a group (`users`: all).",
+        show_default=False,
+    ),
+]
+
+
 @secrets_app.command("create-scope")
-def create_scope(scope: ScopeArg, state: StateOption = None) -> None:
-    """Create a secret scope."""
-    with _open_store(state) as store:
-        store.create_scope(scope)
+def create_scope(
+    scope: ScopeArg,
+    state: StateOption = None,
+    initial_manage_principal: Annotated[
+        str | None,
+        typer.Option(
+            "--initial-manage-principal",
+            help="`users` gives every user MANAGE; by default the creator holds MANAGE.",
+        ),
+    ] = None,
+) -> None:
+    """Create a secret scope (its creator holds MANAGE on it)."""
+    initial = initial_manage_principal
+    args = {"initial_manage_principal": initial} if initial else {}
+    with _calls(state) as call:
+        call("scopes/create", scope=scope, **args)
     typer.echo(f"created scope {scope}")
 
 
 @secrets_app.command("delete-scope")
 def delete_scope(scope: ScopeArg, state: StateOption = None) -> None:
-    """Delete a secret scope and every secret in it."""
-    with _open_store(state) as store:
-        store.delete_scope(scope)
+    """Delete a secret scope, every secret in it and its ACL (MANAGE needed)."""
+    with _calls(state) as call:
+        call("scopes/delete", scope=scope)
     typer.echo(f"deleted scope {scope}")
 
 
 @secrets_app.command("list-scopes")
 def list_scopes(state: StateOption = None, as_json: JsonFlag = False) -> None:
-    """List secret scopes."""
-    with _open_store(state) as store:
-        scopes = store.list_scopes()
+    """List the secret scopes you hold a permission on."""
+    with _calls(state) as call:
+        answer = call("scopes/list")
     if as_json:
-        typer.echo(json.dumps({"scopes": [s.to_json() for s in scopes]}, indent=2))
+        typer.echo(json.dumps(answer, indent=2))
         return
-    for scope in scopes:
-        typer.echo(scope.name)
+    for scope in answer["scopes"]:
+        typer.echo(scope["name"])
 
 
 @secrets_app.command("put-secret")
 def put_secret(scope: ScopeArg, key: KeyArg, state: StateOption = None) -> None:
-    """Create or overwrite a secret.
+    """Create or overwrite a secret (WRITE needed).
 
     The value comes from stdin when piped (one trailing newline is dropped).
 
     Otherwise it is asked for with a hidden prompt; it is never taken from the command line.
     """
-    with _open_store(state) as store:
-        # Check names and scope before asking, so nobody types a secret in vain.
-        if not store.has_scope(scope):
-            _fail(f"secret scope '{scope}' does not exist")
-        store.has(scope, key)  # validates the key name; raises if it is malformed
+    with _calls(state) as call:
+        # Check the permission, scope and key name before asking, so nobody types a secret
+        # in vain.
+        call.require(scope, "WRITE", "put secrets")
+        call("list", scope=scope)  # the scope exists
+        if not NAME_PATTERN.fullmatch(key):
+            _fail(f"key name {key!r} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . -")
         value = _read_secret_value()
-        store.put_secret(scope, key, value)
+        call("put", scope=scope, key=key, string_value=value)
     typer.echo(f"stored secret {key} in scope {scope}")
 
 
 @secrets_app.command("list-secrets")
 def list_secrets(scope: ScopeArg, state: StateOption = None, as_json: JsonFlag = False) -> None:
-    """List the keys in a scope with their last update time (never the values)."""
-    with _open_store(state) as store:
-        secrets = store.list_secrets(scope)
+    """List the keys in a scope with their last update time, never the values (READ needed)."""
+    with _calls(state) as call:
+        answer = call("list", scope=scope)
     if as_json:
-        typer.echo(json.dumps({"secrets": [s.to_json() for s in secrets]}, indent=2))
+        typer.echo(json.dumps(answer, indent=2))
         return
+    secrets = answer["secrets"]
     if not secrets:
         return
-    width = max(len("KEY"), *(len(s.key) for s in secrets))
+    width = max(len("KEY"), *(len(s["key"]) for s in secrets))
     typer.echo(f"{'KEY':<{width}}  LAST UPDATED")
     for secret in secrets:
-        typer.echo(f"{secret.key:<{width}}  {_iso_utc(secret.last_updated_timestamp)}")
+        typer.echo(f"{secret['key']:<{width}}  {_iso_utc(secret['last_updated_timestamp'])}")
 
 
 @secrets_app.command("delete-secret")
 def delete_secret(scope: ScopeArg, key: KeyArg, state: StateOption = None) -> None:
-    """Delete a secret."""
-    with _open_store(state) as store:
-        store.delete_secret(scope, key)
+    """Delete a secret (WRITE needed)."""
+    with _calls(state) as call:
+        call("delete", scope=scope, key=key)
     typer.echo(f"deleted secret {key} from scope {scope}")
+
+
+@secrets_app.command("put-acl")
+def put_acl(
+    scope: ScopeArg,
+    principal: PrincipalArg,
+    permission: Annotated[str, typer.Argument(help="READ, WRITE or MANAGE.", show_default=False)],
+    state: StateOption = None,
+) -> None:
+    """Grant a principal READ, WRITE or MANAGE on a scope, replacing its entry (MANAGE needed)."""
+    with _calls(state) as call:
+        call("acls/put", scope=scope, principal=principal, permission=permission.upper())
+    typer.echo(f"{principal} holds {permission.upper()} on scope {scope}")
+
+
+@secrets_app.command("list-acls")
+def list_acls(scope: ScopeArg, state: StateOption = None, as_json: JsonFlag = False) -> None:
+    """List a scope's ACL entries (MANAGE needed)."""
+    with _calls(state) as call:
+        answer = call("acls/list", scope=scope)
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    items = answer["items"]
+    if not items:
+        typer.echo(f"scope {scope} has no entries: only admins may use it")
+        return
+    width = max(len("PRINCIPAL"), *(len(i["principal"]) for i in items))
+    typer.echo(f"{'PRINCIPAL':<{width}}  PERMISSION")
+    for item in items:
+        typer.echo(f"{item['principal']:<{width}}  {item['permission']}")
+
+
+@secrets_app.command("get-acl")
+def get_acl(
+    scope: ScopeArg, principal: PrincipalArg, state: StateOption = None, as_json: JsonFlag = False
+) -> None:
+    """Show one principal's entry on a scope (MANAGE needed)."""
+    with _calls(state) as call:
+        answer = call("acls/get", scope=scope, principal=principal)
+    typer.echo(json.dumps(answer, indent=2) if as_json else answer["permission"])
+
+
+@secrets_app.command("delete-acl")
+def delete_acl(scope: ScopeArg, principal: PrincipalArg, state: StateOption = None) -> None:
+    """Remove a principal's entry from a scope (MANAGE needed)."""
+    with _calls(state) as call:
+        call("acls/delete", scope=scope, principal=principal)
+    typer.echo(f"removed {principal}'s entry from scope {scope}")

@@ -19,12 +19,14 @@ from typing import Any
 
 import httpx
 
+from engine.access.secret_acls import CreatorAccess
 from engine.gateway._errors import masked
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
 from engine.state import EndpointRow, EntityRow
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
+from providers.external import references_in
 from providers.runner.executor import replica_bounds, replicas_of
 from schemas import DeploymentState, parse_secret_reference
 
@@ -180,13 +182,16 @@ class TableBuilder:
         serial: int,
         view: list[tuple[EndpointRow, list[EntityRow]]],
         acls: dict[str, list[tuple[str, str, str]]] | None = None,
+        creators: CreatorAccess | None = None,
     ) -> RoutingTable:
+        """The table of `view`; with `creators`, an external entity whose endpoint's creator may
+        no longer read a scope its config references stops serving (its upstream retires)."""
         table = RoutingTable(serial=serial)
         live: set[_Key] = set()
         for row, entities in view:
             if row.spec is None or row.deleting or "config" not in row.spec:
                 continue
-            route = self._route(row, entities, live)
+            route = self._route(row, entities, live, creators)
             route.acl = (acls or {}).get(row.id, [])
             table.endpoints[row.name] = route
         self._retired = [(k, u) for k, u in self._upstreams.items() if k not in live]
@@ -223,7 +228,13 @@ class TableBuilder:
             await upstream.retire()
         self._upstreams = {}
 
-    def _route(self, row: EndpointRow, entities: list[EntityRow], live: set[_Key]) -> EndpointRoute:
+    def _route(
+        self,
+        row: EndpointRow,
+        entities: list[EntityRow],
+        live: set[_Key],
+        creators: CreatorAccess | None,
+    ) -> EndpointRoute:
         spec = row.spec or {}
         by_name = {e.name: e for e in entities}
         served: dict[str, ServedEntity] = {}
@@ -238,6 +249,11 @@ class TableBuilder:
                 instance.deployment != DeploymentState.READY and not _scaled_to_zero(instance)
             ):
                 served[name] = ServedEntity(name, -1, None, "the served entity is not ready")
+                continue
+            denied = creators and _denied_secret(row, instance, creators)
+            if denied:
+                log.error("%s/%s: %s", row.name, name, denied)
+                served[name] = ServedEntity(name, instance.id, None, denied)
                 continue
             served[name] = self._served(instance, live)
         weights: list[int] = []
@@ -357,6 +373,19 @@ class TableBuilder:
         if isinstance(value, list):
             return [self._resolved(v, secrets) for v in value]
         return value
+
+
+def _denied_secret(row: EndpointRow, instance: EntityRow, creators: CreatorAccess) -> str | None:
+    """Why an external entity may not use its secrets any more (None: it may)."""
+    external = instance.config.get("external_model")
+    if not external:
+        return None  # a runner resolved its secrets when it started
+    for reference in references_in(external):
+        scope, _ = parse_secret_reference(reference) or ("", "")
+        reason = creators.denial(row, scope)
+        if reason is not None:
+            return f"secret {reference} may not be used: {reason}"
+    return None
 
 
 def _unbuildable(exc: Exception, provider: str | None, secrets: list[str]) -> str:

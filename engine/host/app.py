@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from engine.access.secret_acls import CreatorAccess, resolver_as_creator
 from engine.access.tokens import Principal, TokenIndex
 from engine.asgi import (
     ApiError,
@@ -140,7 +141,7 @@ class ServingApp:
         self.scaler = ScaleToZero(
             self.state_path,
             self.runners,
-            self._resolve,
+            self._resolver_for,
             idle_after=self.scale_to_zero_after,
             cold_start_wait=self.cold_start_wait,
             holder=f"host:{self.host_id}",
@@ -148,7 +149,7 @@ class ServingApp:
         self.autoscaler = Autoscaler(
             self.state_path,
             self.runners,
-            self._resolve,
+            self._resolver_for,
             self.meter,
             drain=self._drain_replica,
             scale_down_after=self.scale_down_after,
@@ -234,7 +235,7 @@ class ServingApp:
             return
         try:
             busy = self.autoscaler.busy if self.autoscaler is not None else (lambda _: False)
-            restart_runners(store, self.runners, self._resolve, self._backoff, busy)
+            restart_runners(store, self.runners, self._resolver_for, self._backoff, busy)
         finally:
             store.release_lock(lock.id)
             store.close()
@@ -319,6 +320,11 @@ class ServingApp:
         except SecretStoreError:
             raise KeyError(reference) from None
 
+    def _resolver_for(self, endpoint: str) -> Callable[[str], str]:
+        """What starts a runner resolves its secrets as the endpoint's creator, as of now."""
+        assert self._store is not None
+        return resolver_as_creator(self._store, self._store.get_endpoint(endpoint), self._resolve)
+
     async def refresh(self, *, force: bool = False) -> None:
         """Rebuild the routing table and token index if the state moved on."""
         assert self._store is not None and self._builder is not None
@@ -329,7 +335,9 @@ class ServingApp:
                 return
             serial, view = self._store.serving_view()
             self.tokens = TokenIndex.load(self._store)
-            self.table = self._builder.build(serial, view, self._store.all_permissions())
+            self.table = self._builder.build(
+                serial, view, self._store.all_permissions(), CreatorAccess.load(self._store)
+            )
             await self._builder.retire_unused()
 
     async def catch_up(self) -> None:

@@ -67,7 +67,7 @@ class Autoscaler:
         self,
         state_path: Path,
         runners: RunnerExecutor,
-        resolve: Callable[[str], str],
+        resolver_for: Callable[[str], Callable[[str], str]],
         meter: ThroughputMeter,
         *,
         drain: Callable[[int, int], None],
@@ -75,7 +75,8 @@ class Autoscaler:
     ) -> None:
         self.state_path = state_path
         self.runners = runners
-        self.resolve = resolve
+        # endpoint name -> the resolver of its secrets (as its creator)
+        self.resolver_for = resolver_for
         self.meter = meter
         self.drain = drain  # (instance id, state serial): wait until a removed replica is idle
         self.scale_down_after = scale_down_after
@@ -135,7 +136,7 @@ class Autoscaler:
                 return
             deployment = Deployment(row.endpoint, row.name, row.id, row.config)
             if self.runners.bounds(deployment) is None:
-                self.runners.prepare(deployment, self.resolve)
+                self.runners.prepare(deployment, self.resolver_for(deployment.endpoint))
             count = len(replicas_of(row.handle))
             log.info("%s: load needs more replicas; starting replica %d", deployment.label, count)
             try:

@@ -111,7 +111,7 @@ def _serving(executor: RunnerExecutor, deployment: Deployment, entity: Any, stor
 def restart_runners(
     store: StateStore,
     executor: RunnerExecutor,
-    resolve: Any,
+    resolver_for: Any,
     backoff: Backoff | None = None,
     busy: Any = lambda entity_id: False,
 ) -> None:
@@ -137,7 +137,7 @@ def restart_runners(
         store.update_entity(entity.id, deployment=DeploymentState.RECOVERING, message="restarting")
         try:
             executor.stop(deployment, entity.handle)
-            executor.prepare(deployment, resolve)
+            executor.prepare(deployment, resolver_for(deployment.endpoint))
             handle = executor.start(deployment)
             store.update_entity(entity.id, handle=handle)
             executor.wait_ready(deployment, handle, 600)

@@ -48,7 +48,7 @@ class ScaleToZero:
         self,
         state_path: Path,
         runners: RunnerExecutor,
-        resolve: Callable[[str], str],
+        resolver_for: Callable[[str], Callable[[str], str]],
         *,
         idle_after: float,
         cold_start_wait: float,
@@ -56,7 +56,8 @@ class ScaleToZero:
     ) -> None:
         self.state_path = state_path
         self.runners = runners
-        self.resolve = resolve
+        # endpoint name -> the resolver of its secrets (as its creator)
+        self.resolver_for = resolver_for
         self.idle_after = idle_after
         self.cold_start_wait = cold_start_wait
         self.holder = holder
@@ -163,7 +164,7 @@ class ScaleToZero:
         log.info("%s: cold start", deployment.label)
         store.update_entity(row.id, message="starting from zero for a request")
         try:
-            self.runners.prepare(deployment, self.resolve)
+            self.runners.prepare(deployment, self.resolver_for(deployment.endpoint))
             handle = self.runners.start(deployment)
             self.runners.wait_ready(deployment, handle, READY_TIMEOUT)
         except ExecutorError as exc:

@@ -24,7 +24,14 @@ from typing import Any
 
 from schemas import DeploymentState, replace_secret_references
 
-from .._executor import Deployment, EntityStatus, Executor, ExecutorError, SecretResolver
+from .._executor import (
+    Deployment,
+    EntityStatus,
+    Executor,
+    ExecutorError,
+    SecretResolver,
+    SecretUnavailable,
+)
 from .vllm_process import (
     PID_FILE,
     TASKS,
@@ -216,11 +223,10 @@ class RunnerExecutor(Executor):
         def one(reference: str) -> str:
             try:
                 return resolve(reference)
-            except KeyError:
+            except KeyError as exc:
                 # Name the reference, never a value.
-                raise ExecutorError(
-                    f"{label}: secret reference {reference} does not resolve"
-                ) from None
+                why = exc.reason if isinstance(exc, SecretUnavailable) else "does not resolve"
+                raise ExecutorError(f"{label}: secret reference {reference}: {why}") from None
 
         return replace_secret_references(value, one)
 
