@@ -386,3 +386,16 @@ def test_the_cli_plans_as_the_token_it_is_given(server: ServerProcess, tmp_path:
     assert (
         bogus.returncode == 2 and "ENGINE_TOKEN" in bogus.stderr and "dse_not" not in bogus.stderr
     )
+
+
+def test_a_users_token_cannot_mint_tokens_through_the_cli(server: ServerProcess) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    command = [sys.executable, "-m", "engine.cli", "tokens", "create", "--user", "bob@example.com"]
+    command += ["--admin", "--state", str(server.state)]
+    as_bob = {**env, "ENGINE_TOKEN": server.tokens["bob"]}  # type: ignore[attr-defined]
+    refused = subprocess.run(command, capture_output=True, text=True, env=as_bob, timeout=120)
+    assert refused.returncode == 1 and "only an admin" in refused.stderr
+    assert "dse_" not in refused.stdout
+    as_admin = {**env, "ENGINE_TOKEN": server.tokens["admin"]}  # type: ignore[attr-defined]
+    made = subprocess.run(command, capture_output=True, text=True, env=as_admin, timeout=120)
+    assert made.returncode == 0 and "dse_" in made.stdout

@@ -11,6 +11,7 @@ import typer
 from engine.access.tokens import create_token
 from engine.cli.output import fail
 from engine.state import StateError, open_state
+from engine.workflow import TOKEN_ENV_VAR, WorkflowError, cli_principal
 
 __all__ = ["tokens_app"]
 
@@ -19,10 +20,24 @@ StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
 
 
 def _store(state: Path | None):  # noqa: ANN202
+    """The state, for the operator or an admin's $ENGINE_TOKEN: a user's token acting through
+    the CLI may not mint or revoke tokens (it could make itself an admin)."""
     try:
-        return open_state(state)
+        store = open_state(state)
     except StateError as exc:
         fail(str(exc))
+    try:
+        principal = cli_principal(store)
+    except WorkflowError as exc:
+        store.close()
+        fail(exc.message, exc.exit_code)
+    if not principal.admin:
+        store.close()
+        fail(
+            f"only an admin or the operator may manage tokens; ${TOKEN_ENV_VAR} is "
+            f"{principal.name}'s"
+        )
+    return store
 
 
 @tokens_app.command("create")
