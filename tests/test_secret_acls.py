@@ -399,3 +399,72 @@ def test_a_users_token_cannot_mint_tokens_through_the_cli(server: ServerProcess)
     as_admin = {**env, "ENGINE_TOKEN": server.tokens["admin"]}  # type: ignore[attr-defined]
     made = subprocess.run(command, capture_output=True, text=True, env=as_admin, timeout=120)
     assert made.returncode == 0 and "dse_" in made.stdout
+
+
+def test_an_outsider_sees_no_secret_token_or_hidden_endpoint(
+    server: ServerProcess, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Everything bob can ask, and every file and log the engine writes, holds no secret value,
+    no token and (for bob) no name of an endpoint he has no access to."""
+    api: _Api = server.api  # type: ignore[attr-defined]
+    hidden = "hidden-probe-7d3a"
+    created = api.post("alice", "serving-endpoints", **_spec(hidden, upstream.url + "/v1"))
+    assert created.status_code == 200, created.text
+    endpoint = _wait_ready(api, "alice", hidden)
+    # Only team-a may see it: replace the default ACL (users: CAN_QUERY).
+    acl = {"access_control_list": [{"group_name": "team-a", "permission_level": "CAN_QUERY"}]}
+    answer = httpx.put(
+        f"{server.url}/api/2.0/permissions/serving-endpoints/{endpoint['id']}",
+        json=acl,
+        headers=api.headers("alice"),
+    )
+    assert answer.status_code == 200, answer.text
+    assert _query(server, "alice", hidden).status_code == 200  # traffic: metrics now name it
+
+    asked: list[httpx.Response] = []
+    headers = api.headers("bob")
+    base = f"{server.url}/api/2.0/serving-endpoints"
+    for method, url in [
+        ("GET", f"{server.url}/metrics"),
+        ("GET", base),
+        ("GET", f"{base}/{hidden}"),
+        ("DELETE", f"{base}/{hidden}"),
+        ("GET", f"{base}/{hidden}/metrics"),
+        ("GET", f"{base}/{hidden}/openapi"),
+        ("GET", f"{base}/{hidden}/served-models/gpt/logs"),
+        ("GET", f"{server.url}/api/2.0/permissions/serving-endpoints/{endpoint['id']}"),
+        ("GET", f"{server.url}/api/2.0/secrets/scopes/list"),
+        ("GET", f"{server.url}/api/2.0/secrets/list?scope=team_a"),
+        ("GET", f"{server.url}/api/2.0/secrets/acls/list?scope=team_a"),
+        ("POST", f"{server.url}/serving-endpoints/{hidden}/invocations"),
+    ]:
+        body = {"messages": [{"role": "user", "content": "hi"}]} if method == "POST" else None
+        asked.append(httpx.request(method, url, headers=headers, json=body, timeout=30))
+    for verb, path in [("PUT", "config"), ("PUT", "rate-limits"), ("PATCH", "tags")]:
+        asked.append(httpx.request(verb, f"{base}/{hidden}/{path}", headers=headers, json={}))
+    assert asked[0].status_code == 200  # bob may scrape /metrics, seeing only his series
+    for answer in asked[1:]:
+        assert answer.status_code in (200, 403, 404), (answer.request.url, answer.text)
+    tokens = list(server.tokens.values())  # type: ignore[attr-defined]
+    for answer in asked:
+        for needle in [TEAM_A_KEY, hidden, *tokens]:
+            assert needle not in answer.text, (answer.request.url, needle)
+
+    # Files and logs: no value and no token, whoever asks (names are fine there).
+    blobs = {p: p.read_bytes() for p in server.state.parent.iterdir() if p.is_file()}
+    plan_file = tmp_path / "plan.json"
+    spec = tmp_path / "specs" / "probe.yaml"
+    spec.parent.mkdir()
+    spec.write_text(json.dumps(_spec("planned-probe", upstream.url + "/v1")))
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}"}
+    env["ENGINE_TOKEN"] = server.tokens["alice"]  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "engine.cli", "plan", str(spec), "-out", str(plan_file)]
+    planned = subprocess.run(
+        [*command, "--state", str(server.state)], capture_output=True, env=env, timeout=120
+    )
+    assert planned.returncode == 0, planned.stderr
+    blobs[plan_file] = plan_file.read_bytes()
+    blobs[Path("plan output")] = planned.stdout + planned.stderr
+    for path, blob in blobs.items():
+        for needle in [TEAM_A_KEY, *tokens]:
+            assert needle.encode() not in blob, (path, needle)
