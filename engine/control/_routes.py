@@ -176,8 +176,9 @@ class ControlPlane:
         if row is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
         level = level_of(self.store, principal, row.id)
-        if level is None and needed == "CAN_VIEW":
-            # Do not reveal endpoints the caller cannot see.
+        if level is None:
+            # Whatever the route: a 403 would confirm that an endpoint the caller cannot see
+            # exists, so no access at all reads as no endpoint (as GET says).
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
         require(level, needed, f"{what} endpoint {name!r}")
         return row
