@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
 from schemas import ConfigUpdateState, DeploymentState, EntityRole, now_ms
@@ -172,7 +173,7 @@ class SqliteStateStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
