@@ -10,7 +10,13 @@ import typer
 
 from engine.state import resolve_state_path
 
-__all__ = ["ColdStartWaitOpt", "ScaleToZeroAfterOpt", "UVICORN_SETTINGS", "register"]
+__all__ = [
+    "ColdStartWaitOpt",
+    "MetricsPublicOpt",
+    "ScaleToZeroAfterOpt",
+    "UVICORN_SETTINGS",
+    "register",
+]
 
 ScaleToZeroAfterOpt = Annotated[
     float | None,
@@ -26,6 +32,15 @@ ColdStartWaitOpt = Annotated[
         "--cold-start-wait",
         help="Seconds a request waits for a scaled-to-zero runner to start before a 503 "
         "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
+    ),
+]
+MetricsPublicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--metrics-public",
+        help="Answer /metrics without a token, with every endpoint's series (for a scraper "
+        "on a private network). Default: a token is needed, and a caller sees only the "
+        "series of endpoints it may view.",
     ),
 ]
 # How every serving host runs uvicorn (`engine serve`, `engine up`).
@@ -53,6 +68,7 @@ def serve_command(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
+    metrics_public: MetricsPublicOpt = False,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -67,6 +83,7 @@ def serve_command(
         address=f"http://{host}:{port}",
         scale_to_zero_after=scale_to_zero_after,
         cold_start_wait=cold_start_wait,
+        metrics_public=metrics_public,
     )
     typer.echo(f"serving on http://{host}:{port} (state {resolve_state_path(state)})", err=True)
     uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)

@@ -45,7 +45,12 @@ from engine.asgi import serve_lifespan
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import EXIT_ERROR, EXIT_OK, fail, reported
 from engine.cli.plan import load_specs_reporting, print_plan, run_apply
-from engine.cli.serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
+from engine.cli.serve import (
+    UVICORN_SETTINGS,
+    ColdStartWaitOpt,
+    MetricsPublicOpt,
+    ScaleToZeroAfterOpt,
+)
 from engine.specs.loader import LoadResult
 from engine.state import LockInfo, StateStore, open_state, resolve_state_path
 from engine.workflow import Session, actor_name, default_stack, locked, plan_stack
@@ -97,6 +102,7 @@ def up_command(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
+    metrics_public: MetricsPublicOpt = False,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     state_path = resolve_state_path(state).absolute()
@@ -126,6 +132,7 @@ def up_command(
             address=url,
             scale_to_zero_after=scale_to_zero_after,
             cold_start_wait=cold_start_wait,
+            metrics_public=metrics_public,
         ),
         paths=paths,
         loaded=loaded,
