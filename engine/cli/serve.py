@@ -8,13 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.state import resolve_state_path
+from engine.cli.output import fail
+from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
 
 __all__ = [
     "ColdStartWaitOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
     "UVICORN_SETTINGS",
+    "claim_or_fail",
     "register",
 ]
 
@@ -57,6 +59,16 @@ UVICORN_SETTINGS: dict[str, Any] = {
 }
 
 
+def claim_or_fail(store: DirectoryStore, host_id: str, *, address: str) -> None:
+    """Claim the state for this serving host; one `error:` line while another one lives."""
+    from engine.host.one_host import HostConflict, claim_state
+
+    try:
+        claim_state(store, host_id, address=address)
+    except HostConflict as exc:
+        fail(exc.message)
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
@@ -78,12 +90,25 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    state_path = resolve_state_path(state)
     app = ServingApp(
-        resolve_state_path(state),
+        state_path,
         address=f"http://{host}:{port}",
         scale_to_zero_after=scale_to_zero_after,
         cold_start_wait=cold_start_wait,
         metrics_public=metrics_public,
     )
-    typer.echo(f"serving on http://{host}:{port} (state {resolve_state_path(state)})", err=True)
-    uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)
+    try:
+        store = open_state(state_path)
+    except StateError as exc:
+        fail(str(exc))
+    try:
+        # Before uvicorn starts: a second host is refused with one line, not a failed startup.
+        claim_or_fail(store, app.host_id, address=app.address)
+        typer.echo(f"serving on {app.address} (state {state_path})", err=True)
+        try:
+            uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)
+        finally:
+            store.remove_host(app.host_id)  # also when it never started (port in use)
+    finally:
+        store.close()

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, Tab
 from engine.gateway._usage import UsageRecorder
 from engine.gateway.routes import QueryRoutes
 from engine.host.autoscale import Autoscaler, ThroughputMeter
+from engine.host.one_host import claim_state, new_host_id
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
@@ -76,6 +76,7 @@ class ServingApp:
         scale_to_zero_after: float | None = None,
         cold_start_wait: float | None = None,
         metrics_public: bool = False,
+        host_id: str | None = None,
     ) -> None:
         self.state_path = Path(state_path)
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
@@ -91,7 +92,8 @@ class ServingApp:
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.extra_routes: list[Handler] = []
-        self.host_id = uuid.uuid4().hex[:12]
+        # The id this host claims the state under (`engine up` claims it before it starts).
+        self.host_id = host_id or new_host_id()
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing = asyncio.Lock()
         self._store: StateStore | None = None
@@ -134,6 +136,8 @@ class ServingApp:
 
     async def startup(self) -> None:
         self._store = open_state(self.state_path)
+        # One host per state (a no-op when the CLI claimed it already under this id).
+        claim_state(self._store, self.host_id, address=self.address)
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
