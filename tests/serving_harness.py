@@ -26,8 +26,11 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, state: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, state: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.state = state
+        self.args = args  # more `engine serve` options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = state.parent / f"serve-{self.port}.log"
@@ -47,6 +50,7 @@ class ServerProcess:
                 str(self.state),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

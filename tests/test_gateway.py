@@ -236,7 +236,7 @@ def test_rate_limit_exact_under_concurrency(stack) -> None:  # noqa: ANN001
         server.url + "/serving-endpoints/blocked/invocations", json=body, headers=auth
     )
     assert blocked.status_code == 429 and "blocked" in blocked.json()["message"]
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers=auth).text
     assert 'serving_rate_limited_total{endpoint="limited"} 900' in metrics
     assert 'serving_requests_total{endpoint="limited",entity="m",status="200"} 100' in metrics
 

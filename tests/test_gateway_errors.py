@@ -158,6 +158,6 @@ def test_failures_before_a_stream_starts_are_mapped(
 def test_upstream_errors_are_counted_not_crashes(gateway) -> None:  # noqa: ANN001
     client, server = gateway
     _ask(client, "openai", "s401")
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = client.get("/metrics").text
     assert 'status="502"' in metrics
     assert 'status="500"' not in metrics and 'status="401"' not in metrics

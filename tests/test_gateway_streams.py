@@ -306,7 +306,7 @@ def test_openai_wire_events_pass_through_as_sent_with_usage_accounted(gateway: G
     status, body = gateway.stream("hello-limited")
     assert status == 200
     assert body == b"".join(HELLO)  # byte for byte, [DONE] included, nothing added
-    metrics = httpx.get(gateway.url + "/metrics").text
+    metrics = httpx.get(gateway.url + "/metrics", headers=gateway.auth).text
     for kind, n in (("prompt", 5), ("completion", 3)):
         line = f'serving_tokens_total{{endpoint="hello-limited",entity="e",type="{kind}"}} {n}'
         assert line in metrics

@@ -8,9 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.state import resolve_state_path
+from engine.cli.output import fail
+from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
 
-__all__ = ["ColdStartWaitOpt", "ScaleToZeroAfterOpt", "UVICORN_SETTINGS", "register"]
+__all__ = [
+    "ColdStartWaitOpt",
+    "MetricsPublicOpt",
+    "ScaleToZeroAfterOpt",
+    "UVICORN_SETTINGS",
+    "claim_or_fail",
+    "register",
+]
 
 ScaleToZeroAfterOpt = Annotated[
     float | None,
@@ -28,6 +36,15 @@ ColdStartWaitOpt = Annotated[
         "with Retry-After (default 120, or $ENGINE_COLD_START_WAIT).",
     ),
 ]
+MetricsPublicOpt = Annotated[
+    bool,
+    typer.Option(
+        "--metrics-public",
+        help="Answer /metrics without a token, with every endpoint's series (for a scraper "
+        "on a private network). Default: a token is needed, and a caller sees only the "
+        "series of endpoints it may view.",
+    ),
+]
 # How every serving host runs uvicorn (`engine serve`, `engine up`).
 UVICORN_SETTINGS: dict[str, Any] = {
     "loop": "auto",
@@ -42,6 +59,16 @@ UVICORN_SETTINGS: dict[str, Any] = {
 }
 
 
+def claim_or_fail(store: DirectoryStore, host_id: str, *, address: str) -> None:
+    """Claim the state for this serving host; one `error:` line while another one lives."""
+    from engine.host.one_host import HostConflict, claim_state
+
+    try:
+        claim_state(store, host_id, address=address)
+    except HostConflict as exc:
+        fail(exc.message)
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
@@ -53,6 +80,7 @@ def serve_command(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
+    metrics_public: MetricsPublicOpt = False,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -62,11 +90,25 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    state_path = resolve_state_path(state)
     app = ServingApp(
-        resolve_state_path(state),
+        state_path,
         address=f"http://{host}:{port}",
         scale_to_zero_after=scale_to_zero_after,
         cold_start_wait=cold_start_wait,
+        metrics_public=metrics_public,
     )
-    typer.echo(f"serving on http://{host}:{port} (state {resolve_state_path(state)})", err=True)
-    uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)
+    try:
+        store = open_state(state_path)
+    except StateError as exc:
+        fail(str(exc))
+    try:
+        # Before uvicorn starts: a second host is refused with one line, not a failed startup.
+        claim_or_fail(store, app.host_id, address=app.address)
+        typer.echo(f"serving on {app.address} (state {state_path})", err=True)
+        try:
+            uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)
+        finally:
+            store.remove_host(app.host_id)  # also when it never started (port in use)
+    finally:
+        store.close()

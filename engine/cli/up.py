@@ -32,7 +32,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -45,9 +44,16 @@ from engine.asgi import serve_lifespan
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import EXIT_ERROR, EXIT_OK, fail, reported
 from engine.cli.plan import load_specs_reporting, print_plan, run_apply
-from engine.cli.serve import UVICORN_SETTINGS, ColdStartWaitOpt, ScaleToZeroAfterOpt
+from engine.cli.serve import (
+    UVICORN_SETTINGS,
+    ColdStartWaitOpt,
+    MetricsPublicOpt,
+    ScaleToZeroAfterOpt,
+    claim_or_fail,
+)
+from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
-from engine.state import LockInfo, StateStore, open_state, resolve_state_path
+from engine.state import LockInfo, open_state, resolve_state_path
 from engine.workflow import Session, actor_name, default_stack, locked, plan_stack
 from providers import (
     Deployment,
@@ -58,7 +64,7 @@ from providers import (
     SecretResolver,
 )
 from providers.runner import RunnerExecutor
-from schemas import DeploymentState, EntityRole, now_ms, pid_alive
+from schemas import DeploymentState, EntityRole
 
 if TYPE_CHECKING:
     from engine.host.app import ServingApp
@@ -67,8 +73,6 @@ __all__ = ["register"]
 
 # How long a stop waits for an apply in progress to record its outcome.
 ABORT_WAIT = 30.0
-# A host on another machine counts as alive while its heartbeat is this recent.
-HEARTBEAT_FRESH_MS = 10_000
 
 
 def register(app: typer.Typer) -> None:
@@ -97,17 +101,30 @@ def up_command(
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
+    metrics_public: MetricsPublicOpt = False,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     state_path = resolve_state_path(state).absolute()
+    url = f"http://{host}:{port}"
+    host_id = new_host_id()
     with reported():
         loaded = load_specs_reporting(paths)
         with Session(state_path) as session:
             assert session.store is not None
-            _refuse_second_host(session.store)
-            plan, _ = plan_stack(
-                session, loaded, stack=stack or default_stack(paths), allow_replace=allow_replace
-            )
+            # The claim is this host's until it stops (a second `serve` or `up` is refused).
+            claim_or_fail(session.store, host_id, address=url)
+            planned = False
+            try:
+                plan, _ = plan_stack(
+                    session,
+                    loaded,
+                    stack=stack or default_stack(paths),
+                    allow_replace=allow_replace,
+                )
+                planned = not plan.errored
+            finally:
+                if not planned:  # nothing will serve: the state is free for another host
+                    session.store.remove_host(host_id)
     if plan.errored:
         print_plan(plan)
         raise typer.Exit(EXIT_ERROR)
@@ -119,13 +136,14 @@ def up_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    url = f"http://{host}:{port}"
     app = UpHost(
         ServingApp(
             state_path,
             address=url,
             scale_to_zero_after=scale_to_zero_after,
             cold_start_wait=cold_start_wait,
+            metrics_public=metrics_public,
+            host_id=host_id,
         ),
         paths=paths,
         loaded=loaded,
@@ -137,7 +155,10 @@ def up_command(
     server = _Server(uvicorn.Config(app, host=host, port=port, **UVICORN_SETTINGS))
     app.server = server
     typer.echo(f"starting the serving host on {url} (state {state_path})", err=True)
-    server.run()
+    try:
+        server.run()
+    finally:
+        _release(state_path, host_id)  # also when it never started (port in use)
     if app.exit_code is None:
         fail("the serving host did not start (see the lines above)")
     typer.echo("stopped the serving host and its runners", err=True)
@@ -448,17 +469,9 @@ class _HostRunners(Executor):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _refuse_second_host(store: StateStore) -> None:
-    """Two hosts on one state would both own its runners: refuse while another one lives."""
-    now = now_ms()
-    for other in store.hosts():
-        if other["hostname"] == socket.gethostname():
-            alive = other["pid"] != os.getpid() and pid_alive(int(other["pid"]))
-        else:
-            alive = now - int(other["last_seen_ms"]) < HEARTBEAT_FRESH_MS
-        if alive:
-            where = other["address"] or f"pid {other['pid']} on {other['hostname']}"
-            fail(
-                f"a serving host is already running on this state ({where}): apply through it "
-                "(`engine apply`, or its REST API), or stop it first"
-            )
+def _release(state_path: Path, host_id: str) -> None:
+    store = open_state(state_path)
+    try:
+        store.remove_host(host_id)
+    finally:
+        store.close()

@@ -173,8 +173,9 @@ class ControlPlane:
         if row is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
         level = level_of(self.store, principal, row.id)
-        if level is None and needed == "CAN_VIEW":
-            # Do not reveal endpoints the caller cannot see.
+        if level is None:
+            # Whatever the route: a 403 would confirm that an endpoint the caller cannot see
+            # exists, so no access at all reads as no endpoint (as GET says).
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
         require(level, needed, f"{what} endpoint {name!r}")
         return row
@@ -236,12 +237,9 @@ class ControlPlane:
 
     async def _get_metrics(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         await _thread(self._row, name, principal, "CAN_VIEW", "read")
-        text = "\n".join(
-            line
-            for line in self.host.metrics_text().splitlines()
-            if line.startswith("#") or f'endpoint="{name}"' in line
-        )
-        await send_text(send, 200, text + "\n", "text/plain; version=0.0.4")
+        # Filtered by each series' endpoint, not by matching label text in rendered lines.
+        text = self.host.metrics_text(lambda endpoint: endpoint == name)
+        await send_text(send, 200, text, "text/plain; version=0.0.4")
 
     async def _get_logs(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         if parts[1] != "served-models" or parts[3] not in ("logs", "build-logs"):

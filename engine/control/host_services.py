@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from engine.access.tokens import Principal
+from engine.gateway._metrics import Visible
 from engine.secrets.store import SecretStore
 from engine.state import EndpointRow, StateStore
 
@@ -33,8 +34,9 @@ class HostServices(Protocol):
         """Return once the routing table is at least at the state's serial as of this call."""
         ...
 
-    def metrics_text(self) -> str:
-        """The data plane's metrics in Prometheus' text format."""
+    def metrics_text(self, visible: Visible = None) -> str:
+        """The data plane's metrics in Prometheus' text format (only the series of endpoints
+        `visible` accepts, when given)."""
         ...
 
     def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:

@@ -1,10 +1,22 @@
-"""Prometheus metrics of the data plane, rendered in the text exposition format."""
+"""Prometheus metrics of the data plane, rendered in the text exposition format.
+
+Every series is labelled with its endpoint, so `render(visible=...)` can leave out, series by
+series, those of endpoints a caller may not view (their names alone say what other teams
+serve). The filter compares the endpoint of each series as stored, never the rendered text, so
+no endpoint name (a prefix of another, or one that needs escaping) can match another's series.
+A series without an endpoint label (none yet: process-wide ones) names no endpoint and is
+always shown.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "Visible"]
+
+# Which endpoints' series to render (None: all of them).
+Visible = Callable[[str], bool] | None
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -52,12 +64,17 @@ class Metrics:
         if completion_tokens:
             self.tokens[(endpoint, entity, "completion")] += completion_tokens
 
-    def render(self) -> str:
+    def render(self, visible: Visible = None) -> str:
+        def shown(endpoint: str) -> bool:
+            return visible is None or visible(endpoint)
+
         lines = [
             "# HELP serving_requests_total Requests answered, by endpoint, entity and status.",
             "# TYPE serving_requests_total counter",
         ]
         for (endpoint, entity, status), n in sorted(self.requests.items()):
+            if not shown(endpoint):
+                continue
             labels = _labels(endpoint=endpoint, entity=entity, status=status)
             lines.append(f"serving_requests_total{labels} {n}")
         lines += [
@@ -65,6 +82,8 @@ class Metrics:
             "# TYPE serving_request_duration_seconds histogram",
         ]
         for (endpoint, entity), counts in sorted(self.latency.items()):
+            if not shown(endpoint):
+                continue
             running = 0
             for bound, n in zip((*_BUCKETS, float("inf")), counts, strict=True):
                 running += n
@@ -82,6 +101,8 @@ class Metrics:
             "# TYPE serving_tokens_total counter",
         ]
         for (endpoint, entity, kind), n in sorted(self.tokens.items()):
+            if not shown(endpoint):
+                continue
             lines.append(
                 f"serving_tokens_total{_labels(endpoint=endpoint, entity=entity, type=kind)} {n}"
             )
@@ -90,12 +111,16 @@ class Metrics:
             "# TYPE serving_rate_limited_total counter",
         ]
         for endpoint, n in sorted(self.rate_limited.items()):
+            if not shown(endpoint):
+                continue
             lines.append(f"serving_rate_limited_total{_labels(endpoint=endpoint)} {n}")
         lines += [
             "# HELP serving_upstream_errors_total Upstream failures, by kind.",
             "# TYPE serving_upstream_errors_total counter",
         ]
         for (endpoint, entity, kind), n in sorted(self.upstream_errors.items()):
+            if not shown(endpoint):
+                continue
             labels = _labels(endpoint=endpoint, entity=entity, kind=kind)
             lines.append(f"serving_upstream_errors_total{labels} {n}")
         return "\n".join(lines) + "\n"

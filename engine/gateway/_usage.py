@@ -1,7 +1,8 @@
 """Usage records (`ai_gateway.usage_tracking_config.enabled`), written off the hot path.
 
 Requests append to an in-memory list; a background thread flushes it to `usage.db` beside the
-state every second (and on shutdown), so a request never waits for a disk write.
+state every second (and on shutdown), so a request never waits for a disk write. The file says
+who called what: it is created 0600, as the state is.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import sqlite3
 import threading
 from dataclasses import astuple, dataclass
 from pathlib import Path
+
+from engine.state import create_private_file
 
 __all__ = ["UsageRecord", "UsageRecorder", "read_usage"]
 
@@ -45,6 +48,7 @@ class UsageRecorder:
         self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
 
     def start(self) -> None:
+        create_private_file(self.path)
         with sqlite3.connect(self.path) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)

@@ -14,11 +14,11 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from engine.access.permissions import level_in
 from engine.access.secret_acls import CreatorAccess, resolver_as_creator
 from engine.access.tokens import Principal, TokenIndex
 from engine.asgi import (
@@ -33,12 +33,13 @@ from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
 from engine.executors import build_executors
 from engine.gateway._dataplane import DataPlane
-from engine.gateway._metrics import Metrics
+from engine.gateway._metrics import Metrics, Visible
 from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
 from engine.gateway._usage import UsageRecorder
 from engine.gateway.routes import QueryRoutes
 from engine.host.autoscale import Autoscaler, ThroughputMeter
+from engine.host.one_host import claim_state, new_host_id
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
@@ -75,8 +76,13 @@ class ServingApp:
         address: str = "",
         scale_to_zero_after: float | None = None,
         cold_start_wait: float | None = None,
+        metrics_public: bool = False,
+        host_id: str | None = None,
     ) -> None:
         self.state_path = Path(state_path)
+        # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
+        # a private network); otherwise a caller sees the series of endpoints it may view.
+        self.metrics_public = metrics_public
         # How often the host looks for changes made elsewhere (the CLI, another process); its
         # own API's changes are served at once (catch_up).
         self.poll_interval = _seconds(poll_interval, "ENGINE_STATE_POLL_INTERVAL", 0.2)
@@ -87,7 +93,8 @@ class ServingApp:
         self.metrics = Metrics()
         self.limiter = RateLimiter()
         self.extra_routes: list[Handler] = []
-        self.host_id = uuid.uuid4().hex[:12]
+        # The id this host claims the state under (`engine up` claims it before it starts).
+        self.host_id = host_id or new_host_id()
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing = asyncio.Lock()
         self._store: StateStore | None = None
@@ -130,6 +137,8 @@ class ServingApp:
 
     async def startup(self) -> None:
         self._store = open_state(self.state_path)
+        # One host per state (a no-op when the CLI claimed it already under this id).
+        claim_state(self._store, self.host_id, address=self.address)
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
@@ -345,8 +354,25 @@ class ServingApp:
         control plane calls this before it answers)."""
         await self.refresh()
 
-    def metrics_text(self) -> str:
-        return self.metrics.render()
+    def metrics_text(self, visible: Visible = None) -> str:
+        return self.metrics.render(visible)
+
+    async def _metrics(self, scope: dict[str, Any], send: Any) -> None:
+        visible: Visible = None
+        if not self.metrics_public:
+            principal = self.authenticate(scope)
+            if not principal.admin:
+                visible = (await asyncio.to_thread(self._viewable, principal)).__contains__
+        await send_text(send, 200, self.metrics_text(visible), "text/plain; version=0.0.4")
+
+    def _viewable(self, principal: Principal) -> frozenset[str]:
+        """Names of the endpoints the caller may view (CAN_VIEW or more)."""
+        acls = self.store.all_permissions()
+        return frozenset(
+            row.name
+            for row in self.store.list_endpoints()
+            if level_in(acls.get(row.id, []), principal) is not None
+        )
 
     async def _poll(self) -> None:
         while True:
@@ -410,7 +436,7 @@ class ServingApp:
         if path == "/health" and method == "GET":
             await send_json(send, 200, {"status": "ok", "serial": self.table.serial})
         elif path == "/metrics" and method == "GET":
-            await send_text(send, 200, self.metrics.render(), "text/plain; version=0.0.4")
+            await self._metrics(scope, send)
         else:
             raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at {method} {path}")
 

@@ -5,6 +5,7 @@ embedded default that implements it.
 """
 
 from engine.state._lock import LockHeld, LockInfo
+from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from engine.state._sqlite import SqliteStateStore, StateError, open_state, resolve_state_path
 from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
@@ -21,6 +22,7 @@ __all__ = [
     "SqliteStateStore",
     "StateError",
     "StateStore",
+    "create_private_file",
     "open_state",
     "resolve_state_path",
 ]

@@ -14,12 +14,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from plans import EndpointRecord, StateSnapshot
 from schemas import (
@@ -221,7 +222,7 @@ class SqliteStateStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
@@ -566,6 +567,45 @@ class SqliteStateStore:
                 "last_seen_ms = excluded.last_seen_ms, address = excluded.address",
                 (host_id, pid, hostname, address, now, now),
             )
+
+    def claim_host(
+        self,
+        host_id: str,
+        *,
+        pid: int,
+        hostname: str,
+        address: str,
+        alive: Callable[[dict[str, Any]], bool],
+    ) -> dict[str, Any] | None:
+        """Record serving host `host_id` unless another host that `alive` accepts is recorded
+        (returned then). One transaction, so two hosts starting at once cannot both claim the
+        state; the records of dead hosts are removed (a killed host never blocks the next)."""
+        now = _now_ms()
+        with self._mutex:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                others = [
+                    dict(r)
+                    for r in conn.execute(
+                        "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts "
+                        "WHERE id != ?",
+                        (host_id,),
+                    )
+                ]
+                live = next((other for other in others if alive(other)), None)
+                if live is None:
+                    conn.execute("DELETE FROM hosts WHERE id != ?", (host_id,))
+                    conn.execute(
+                        "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                        "SET last_seen_ms = excluded.last_seen_ms, address = excluded.address",
+                        (host_id, pid, hostname, address, now, now),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return live
 
     def hosts(self) -> list[dict[str, Any]]:
         with self._read() as conn:

@@ -10,6 +10,7 @@ implements them on one file; callers that need only one part are typed against t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -170,6 +171,18 @@ class DirectoryStore(Protocol):
     def delete_token(self, token_id: str) -> bool: ...
 
     def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None: ...
+
+    def claim_host(
+        self,
+        host_id: str,
+        *,
+        pid: int,
+        hostname: str,
+        address: str,
+        alive: Callable[[dict[str, Any]], bool],
+    ) -> dict[str, Any] | None:
+        """Atomically: the record of another live host, else record this one (None)."""
+        ...
 
     def hosts(self) -> list[dict[str, Any]]: ...
 
