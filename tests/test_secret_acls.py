@@ -440,15 +440,34 @@ def test_an_outsider_sees_no_secret_token_or_hidden_endpoint(
     ]:
         body = {"messages": [{"role": "user", "content": "hi"}]} if method == "POST" else None
         asked.append(httpx.request(method, url, headers=headers, json=body, timeout=30))
-    for verb, path in [("PUT", "config"), ("PUT", "rate-limits"), ("PATCH", "tags")]:
-        asked.append(httpx.request(verb, f"{base}/{hidden}/{path}", headers=headers, json={}))
+    bob_config = _spec(hidden, upstream.url + "/v1", "{{secrets/team_b/openai}}")["config"]
+    for verb, path, body in [
+        ("PUT", "config", bob_config),
+        ("PUT", "rate-limits", {"rate_limits": []}),
+        ("PATCH", "tags", {"add_tags": [{"key": "k", "value": "v"}]}),
+        ("PUT", "ai-gateway", {}),
+    ]:
+        answer = httpx.request(verb, f"{base}/{hidden}/{path}", headers=headers, json=body)
+        assert answer.status_code == 404, (path, answer.text)  # as if it did not exist
+        asked.append(answer)
     assert asked[0].status_code == 200  # bob may scrape /metrics, seeing only his series
     for answer in asked[1:]:
         assert answer.status_code in (200, 403, 404), (answer.request.url, answer.text)
     tokens = list(server.tokens.values())  # type: ignore[attr-defined]
     for answer in asked:
-        for needle in [TEAM_A_KEY, hidden, *tokens]:
+        named = hidden in str(answer.request.url) or endpoint["id"] in str(answer.request.url)
+        # An answer about a path that names the endpoint may echo the name bob sent, but must
+        # read exactly as for an endpoint that does not exist.
+        for needle in [TEAM_A_KEY, *tokens, *([] if named else [hidden])]:
             assert needle not in answer.text, (answer.request.url, needle)
+        if named and answer.status_code == 404:
+            url = str(answer.request.url).replace(hidden, "no-such-7d3a")
+            url = url.replace(endpoint["id"], "0" * len(endpoint["id"]))
+            body = json.loads(answer.request.content or b"null")
+            twin = httpx.request(answer.request.method, url, headers=headers, json=body)
+            assert twin.status_code == 404
+            expected = twin.text.replace("no-such-7d3a", hidden)
+            assert answer.text == expected.replace("0" * len(endpoint["id"]), endpoint["id"])
 
     # Files and logs: no value and no token, whoever asks (names are fine there).
     blobs = {p: p.read_bytes() for p in server.state.parent.iterdir() if p.is_file()}
