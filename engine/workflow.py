@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.access.secret_acls import creator_principal, operator_principal, secret_use_denial
+from engine.access.secret_acls import CreatorAccess, operator_principal, secret_use_denial
 from engine.access.tokens import Principal, TokenIndex
 from engine.apply import Applier, ApplyEvent, ApplyReport, PlanNotApplicable
 from engine.catalog.models import ModelCatalog
@@ -26,6 +26,7 @@ from engine.host.inventory import entity_checker
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
 from engine.specs.loader import LoadResult, SpecUsageError, load_specs
 from engine.state import (
+    EndpointRow,
     EntityRow,
     LockHeld,
     LockInfo,
@@ -170,18 +171,19 @@ def secret_access(store: StateStore, principal: Principal) -> SecretAccess:
     """The planner's SEC2 check: `principal` must hold READ on every scope a config it writes
     references, and so must the endpoint's creator (its secrets resolve as the creator)."""
     acls = store.all_secret_acls()
+    creators = CreatorAccess(acls, store.list_tokens())
+    rows: dict[str, EndpointRow | None] = {}
 
     def access(endpoint: str, scope: str) -> str | None:
         reason = secret_use_denial(acls, principal, scope)
         if reason is not None:
             return reason
-        row = store.get_endpoint(endpoint)
+        if endpoint not in rows:
+            rows[endpoint] = store.get_endpoint(endpoint)
+        row = rows[endpoint]
         if row is None or (row.creator, row.creator_kind) == (principal.name, principal.kind):
-            return None
-        reason = secret_use_denial(acls, creator_principal(store, row), scope)
-        if reason is not None:
-            return f"the endpoint resolves its secrets as its creator, and {reason}"
-        return None
+            return None  # a new endpoint's creator is the principal itself
+        return creators.denial(row, scope)
 
     return access
 

@@ -11,7 +11,7 @@ engine's own scope (`engine-managed`, its copies of `*_plaintext` values).
 | WRITE  | put and delete secrets                                                   |
 | MANAGE | delete the scope; read and change its ACLs                               |
 
-Endpoints resolve their secrets as their creator (as the platform does): `creator_principal`
+Endpoints resolve their secrets as their creator (as the platform does): `CreatorAccess`
 rebuilds that principal from the state (an operator of the state files is an admin).
 """
 
@@ -29,7 +29,6 @@ __all__ = [
     "CreatorAccess",
     "OPERATOR",
     "SCOPE_PERMISSIONS",
-    "creator_principal",
     "operator_principal",
     "require_scope",
     "resolver_as_creator",
@@ -98,14 +97,6 @@ def secret_use_denial(acls: Mapping[str, Acl], principal: Principal, scope: str)
     return f"{principal.name} has no READ on secret scope {scope!r}"
 
 
-def creator_principal(store: DirectoryStore, row: EndpointRow) -> Principal:
-    """The principal an endpoint's secrets resolve as: its creator as the state knows it now
-    (groups and admin from the creator's tokens; none left: only its own entries count)."""
-    if row.creator_kind == OPERATOR:
-        return operator_principal(row.creator)
-    return principal_named(store.list_tokens(), row.creator, row.creator_kind)
-
-
 def principal_named(tokens: Iterable[Mapping[str, object]], name: str, kind: str) -> Principal:
     groups: set[str] = set()
     admin = False
@@ -150,7 +141,7 @@ class CreatorAccess:
         reason = secret_use_denial(self._acls, self.principal(row), scope)
         if reason is None:
             return None
-        return f"its secrets resolve as its creator, and {reason}"
+        return f"the endpoint's secrets resolve as its creator, and {reason}"
 
 
 def resolver_as_creator(

@@ -20,7 +20,7 @@ from engine.access.tokens import Principal
 from engine.asgi import ApiError
 from engine.cli.output import reported
 from engine.secrets.scopes import ScopeCall, scope_call
-from engine.secrets.store import NAME_PATTERN, SecretStore, SecretStoreError
+from engine.secrets.store import SecretStore, SecretStoreError
 from engine.state import StateStore
 from engine.state._sqlite import STATE_ENV_VAR, resolve_state_path
 from engine.workflow import TOKEN_ENV_VAR, Session
@@ -110,6 +110,15 @@ def _read_secret_value() -> str:
     return value
 
 
+def _print_table(header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+    """Two columns, the first padded to its widest cell; nothing at all for no rows."""
+    if not rows:
+        return
+    width = max(len(header[0]), *(len(first) for first, _ in rows))
+    for first, second in [header, *rows]:
+        typer.echo(f"{first:<{width}}  {second}")
+
+
 def _iso_utc(timestamp_ms: int) -> str:
     moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -176,9 +185,9 @@ def put_secret(scope: ScopeArg, key: KeyArg, state: StateOption = None) -> None:
         # Check the permission, scope and key name before asking, so nobody types a secret
         # in vain.
         call.require(scope, "WRITE", "put secrets")
-        call("list", scope=scope)  # the scope exists
-        if not NAME_PATTERN.fullmatch(key):
-            _fail(f"key name {key!r} is invalid: use 1-128 characters from A-Z a-z 0-9 _ . -")
+        if not call.secrets.has_scope(scope):
+            _fail(f"secret scope '{scope}' does not exist")
+        call.secrets.has(scope, key)  # validates the key name; raises if it is malformed
         value = _read_secret_value()
         call("put", scope=scope, key=key, string_value=value)
     typer.echo(f"stored secret {key} in scope {scope}")
@@ -192,13 +201,8 @@ def list_secrets(scope: ScopeArg, state: StateOption = None, as_json: JsonFlag =
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         return
-    secrets = answer["secrets"]
-    if not secrets:
-        return
-    width = max(len("KEY"), *(len(s["key"]) for s in secrets))
-    typer.echo(f"{'KEY':<{width}}  LAST UPDATED")
-    for secret in secrets:
-        typer.echo(f"{secret['key']:<{width}}  {_iso_utc(secret['last_updated_timestamp'])}")
+    rows = [(s["key"], _iso_utc(s["last_updated_timestamp"])) for s in answer["secrets"]]
+    _print_table(("KEY", "LAST UPDATED"), rows)
 
 
 @secrets_app.command("delete-secret")
@@ -234,10 +238,7 @@ def list_acls(scope: ScopeArg, state: StateOption = None, as_json: JsonFlag = Fa
     if not items:
         typer.echo(f"scope {scope} has no entries: only admins may use it")
         return
-    width = max(len("PRINCIPAL"), *(len(i["principal"]) for i in items))
-    typer.echo(f"{'PRINCIPAL':<{width}}  PERMISSION")
-    for item in items:
-        typer.echo(f"{item['principal']:<{width}}  {item['permission']}")
+    _print_table(("PRINCIPAL", "PERMISSION"), [(i["principal"], i["permission"]) for i in items])
 
 
 @secrets_app.command("get-acl")

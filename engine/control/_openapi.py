@@ -11,6 +11,7 @@ import functools
 import json
 from typing import Any
 
+from engine.access.secret_acls import SCOPE_PERMISSIONS
 from schemas import ConfigUpdateState, ReadyState, endpoint_json_schema
 
 __all__ = ["openapi_document", "endpoint_openapi"]
@@ -304,7 +305,7 @@ def _document_text() -> str:
         },
     }
     empty = {"type": "object"}
-    permission = {"type": "string", "enum": ["READ", "WRITE", "MANAGE"]}
+    permission = {"type": "string", "enum": list(SCOPE_PERMISSIONS)}
     acl_put_body = {
         "type": "object",
         "required": ["scope", "principal", "permission"],
@@ -323,6 +324,16 @@ def _document_text() -> str:
         "type": "object",
         "properties": {"principal": {"type": "string"}, "permission": permission},
     }
+
+    def checked_post(summary: str, body: dict[str, Any]) -> dict[str, Any]:
+        # Every checked secrets call: 403 without the level, 404 for a missing scope or entry.
+        return {"post": _op(summary, _ok(empty, 400, 403, 404), requestBody=_body(body))}
+
+    def checked_get(summary: str, answer: dict[str, Any], *query: str) -> dict[str, Any]:
+        return {
+            "get": _op(summary, _ok(answer, 400, 403, 404), parameters=[_query(q) for q in query])
+        }
+
     paths.update(
         {
             "/api/2.0/secrets/scopes/create": {
@@ -330,88 +341,36 @@ def _document_text() -> str:
                     "Create a secret scope", _ok(empty, 400, 409), requestBody=_body(scope_body)
                 )
             },
-            "/api/2.0/secrets/scopes/delete": {
-                "post": _op(
-                    "Delete a secret scope (MANAGE needed)",
-                    _ok(empty, 400, 403, 404),
-                    requestBody=_body(scope_body),
-                )
-            },
+            "/api/2.0/secrets/scopes/delete": checked_post(
+                "Delete a secret scope (MANAGE needed)", scope_body
+            ),
             "/api/2.0/secrets/scopes/list": {
                 "get": _op(
                     "List the secret scopes the caller holds a permission on",
                     _ok({"type": "object", "properties": {"scopes": {"type": "array"}}}),
                 )
             },
-            "/api/2.0/secrets/put": {
-                "post": _op(
-                    "Put a secret (WRITE needed)",
-                    _ok(empty, 400, 403, 404),
-                    requestBody=_body(secret_body),
-                )
-            },
-            "/api/2.0/secrets/delete": {
-                "post": _op(
-                    "Delete a secret (WRITE needed)",
-                    _ok(empty, 400, 403, 404),
-                    requestBody=_body(secret_body),
-                )
-            },
-            "/api/2.0/secrets/acls/put": {
-                "post": _op(
-                    "Grant a principal READ, WRITE or MANAGE on a scope (MANAGE needed)",
-                    _ok(empty, 400, 403, 404),
-                    requestBody=_body(acl_put_body),
-                )
-            },
-            "/api/2.0/secrets/acls/delete": {
-                "post": _op(
-                    "Remove a principal's entry from a scope (MANAGE needed)",
-                    _ok(empty, 400, 403, 404),
-                    requestBody=_body(acl_delete_body),
-                )
-            },
-            "/api/2.0/secrets/acls/get": {
-                "get": _op(
-                    "A principal's entry on a scope (MANAGE needed)",
-                    _ok(acl_item, 400, 403, 404),
-                    parameters=[_query("scope"), _query("principal")],
-                )
-            },
-            "/api/2.0/secrets/acls/list": {
-                "get": _op(
-                    "The entries of a scope (MANAGE needed)",
-                    _ok(
-                        {
-                            "type": "object",
-                            "properties": {"items": {"type": "array", "items": acl_item}},
-                        },
-                        400,
-                        403,
-                        404,
-                    ),
-                    parameters=[_query("scope")],
-                )
-            },
-            "/api/2.0/secrets/list": {
-                "get": _op(
-                    "List the keys of a scope, never values (READ needed)",
-                    _ok(
-                        {"type": "object", "properties": {"secrets": {"type": "array"}}},
-                        400,
-                        403,
-                        404,
-                    ),
-                    parameters=[
-                        {
-                            "name": "scope",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                )
-            },
+            "/api/2.0/secrets/put": checked_post("Put a secret (WRITE needed)", secret_body),
+            "/api/2.0/secrets/delete": checked_post("Delete a secret (WRITE needed)", secret_body),
+            "/api/2.0/secrets/acls/put": checked_post(
+                "Grant a principal READ, WRITE or MANAGE on a scope (MANAGE needed)", acl_put_body
+            ),
+            "/api/2.0/secrets/acls/delete": checked_post(
+                "Remove a principal's entry from a scope (MANAGE needed)", acl_delete_body
+            ),
+            "/api/2.0/secrets/acls/get": checked_get(
+                "A principal's entry on a scope (MANAGE needed)", acl_item, "scope", "principal"
+            ),
+            "/api/2.0/secrets/acls/list": checked_get(
+                "The entries of a scope (MANAGE needed)",
+                {"type": "object", "properties": {"items": {"type": "array", "items": acl_item}}},
+                "scope",
+            ),
+            "/api/2.0/secrets/list": checked_get(
+                "List the keys of a scope, never values (READ needed)",
+                {"type": "object", "properties": {"secrets": {"type": "array"}}},
+                "scope",
+            ),
         }
     )
     document = {

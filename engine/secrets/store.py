@@ -27,6 +27,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from engine.state import create_private_file
 from schemas import (
     SECRET_NAME,
     SECRET_REFERENCE,
@@ -192,18 +193,6 @@ def _hkdf(master: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(master)
 
 
-def _create_private_file(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 unless it exists (SQLite then copies the mode
-    to its -wal/-shm files)."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-    # A restrictive umask could leave it unwritable; set the exact mode we want.
-    os.chmod(path, 0o600)
-
-
 class SecretStore:
     """Scopes and encrypted secrets in one SQLite file; safe to share across threads."""
 
@@ -241,8 +230,8 @@ class SecretStore:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self._db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _create_private_file(self._db_path)
+            # 0600 before SQLite opens it, which then gives its -wal/-shm files the same mode.
+            create_private_file(self._db_path)
             conn = sqlite3.connect(
                 str(self._db_path),
                 timeout=10.0,
