@@ -86,7 +86,7 @@ class Engine:
         desired = desired_from(loaded, self.secrets)
         plan = make_plan(
             desired.documents,
-            self.store.snapshot(holding_lock=True),
+            self.store.snapshot(),
             stack=stack,
             secret_exists=self.secrets.has,
             **kwargs,

@@ -4,13 +4,14 @@
 embedded default that implements it.
 """
 
-from engine.state._lock import LockHeld, LockInfo
+from engine.state._lock import WHOLE_STATE, LockHeld, LockInfo
 from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from engine.state._sqlite import SqliteStateStore, StateError, open_state, resolve_state_path
 from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
 
 __all__ = [
+    "WHOLE_STATE",
     "CoreStore",
     "DirectoryStore",
     "EndpointRow",
