@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from engine.cli.output import fail
+from engine.cli.output import EXIT_USAGE, fail
 from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
 
 __all__ = [
     "ColdStartWaitOpt",
+    "HeaderTimeoutOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
-    "UVICORN_SETTINGS",
     "claim_or_fail",
+    "header_timeout_seconds",
     "register",
+    "uvicorn_settings",
 ]
 
 ScaleToZeroAfterOpt = Annotated[
@@ -45,18 +49,53 @@ MetricsPublicOpt = Annotated[
         "series of endpoints it may view.",
     ),
 ]
-# How every serving host runs uvicorn (`engine serve`, `engine up`).
-UVICORN_SETTINGS: dict[str, Any] = {
-    "loop": "auto",
-    "http": "httptools",
-    "lifespan": "on",
-    "access_log": False,
-    "log_level": "warning",
-    "timeout_graceful_shutdown": 10,
-    # Longer than clients' pool idle times: closing a kept-alive connection just as a
-    # pooled client reuses it resets that request (seen with 1,000 concurrent requests).
-    "timeout_keep_alive": 75,
-}
+HeaderTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--header-timeout",
+        help="Seconds a connection has to send a complete request head (request line and "
+        "headers) after it opens or after its first bytes following a response; later it is "
+        "closed (default 10, or $ENGINE_HEADER_TIMEOUT). Bodies, handlers and streams are "
+        "never cut by it.",
+    ),
+]
+HEADER_TIMEOUT_ENV = "ENGINE_HEADER_TIMEOUT"
+
+
+def header_timeout_seconds(value: float | None) -> float:
+    """`--header-timeout`, else `$ENGINE_HEADER_TIMEOUT`, else 10 s; bad values exit 2."""
+    from engine.host.http_protocol import DEFAULT_HEADER_TIMEOUT
+
+    source = "--header-timeout"
+    if value is None:
+        raw = os.environ.get(HEADER_TIMEOUT_ENV)
+        if raw is None or raw.strip() == "":
+            return DEFAULT_HEADER_TIMEOUT
+        source = f"${HEADER_TIMEOUT_ENV}"
+        try:
+            value = float(raw)
+        except ValueError:
+            fail(f"{source}: not a number of seconds: {raw!r}", EXIT_USAGE)
+    if not (math.isfinite(value) and value > 0):
+        fail(f"{source}: must be a positive number of seconds, got {value:g}", EXIT_USAGE)
+    return value
+
+
+def uvicorn_settings(header_timeout: float) -> dict[str, Any]:
+    """How every serving host runs uvicorn (`engine serve`, `engine up`, bench/_serve_plain)."""
+    from engine.host.http_protocol import header_timeout_protocol
+
+    return {
+        "loop": "auto",
+        "http": header_timeout_protocol(header_timeout),
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 10,
+        # Longer than clients' pool idle times: closing a kept-alive connection just as a
+        # pooled client reuses it resets that request (seen with 1,000 concurrent requests).
+        "timeout_keep_alive": 75,
+    }
 
 
 def claim_or_fail(store: DirectoryStore, host_id: str, *, address: str) -> None:
@@ -81,6 +120,7 @@ def serve_command(
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
     metrics_public: MetricsPublicOpt = False,
+    header_timeout: HeaderTimeoutOpt = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -90,6 +130,7 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    settings = uvicorn_settings(header_timeout_seconds(header_timeout))
     state_path = resolve_state_path(state)
     app = ServingApp(
         state_path,
@@ -107,7 +148,7 @@ def serve_command(
         claim_or_fail(store, app.host_id, address=app.address)
         typer.echo(f"serving on {app.address} (state {state_path})", err=True)
         try:
-            uvicorn.run(app, host=host, port=port, **UVICORN_SETTINGS)
+            uvicorn.run(app, host=host, port=port, **settings)
         finally:
             store.remove_host(app.host_id)  # also when it never started (port in use)
     finally:

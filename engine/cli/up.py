@@ -45,11 +45,13 @@ from engine.catalog.models import ModelCatalog
 from engine.cli.output import EXIT_ERROR, EXIT_OK, fail, reported
 from engine.cli.plan import load_specs_reporting, print_plan, run_apply
 from engine.cli.serve import (
-    UVICORN_SETTINGS,
     ColdStartWaitOpt,
+    HeaderTimeoutOpt,
     MetricsPublicOpt,
     ScaleToZeroAfterOpt,
     claim_or_fail,
+    header_timeout_seconds,
+    uvicorn_settings,
 )
 from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
@@ -110,8 +112,11 @@ def up_command(
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
     metrics_public: MetricsPublicOpt = False,
+    header_timeout: HeaderTimeoutOpt = None,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
+    # A bad value is a usage error before anything is loaded or claimed.
+    settings = uvicorn_settings(header_timeout_seconds(header_timeout))
     state_path = resolve_state_path(state).absolute()
     url = f"http://{host}:{port}"
     host_id = new_host_id()
@@ -160,7 +165,7 @@ def up_command(
         lock_timeout=lock_timeout,
         state_option=state,
     )
-    server = _Server(uvicorn.Config(app, host=host, port=port, **UVICORN_SETTINGS))
+    server = _Server(uvicorn.Config(app, host=host, port=port, **settings))
     app.server = server
     typer.echo(f"starting the serving host on {url} (state {state_path})", err=True)
     try:
