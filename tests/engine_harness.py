@@ -104,10 +104,26 @@ class Engine:
         return plan, applier.apply(plan)
 
 
+def _cli_env(env: dict[str, str] | None) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", **(env or {})}
+
+
+def spawn_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`engine ARGS...` started in the background (stdout and stderr piped, as text)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_env(env),
+        cwd=ROOT,
+    )
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", **(env or {})}
+    full_env = _cli_env(env)
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", *args],
         capture_output=True,

@@ -10,7 +10,6 @@ error L1 for the CLI.
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
 import subprocess
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from engine_harness import Engine, run_cli, write_specs
+from engine_harness import Engine, run_cli, spawn_cli, write_specs
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
@@ -218,17 +217,7 @@ def test_cli_applies_of_different_endpoints_run_side_by_side(
     client: httpx.Client = host.client  # type: ignore[attr-defined]
     slow_specs = write_specs(tmp_path / "slow", [_body("cli-slow", "held-cli")])
     run_dir.mkdir(parents=True, exist_ok=True)
-    first = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "apply", str(slow_specs), "--auto-approve"],
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{Path(__file__).parent}:{Path(__file__).parent.parent}",
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = spawn_cli("apply", str(slow_specs), "--auto-approve", env=env)
     try:
         _wait_for(client, "cli-slow", {"ready": "NOT_READY", "config_update": "IN_PROGRESS"})
         other = write_specs(tmp_path / "other", [_body("cli-quick", "fast")])

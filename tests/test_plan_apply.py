@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from conftest import openai_chat
-from engine_harness import Engine, register_test_models, run_cli, self_hosted, write_specs
+from engine_harness import (
+    Engine,
+    register_test_models,
+    run_cli,
+    self_hosted,
+    spawn_cli,
+    write_specs,
+)
 from executor_fixture import ControllableExecutor
 
 from plans import Action, ChangeClass
@@ -248,19 +255,8 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
         "TEST_EXECUTOR_DELAY": "4",
     }
     specs = write_specs(tmp_path / "specs", [self_hosted("ep", {"a": 100})])
-    import os
 
-    first = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "apply", str(specs), "--auto-approve"],
-        env={
-            **os.environ,
-            "PYTHONPATH": f"{Path(__file__).parent}:{Path(__file__).parent.parent}",
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = spawn_cli("apply", str(specs), "--auto-approve", env=env)
     from engine.state import SqliteStateStore
 
     store = SqliteStateStore(state)
