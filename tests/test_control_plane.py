@@ -79,7 +79,7 @@ def workspace(server: ServerProcess):  # noqa: ANN201
     return WorkspaceClient(config=config)
 
 
-def _wait_ready(client: Any, name: str, timeout: float = 20) -> dict[str, Any]:
+def _wait_ready(client: Any, name: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         endpoint = client.get_endpoint(name)
@@ -422,7 +422,7 @@ def test_a_bad_vertex_key_fails_the_update_and_the_old_config_keeps_serving(
 
 
 def _poll(client: httpx.Client, name: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         body = client.get(f"/api/2.0/serving-endpoints/{name}").json()
         if body["state"]["config_update"] != "IN_PROGRESS":
