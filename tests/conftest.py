@@ -3,7 +3,24 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import parallel_runs
 import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    parallel_runs.configure_workers(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # an xdist hook, run for each worker
+    parallel_runs.configure_node(node.config, node.workerinput)
+
+
+# tryfirst: the groups must be marked before xdist's worker reads them into the node ids.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    parallel_runs.assign_groups(config, items)
 
 
 def openai_chat(name: str = "chat", entity: str = "gpt4") -> dict[str, Any]:

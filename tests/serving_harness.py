@@ -57,7 +57,7 @@ class ServerProcess:
             env=env,
             cwd=ROOT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"engine serve exited: {self.log.read_text()}")
@@ -68,7 +68,7 @@ class ServerProcess:
                 time.sleep(0.1)
         raise RuntimeError(f"engine serve did not start: {self.log.read_text()}")
 
-    def wait_serial(self, serial: int, timeout: float = 10) -> None:
+    def wait_serial(self, serial: int, timeout: float = 60) -> None:
         """Wait until the server's routing table reflects state serial `serial` or later."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

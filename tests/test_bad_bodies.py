@@ -51,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: MockUpstream):  #
             "ai_gateway": GATEWAY,
         }
         assert client.post("/api/2.0/serving-endpoints", json=body).status_code == 200
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while _update_state(client) != "NOT_UPDATING":
             assert time.monotonic() < deadline
             time.sleep(0.1)

@@ -56,7 +56,7 @@ def _create(client: httpx.Client, name: str, base: str, group: str) -> None:
         "/api/2.0/serving-endpoints", json={"name": name, "config": {"served_entities": [entity]}}
     )
     assert created.status_code == 200, created.text
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while client.get(f"/api/2.0/serving-endpoints/{name}").json()["state"]["ready"] != "READY":
         assert time.monotonic() < deadline, f"{name} did not become ready"
         time.sleep(0.1)

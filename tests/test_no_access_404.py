@@ -55,7 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             body = {"name": NAME, "config": _config(upstream.url + "/v1")}
             created = client.post("/api/2.0/serving-endpoints", json=body)
             assert created.status_code == 200, created.text
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 120
             while client.get(f"/api/2.0/serving-endpoints/{NAME}").json()["state"]["ready"] != (
                 "READY"
             ):

@@ -309,7 +309,7 @@ def test_numeric_strings_through_rest(tmp_path: Path) -> None:
 
 
 def _settled(client: httpx.Client, name: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while True:
         endpoint = client.get(f"/api/2.0/serving-endpoints/{name}").json()
         if endpoint["state"]["config_update"] != "IN_PROGRESS":

