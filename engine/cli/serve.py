@@ -9,13 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from engine.cli.output import fail
+from engine.gateway._limiter import LimitsFallback, check_limits_url
 from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
 
 __all__ = [
     "ColdStartWaitOpt",
+    "LimitsFallbackOpt",
+    "LimitsOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
     "UVICORN_SETTINGS",
+    "checked_limits",
     "claim_or_fail",
     "register",
 ]
@@ -45,6 +49,39 @@ MetricsPublicOpt = Annotated[
         "series of endpoints it may view.",
     ),
 ]
+LimitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limits",
+        envvar="ENGINE_LIMITS",
+        show_envvar=True,
+        help="Count rate limits in Redis (redis://HOST:PORT/DB), exact across every host "
+        "that shares it. Default: in this process.",
+    ),
+]
+LimitsFallbackOpt = Annotated[
+    LimitsFallback,
+    typer.Option(
+        "--limits-fallback",
+        envvar="ENGINE_LIMITS_FALLBACK",
+        show_envvar=True,
+        help="While the --limits Redis is unreachable: refuse requests that have a rate limit "
+        "(503), or count them in this process only (local: admits up to the limit x the "
+        "number of hosts).",
+    ),
+]
+
+
+def checked_limits(url: str | None) -> str | None:
+    """`--limits` as given, or one `error:` line when it is no Redis URL."""
+    if not url:
+        return None
+    try:
+        return check_limits_url(url)
+    except ValueError as exc:
+        fail(f"--limits: {exc}")
+
+
 # How every serving host runs uvicorn (`engine serve`, `engine up`).
 UVICORN_SETTINGS: dict[str, Any] = {
     "loop": "auto",
@@ -81,6 +118,8 @@ def serve_command(
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
     metrics_public: MetricsPublicOpt = False,
+    limits: LimitsOpt = None,
+    limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -91,12 +130,15 @@ def serve_command(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     state_path = resolve_state_path(state)
+    limits = checked_limits(limits)
     app = ServingApp(
         state_path,
         address=f"http://{host}:{port}",
         scale_to_zero_after=scale_to_zero_after,
         cold_start_wait=cold_start_wait,
         metrics_public=metrics_public,
+        limits=limits,
+        limits_fallback=limits_fallback,
     )
     try:
         store = open_state(state_path)
