@@ -80,19 +80,22 @@ _WINDOW_US = int(WINDOW * 1_000_000)
 _TTL_MS = int(WINDOW * 1000) + 1000
 
 # KEYS: per check, 1 key (calls log) or 2 (tokens log, tokens total), in rule order.
-# ARGV: window µs, ttl ms, request id, token estimate, then per check: "c"|"t", limit.
+# ARGV: request id, token estimate, the checks as one string ("c100t5000": calls limit 100,
+# then tokens limit 5000; one argument, since redis-py's cost grows with each argument).
 # Returns {1} when admitted, else {0, check number (1-based), retry-after µs}.
 ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window, ttl = tonumber(ARGV[1]), ARGV[2]
-local id, estimate = ARGV[3], tonumber(ARGV[4])
+local window, ttl = WINDOW_US, TTL_MS
+local id, estimate = ARGV[1], tonumber(ARGV[2])
 local cutoff = now - window
 local k = 1
+local n = 0
 local checks = {}
-for c = 5, #ARGV, 2 do
-  local limit = tonumber(ARGV[c + 1])
-  if ARGV[c] == 'c' then
+for kind, limit in string.gmatch(ARGV[3], '([ct])(%d+)') do
+  n = n + 1
+  limit = tonumber(limit)
+  if kind == 'c' then
     local key = KEYS[k]
     k = k + 1
     redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
@@ -104,7 +107,7 @@ for c = 5, #ARGV, 2 do
         local oldest = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
         if oldest[2] then retry = tonumber(oldest[2]) + window - now end
       end
-      return {0, (c - 3) / 2, retry}
+      return {0, n, retry}
     end
     checks[#checks + 1] = {key}
   else
@@ -130,7 +133,7 @@ for c = 5, #ARGV, 2 do
           end
         end
       end
-      return {0, (c - 3) / 2, retry}
+      return {0, n, retry}
     end
     checks[#checks + 1] = {key, total_key}
   end
@@ -148,14 +151,15 @@ for _, check in ipairs(checks) do
 end
 return {1}
 """
+ADMIT = ADMIT.replace("WINDOW_US", str(_WINDOW_US)).replace("TTL_MS", str(_TTL_MS))
 
-# KEYS: (tokens log, tokens total) pairs. ARGV: ttl ms, request id, estimate, real usage.
+# KEYS: (tokens log, tokens total) pairs. ARGV: request id, estimate, real usage.
 # The reservation (if still in the window) is refunded; the usage counts from now.
 SETTLE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local ttl, id = ARGV[1], ARGV[2]
-local estimate, used = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, id = TTL_MS, ARGV[1]
+local estimate, used = tonumber(ARGV[2]), tonumber(ARGV[3])
 for k = 1, #KEYS, 2 do
   local key, total_key = KEYS[k], KEYS[k + 1]
   if estimate > 0 and redis.call('ZREM', key, id .. '|' .. estimate) == 1 then
@@ -170,6 +174,7 @@ for k = 1, #KEYS, 2 do
 end
 return 1
 """
+SETTLE = SETTLE.replace("TTL_MS", str(_TTL_MS))
 
 _REFUSED = Decision(
     False,
@@ -177,6 +182,8 @@ _REFUSED = Decision(
     "rate limits cannot be checked right now (the limits store is unreachable); retry shortly",
     status=503,
 )
+# (script, keys, args, the waiting request's future)
+_Call = tuple[str, list[str], tuple[Any, ...], "asyncio.Future[Any]"]
 _Check = tuple[LimitRule, str]  # (rule, "calls" | "tokens"), in the order the script checks
 
 
@@ -218,6 +225,8 @@ class RedisLimits:
         self._up = False
         self._probe: asyncio.Task[None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
+        self._queue: list[_Call] = []
+        self._sending: set[asyncio.Task[None]] = set()
         metrics.limits_backend_up = 0
 
     @property
@@ -250,6 +259,8 @@ class RedisLimits:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
         await self.wait_settled(2 * TIMEOUT)
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=2 * TIMEOUT)
         if self._client is not None:
             await self._client.aclose()
 
@@ -266,19 +277,19 @@ class RedisLimits:
         prefix = f"{self._prefix}{route.id}}}:"
         keys: list[str] = []
         token_keys: list[str] = []
-        args: list[Any] = []
+        spec: list[str] = []
         checks: list[_Check] = []
         for i, rule, subject in subjects(rules, principal.name, principal.groups, principal.kind):
             base = f"{prefix}{i}:{subject}:"
             if rule.calls is not None:
                 keys.append(base + "c")
-                args += ("c", rule.calls)
+                spec.append(f"c{rule.calls}")
                 checks.append((rule, "calls"))
             if rule.tokens is not None:
                 pair = (base + "t", base + "s")
                 keys += pair
                 token_keys += pair
-                args += ("t", rule.tokens)
+                spec.append(f"t{rule.tokens}")
                 checks.append((rule, "tokens"))
         if not checks:
             return ADMITTED
@@ -287,9 +298,7 @@ class RedisLimits:
         if token_keys:
             estimate = max_tokens if max_tokens and max_tokens > 0 else self.token_estimate
         try:
-            answer = await self._run(
-                "admit", keys, (_WINDOW_US, _TTL_MS, request_id, estimate, *args)
-            )
+            answer = await self._run("admit", keys, (request_id, estimate, "".join(spec)))
         except (RedisError, OSError) as exc:
             self._down(exc)
             return await self._fallback(route, principal, max_tokens)
@@ -333,9 +342,7 @@ class RedisLimits:
         if not self._up:
             return  # the reservation expires with its window
         try:
-            await self._run(
-                "settle", ticket.keys, (_TTL_MS, ticket.request_id, ticket.estimate, tokens)
-            )
+            await self._run("settle", ticket.keys, (ticket.request_id, ticket.estimate, tokens))
         except (RedisError, OSError) as exc:
             self._down(exc)
 
@@ -346,15 +353,61 @@ class RedisLimits:
         self._admit_sha = await self._client.script_load(ADMIT)
         self._settle_sha = await self._client.script_load(SETTLE)
 
+    def _sha(self, script: str) -> str:
+        return self._admit_sha if script == "admit" else self._settle_sha
+
     async def _run(self, script: str, keys: list[str], args: tuple[Any, ...]) -> Any:
-        assert self._client is not None
-        sha = self._admit_sha if script == "admit" else self._settle_sha
+        """One EVALSHA. The calls made in one event-loop iteration (concurrent requests) go out
+        together as one pipeline: one write and one read for all of them, each still its own
+        atomic script; alone, a call is sent as it is."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((script, keys, args, future))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        return await future
+
+    def _send_queued(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
         try:
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:  # a restarted Redis without our scripts: load them once more
-            await self._load()
-            sha = self._admit_sha if script == "admit" else self._settle_sha
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            results = await self._evalsha(batch)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if again:  # a restarted Redis without our scripts: load them once more
+                await self._load()
+                for i, result in zip(
+                    again, await self._evalsha([batch[i] for i in again]), strict=True
+                ):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            results = [exc] * len(batch)
+        except BaseException:  # cancelled (shutdown): no waiter is left hanging
+            for *_, future in batch:
+                future.cancel()
+            raise
+        for (*_, future), result in zip(batch, results, strict=True):
+            if future.done():  # its request was cancelled meanwhile
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _evalsha(self, batch: list[_Call]) -> list[Any]:
+        assert self._client is not None
+        if len(batch) == 1:
+            script, keys, args, _ = batch[0]
+            try:
+                return [await self._client.evalsha(self._sha(script), len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.evalsha(self._sha(script), len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     def _set_up(self, up: bool) -> None:
         self._up = up
