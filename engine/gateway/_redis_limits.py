@@ -183,7 +183,7 @@ _REFUSED = Decision(
     status=503,
 )
 # (script, keys, args, the waiting request's future)
-_Call = tuple[str, list[str], tuple[Any, ...], "asyncio.Future[Any]"]
+_Call = tuple[str, list[str], tuple[Any, ...], "asyncio.Future[Any] | None"]
 _Check = tuple[LimitRule, str]  # (rule, "calls" | "tokens"), in the order the script checks
 
 
@@ -227,6 +227,7 @@ class RedisLimits:
         self._settling: set[asyncio.Task[None]] = set()
         self._queue: list[_Call] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight = 0  # EVALSHA round trips on the wire now
         metrics.limits_backend_up = 0
 
     @property
@@ -357,9 +358,19 @@ class RedisLimits:
         return self._admit_sha if script == "admit" else self._settle_sha
 
     async def _run(self, script: str, keys: list[str], args: tuple[Any, ...]) -> Any:
-        """One EVALSHA. The calls made in one event-loop iteration (concurrent requests) go out
-        together as one pipeline: one write and one read for all of them, each still its own
-        atomic script; alone, a call is sent as it is."""
+        """One EVALSHA. Alone, it is sent at once; calls made while others are on the wire
+        (concurrent requests) are queued and go out together in the next event-loop iteration
+        as one pipeline: one write and one read for all of them, each still its own atomic
+        script."""
+        if not self._in_flight:
+            self._in_flight += 1
+            try:
+                (result,) = await self._evalsha_reloading([(script, keys, args, None)])
+            finally:
+                self._in_flight -= 1
+            if isinstance(result, BaseException):
+                raise result
+            return result
         future = asyncio.get_running_loop().create_future()
         self._queue.append((script, keys, args, future))
         if len(self._queue) == 1:
@@ -373,28 +384,37 @@ class RedisLimits:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Call]) -> None:
+        self._in_flight += 1
         try:
-            results = await self._evalsha(batch)
-            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if again:  # a restarted Redis without our scripts: load them once more
-                await self._load()
-                for i, result in zip(
-                    again, await self._evalsha([batch[i] for i in again]), strict=True
-                ):
-                    results[i] = result
-        except (RedisError, OSError) as exc:
-            results = [exc] * len(batch)
+            results = await self._evalsha_reloading(batch)
         except BaseException:  # cancelled (shutdown): no waiter is left hanging
             for *_, future in batch:
-                future.cancel()
+                if future is not None:
+                    future.cancel()
             raise
+        finally:
+            self._in_flight -= 1
         for (*_, future), result in zip(batch, results, strict=True):
-            if future.done():  # its request was cancelled meanwhile
+            if future is None or future.done():  # its request was cancelled meanwhile
                 continue
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _evalsha_reloading(self, batch: list[_Call]) -> list[Any]:
+        """Each call's result or its Redis error (a failed connection: the error for all)."""
+        try:
+            results = await self._evalsha(batch)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if again:  # a restarted Redis without our scripts: load them once more
+                await self._load()
+                retried = await self._evalsha([batch[i] for i in again])
+                for i, result in zip(again, retried, strict=True):
+                    results[i] = result
+        except (RedisError, OSError) as exc:
+            results = [exc] * len(batch)
+        return results
 
     async def _evalsha(self, batch: list[_Call]) -> list[Any]:
         assert self._client is not None
