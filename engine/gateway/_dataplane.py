@@ -195,20 +195,24 @@ class DataPlane:
                 raise ApiError(
                     503, "TEMPORARILY_UNAVAILABLE", f"endpoint {endpoint!r} has no routable entity"
                 )
-        max_tokens = body.get("max_tokens")
-        decision = await self.limiter.admit(
-            route, principal, max_tokens if type(max_tokens) is int else None
-        )
-        if not decision.admitted:
-            if decision.status == 429:
-                self.metrics.rate_limited[endpoint] += 1
-            raise ApiError(
-                decision.status,
-                "REQUEST_LIMIT_EXCEEDED" if decision.status == 429 else "TEMPORARILY_UNAVAILABLE",
-                decision.message,
-                [("retry-after", str(decision.retry_after))],
+        ticket = None
+        if route.rate_rules:  # no limits, no call: the default hot path stays as it was
+            max_tokens = body.get("max_tokens")
+            decision = await self.limiter.admit(
+                route, principal, max_tokens if type(max_tokens) is int else None
             )
-        ticket = decision.ticket
+            if not decision.admitted:
+                if decision.status == 429:
+                    self.metrics.rate_limited[endpoint] += 1
+                raise ApiError(
+                    decision.status,
+                    "REQUEST_LIMIT_EXCEEDED"
+                    if decision.status == 429
+                    else "TEMPORARILY_UNAVAILABLE",
+                    decision.message,
+                    [("retry-after", str(decision.retry_after))],
+                )
+            ticket = decision.ticket
         body = {k: v for k, v in body.items() if k != "model"}
         started = time.perf_counter()
         try:
