@@ -117,7 +117,7 @@ def start_gateway(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", timeout=300 if wrap else 30)
+    wait_http(url + "/health", timeout=900 if wrap else 30)
     return proc, url, token
 
 
@@ -163,12 +163,12 @@ def instructions(n: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-limits-instr-"))
     upstream, upstream_url, kind = start_upstream(work)
     redis_proc, redis_url = start_redis(work, _callgrind(work / "redis.cg"))
-    gateways = {
-        name: start_gateway(work / name, upstream_url, limits, _callgrind(work / f"{name}.cg"))
-        for name, limits in (("in-process", None), ("redis", redis_url))
-    }
+    gateways: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}
     rows = []
     try:
+        for name, limits in (("in-process", None), ("redis", redis_url)):
+            cg = _callgrind(work / f"{name}.cg")
+            gateways[name] = start_gateway(work / name, upstream_url, limits, cg)
         for concurrency in (1, 16):
             counts = {}
             for name, (proc, url, token) in gateways.items():
