@@ -24,8 +24,8 @@ from serving_harness import ServerProcess, endpoint
 from engine.access.tokens import Principal, create_token
 from engine.asgi import ApiError
 from engine.gateway._dataplane import DataPlane
+from engine.gateway._limiter import InProcessLimits
 from engine.gateway._metrics import Metrics
-from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import TableBuilder
 
 OPENAI_KEY = "sk-openai-secret-0d9c3b"
@@ -112,7 +112,7 @@ def test_an_adapter_that_raises_anything_makes_its_entity_unavailable(tmp_path: 
         builder = TableBuilder(resolve)
         table = builder.build(serial, edited)
         try:
-            dataplane = DataPlane(RateLimiter(), Metrics(), None)
+            dataplane = DataPlane(InProcessLimits(), Metrics(), None)
             with pytest.raises(ApiError) as caught:
                 await dataplane.invoke(_no_send, table, Principal("alice"), "broken", dict(CHAT))
             return table, caught.value

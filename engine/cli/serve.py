@@ -11,13 +11,17 @@ from typing import Annotated, Any
 import typer
 
 from engine.cli.output import EXIT_USAGE, fail
+from engine.gateway._limiter import LimitsFallback, check_limits_url
 from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
 
 __all__ = [
     "ColdStartWaitOpt",
     "HeaderTimeoutOpt",
+    "LimitsFallbackOpt",
+    "LimitsOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
+    "checked_limits",
     "claim_or_fail",
     "header_timeout_seconds",
     "register",
@@ -98,6 +102,39 @@ def uvicorn_settings(header_timeout: float) -> dict[str, Any]:
     }
 
 
+LimitsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--limits",
+        envvar="ENGINE_LIMITS",
+        show_envvar=True,
+        help="Count rate limits in Redis (redis://HOST:PORT/DB), exact across every host "
+        "that shares it. Default: in this process.",
+    ),
+]
+LimitsFallbackOpt = Annotated[
+    LimitsFallback,
+    typer.Option(
+        "--limits-fallback",
+        envvar="ENGINE_LIMITS_FALLBACK",
+        show_envvar=True,
+        help="While the --limits Redis is unreachable: refuse requests that have a rate limit "
+        "(503), or count them in this process only (local: admits up to the limit x the "
+        "number of hosts).",
+    ),
+]
+
+
+def checked_limits(url: str | None) -> str | None:
+    """`--limits` as given, or one `error:` line when it is no Redis URL."""
+    if not url:
+        return None
+    try:
+        return check_limits_url(url)
+    except ValueError as exc:
+        fail(f"--limits: {exc}")
+
+
 def claim_or_fail(store: DirectoryStore, host_id: str, *, address: str) -> None:
     """Claim the state for this serving host; one `error:` line while another one lives."""
     from engine.host.one_host import HostConflict, claim_state
@@ -121,6 +158,8 @@ def serve_command(
     cold_start_wait: ColdStartWaitOpt = None,
     metrics_public: MetricsPublicOpt = False,
     header_timeout: HeaderTimeoutOpt = None,
+    limits: LimitsOpt = None,
+    limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -132,12 +171,15 @@ def serve_command(
     )
     settings = uvicorn_settings(header_timeout_seconds(header_timeout))
     state_path = resolve_state_path(state)
+    limits = checked_limits(limits)
     app = ServingApp(
         state_path,
         address=f"http://{host}:{port}",
         scale_to_zero_after=scale_to_zero_after,
         cold_start_wait=cold_start_wait,
         metrics_public=metrics_public,
+        limits=limits,
+        limits_fallback=limits_fallback,
     )
     try:
         store = open_state(state_path)

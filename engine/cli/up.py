@@ -47,12 +47,16 @@ from engine.cli.plan import load_specs_reporting, print_plan, run_apply
 from engine.cli.serve import (
     ColdStartWaitOpt,
     HeaderTimeoutOpt,
+    LimitsFallbackOpt,
+    LimitsOpt,
     MetricsPublicOpt,
     ScaleToZeroAfterOpt,
+    checked_limits,
     claim_or_fail,
     header_timeout_seconds,
     uvicorn_settings,
 )
+from engine.gateway._limiter import LimitsFallback
 from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
 from engine.state import LockInfo, open_state, resolve_state_path
@@ -113,12 +117,15 @@ def up_command(
     cold_start_wait: ColdStartWaitOpt = None,
     metrics_public: MetricsPublicOpt = False,
     header_timeout: HeaderTimeoutOpt = None,
+    limits: LimitsOpt = None,
+    limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     # A bad value is a usage error before anything is loaded or claimed.
     settings = uvicorn_settings(header_timeout_seconds(header_timeout))
     state_path = resolve_state_path(state).absolute()
     url = f"http://{host}:{port}"
+    limits = checked_limits(limits)
     host_id = new_host_id()
     with reported():
         loaded = load_specs_reporting(paths)
@@ -157,6 +164,8 @@ def up_command(
             cold_start_wait=cold_start_wait,
             metrics_public=metrics_public,
             host_id=host_id,
+            limits=limits,
+            limits_fallback=limits_fallback,
         ),
         paths=paths,
         loaded=loaded,

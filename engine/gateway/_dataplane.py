@@ -19,8 +19,8 @@ from typing import Any
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
 from engine.gateway._errors import answer_for, token_counts, unreadable
+from engine.gateway._limiter import Limiter, Ticket
 from engine.gateway._metrics import Metrics
-from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
@@ -138,7 +138,7 @@ def with_system_prompt(body: dict[str, Any], prompt: str | None) -> dict[str, An
 class DataPlane:
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: Limiter,
         metrics: Metrics,
         usage: UsageRecorder | None,
         *,
@@ -195,25 +195,45 @@ class DataPlane:
                 raise ApiError(
                     503, "TEMPORARILY_UNAVAILABLE", f"endpoint {endpoint!r} has no routable entity"
                 )
-        decision = self.limiter.admit(
-            endpoint, route.rate_rules, principal.name, principal.groups, principal.kind
-        )
-        if not decision.admitted:
-            self.metrics.rate_limited[endpoint] += 1
-            raise ApiError(
-                429,
-                "REQUEST_LIMIT_EXCEEDED",
-                decision.message,
-                [("retry-after", str(decision.retry_after))],
+        ticket = None
+        if route.rate_rules:  # no limits, no call: the default hot path stays as it was
+            max_tokens = body.get("max_tokens")
+            decision = await self.limiter.admit(
+                route, principal, max_tokens if type(max_tokens) is int else None
             )
+            if not decision.admitted:
+                if decision.status == 429:
+                    self.metrics.rate_limited[endpoint] += 1
+                raise ApiError(
+                    decision.status,
+                    "REQUEST_LIMIT_EXCEEDED"
+                    if decision.status == 429
+                    else "TEMPORARILY_UNAVAILABLE",
+                    decision.message,
+                    [("retry-after", str(decision.retry_after))],
+                )
+            ticket = decision.ticket
         body = {k: v for k, v in body.items() if k != "model"}
         started = time.perf_counter()
-        if body.pop("stream", False) is True:
-            await self._stream(send, route, entity, principal, body, started, receive)
-        else:
-            await self._call(
-                send, route, entity, principal, body, started, fallback=entity_name is None
-            )
+        try:
+            if body.pop("stream", False) is True:
+                await self._stream(send, route, entity, principal, body, started, receive, ticket)
+            else:
+                await self._call(
+                    send,
+                    route,
+                    entity,
+                    principal,
+                    body,
+                    started,
+                    fallback=entity_name is None,
+                    ticket=ticket,
+                )
+        finally:
+            # Settled with the usage by _account; otherwise (refused before the upstream
+            # answered, cancelled) the reservation is released.
+            if ticket is not None:
+                self.limiter.settle(ticket, 0)
 
     async def _call(
         self,
@@ -225,6 +245,7 @@ class DataPlane:
         started: float,
         *,
         fallback: bool,
+        ticket: Ticket | None = None,
     ) -> None:
         encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
         candidates = [entity]
@@ -245,11 +266,11 @@ class DataPlane:
                 if failure.status >= 500 or failure.status == 429:
                     continue
                 break
-            self._account(route, candidate, principal, 200, started, result.get("usage"))
+            self._account(route, candidate, principal, 200, started, result.get("usage"), ticket)
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
         assert failure is not None
-        self._account(route, candidates[-1], principal, failure.status, started, None)
+        self._account(route, candidates[-1], principal, failure.status, started, None, ticket)
         raise failure
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
@@ -289,6 +310,7 @@ class DataPlane:
         body: dict[str, Any],
         started: float,
         receive: Any = None,
+        ticket: Ticket | None = None,
     ) -> None:
         if route.task == "llm/v1/embeddings":
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
@@ -315,12 +337,12 @@ class DataPlane:
             if status is not None:
                 await send({"type": "http.response.body", "body": b""})
         except ApiError as exc:  # refused before the stream started: the error has a status
-            self._account(route, entity, principal, exc.status, started, None)
+            self._account(route, entity, principal, exc.status, started, None, ticket)
             raise
         finally:
             await upstream.release()
         status = CLIENT_GONE if status is None else status
-        self._account(route, entity, principal, status, started, tally.usage)
+        self._account(route, entity, principal, status, started, tally.usage, ticket)
 
     async def _relay(
         self,
@@ -389,6 +411,7 @@ class DataPlane:
         status: int,
         started: float,
         usage: dict[str, Any] | None,
+        ticket: Ticket | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         try:
@@ -399,15 +422,8 @@ class DataPlane:
         self.metrics.observe(route.name, entity.name, status, elapsed, prompt, completion)
         if self.meter is not None and entity.provisioned is not None:
             self.meter.record(entity.instance_id, completion)
-        if prompt or completion:
-            self.limiter.charge_tokens(
-                route.name,
-                route.rate_rules,
-                principal.name,
-                prompt + completion,
-                principal.groups,
-                principal.kind,
-            )
+        if ticket is not None:  # the real usage replaces what admission reserved
+            self.limiter.settle(ticket, prompt + completion)
         if route.usage_tracking and self.usage is not None:
             self.usage.record(
                 UsageRecord(

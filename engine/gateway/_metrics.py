@@ -37,6 +37,10 @@ class Metrics:
         self.tokens: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rate_limited: defaultdict[str, int] = defaultdict(int)
         self.upstream_errors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        # A shared limits backend (Redis): None when limits are counted in-process.
+        self.limits_backend_up: int | None = None
+        self.limits_backend_errors = 0
+        self.limits_fallback: defaultdict[str, int] = defaultdict(int)
 
     def observe(
         self,
@@ -123,4 +127,23 @@ class Metrics:
                 continue
             labels = _labels(endpoint=endpoint, entity=entity, kind=kind)
             lines.append(f"serving_upstream_errors_total{labels} {n}")
+        if self.limits_backend_up is not None:
+            lines += self._limits_lines()
         return "\n".join(lines) + "\n"
+
+    def _limits_lines(self) -> list[str]:
+        """The Redis limits backend's health (process-wide: no endpoint label)."""
+        lines = [
+            "# HELP engine_limits_backend_up Whether the rate-limit store (Redis) answers.",
+            "# TYPE engine_limits_backend_up gauge",
+            f"engine_limits_backend_up {self.limits_backend_up}",
+            "# HELP engine_limits_backend_errors_total Calls to the rate-limit store that failed.",
+            "# TYPE engine_limits_backend_errors_total counter",
+            f"engine_limits_backend_errors_total {self.limits_backend_errors}",
+            "# HELP engine_limits_fallback_total Rate-limit decisions made without the store, "
+            "by --limits-fallback mode.",
+            "# TYPE engine_limits_fallback_total counter",
+        ]
+        for mode, n in sorted(self.limits_fallback.items()):
+            lines.append(f"engine_limits_fallback_total{_labels(mode=mode)} {n}")
+        return lines

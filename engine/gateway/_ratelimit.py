@@ -1,4 +1,4 @@
-"""Rate limits, exact within one process.
+"""Rate limits, exact within one process (the in-process backend of engine/gateway/_limiter.py).
 
 Sliding 60-second windows: a call is admitted when every applicable limit has room, and then
 counted in all of them, with no `await` in between, so concurrent requests on the event loop
@@ -25,8 +25,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Decision", "LimitRule", "RateLimiter", "rules_from_spec"]
+__all__ = ["Decision", "LimitRule", "RateLimiter", "rejection", "rules_from_spec", "subjects"]
 
 WINDOW = 60.0
 
@@ -44,6 +45,10 @@ class Decision:
     admitted: bool
     retry_after: int = 0
     message: str = ""
+    # 429: a limit without room; 503: the limits cannot be checked (engine/gateway/_limiter.py).
+    status: int = 429
+    # What `Limiter.settle` needs after the request (set when a token limit applies).
+    ticket: Any = None
 
 
 def rules_from_spec(spec: dict) -> tuple[LimitRule, ...]:
@@ -58,6 +63,44 @@ def rules_from_spec(spec: dict) -> tuple[LimitRule, ...]:
             )
         )
     return tuple(rules)
+
+
+def subjects(
+    rules: tuple[LimitRule, ...], caller: str, groups: frozenset[str], kind: str
+) -> list[tuple[int, LimitRule, str]]:
+    """The (rule index, rule, subject) windows that apply to a caller (the table above); every
+    limiter counts the same windows."""
+    specific_user = any(r.key == "user" and r.principal == caller for r in rules)
+    out: list[tuple[int, LimitRule, str]] = []
+    for i, rule in enumerate(rules):
+        if rule.key == "endpoint":
+            out.append((i, rule, "*"))
+        elif rule.key == "user" and kind == "user":
+            if rule.principal is None and not specific_user or rule.principal == caller:
+                out.append((i, rule, caller))
+        elif rule.key == "user_group" and not specific_user:
+            if rule.principal is None:
+                out += [(i, rule, f"group:{g}") for g in sorted(groups)]
+            elif rule.principal in groups:
+                out.append((i, rule, f"group:{rule.principal}"))
+        elif (
+            rule.key == "service_principal"
+            and kind == "service_principal"
+            and rule.principal in (None, caller)
+        ):
+            out.append((i, rule, caller))
+    return out
+
+
+def rejection(rule: LimitRule, unit: str, retry_after: int) -> Decision:
+    """The 429 for a window without room (`unit`: calls or tokens)."""
+    limit = rule.calls if unit == "calls" else rule.tokens
+    who = f"{rule.key} {rule.principal}" if rule.principal else rule.key
+    if limit == 0:
+        message = f"this endpoint is blocked for {who} (rate limit of 0 {unit} per minute)"
+    else:
+        message = f"rate limit exceeded: {limit} {unit} per minute per {who}"
+    return Decision(False, retry_after, message)
 
 
 class _Window:
@@ -95,30 +138,6 @@ class RateLimiter:
         self._calls: dict[tuple[str, int, str], _Window] = {}
         self._tokens: dict[tuple[str, int, str], _Window] = {}
 
-    def _subjects(
-        self, rules: tuple[LimitRule, ...], caller: str, groups: frozenset[str], kind: str
-    ) -> list[tuple[int, LimitRule, str]]:
-        specific_user = any(r.key == "user" and r.principal == caller for r in rules)
-        out: list[tuple[int, LimitRule, str]] = []
-        for i, rule in enumerate(rules):
-            if rule.key == "endpoint":
-                out.append((i, rule, "*"))
-            elif rule.key == "user" and kind == "user":
-                if rule.principal is None and not specific_user or rule.principal == caller:
-                    out.append((i, rule, caller))
-            elif rule.key == "user_group" and not specific_user:
-                if rule.principal is None:
-                    out += [(i, rule, f"group:{g}") for g in sorted(groups)]
-                elif rule.principal in groups:
-                    out.append((i, rule, f"group:{rule.principal}"))
-            elif (
-                rule.key == "service_principal"
-                and kind == "service_principal"
-                and rule.principal in (None, caller)
-            ):
-                out.append((i, rule, caller))
-        return out
-
     def admit(
         self,
         endpoint: str,
@@ -130,19 +149,18 @@ class RateLimiter:
         if not rules:
             return Decision(True)
         now = self._clock()
-        subjects = self._subjects(rules, caller, groups, kind)
         windows = []
-        for i, rule, subject in subjects:
+        for i, rule, subject in subjects(rules, caller, groups, kind):
             key = (endpoint, i, subject)
             if rule.calls is not None:
                 window = self._calls.setdefault(key, _Window())
                 if window.used(now) >= rule.calls:
-                    return self._reject(rule, "calls", window.retry_after(now, rule.calls))
+                    return rejection(rule, "calls", window.retry_after(now, rule.calls))
                 windows.append(window)
             if rule.tokens is not None:
                 window = self._tokens.setdefault(key, _Window())
                 if window.used(now) >= rule.tokens:
-                    return self._reject(rule, "tokens", window.retry_after(now, rule.tokens))
+                    return rejection(rule, "tokens", window.retry_after(now, rule.tokens))
         for window in windows:
             window.add(now, 1)
         return Decision(True)
@@ -159,16 +177,6 @@ class RateLimiter:
         if not tokens or not any(r.tokens is not None for r in rules):
             return
         now = self._clock()
-        for i, rule, subject in self._subjects(rules, caller, groups, kind):
+        for i, rule, subject in subjects(rules, caller, groups, kind):
             if rule.tokens is not None:
                 self._tokens.setdefault((endpoint, i, subject), _Window()).add(now, tokens)
-
-    @staticmethod
-    def _reject(rule: LimitRule, unit: str, retry_after: int) -> Decision:
-        limit = rule.calls if unit == "calls" else rule.tokens
-        who = f"{rule.key} {rule.principal}" if rule.principal else rule.key
-        if limit == 0:
-            message = f"this endpoint is blocked for {who} (rate limit of 0 {unit} per minute)"
-        else:
-            message = f"rate limit exceeded: {limit} {unit} per minute per {who}"
-        return Decision(False, retry_after, message)

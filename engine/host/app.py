@@ -33,8 +33,8 @@ from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
 from engine.executors import build_executors
 from engine.gateway._dataplane import DataPlane
+from engine.gateway._limiter import InProcessLimits, Limiter, LimitsFallback, open_limits
 from engine.gateway._metrics import Metrics, Visible
-from engine.gateway._ratelimit import RateLimiter
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
 from engine.gateway._usage import UsageRecorder
 from engine.gateway.routes import QueryRoutes
@@ -78,6 +78,8 @@ class ServingApp:
         cold_start_wait: float | None = None,
         metrics_public: bool = False,
         host_id: str | None = None,
+        limits: str | None = None,
+        limits_fallback: LimitsFallback = LimitsFallback.REFUSE,
     ) -> None:
         self.state_path = Path(state_path)
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
@@ -91,7 +93,11 @@ class ServingApp:
         self.table = RoutingTable()
         self.tokens = TokenIndex([])
         self.metrics = Metrics()
-        self.limiter = RateLimiter()
+        # `--limits`: where rate limits are counted (None: in this process), and what a shared
+        # store's outage does (`--limits-fallback`); built at startup, under the state's lineage.
+        self.limits_url = limits
+        self.limits_fallback = limits_fallback
+        self.limiter: Limiter = InProcessLimits()
         self.extra_routes: list[Handler] = []
         # The id this host claims the state under (`engine up` claims it before it starts).
         self.host_id = host_id or new_host_id()
@@ -142,6 +148,13 @@ class ServingApp:
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = UsageRecorder(self.state_path.parent / "usage.db")
         self.usage.start()
+        self.limiter = open_limits(
+            self.limits_url,
+            lineage=self._store.lineage,
+            metrics=self.metrics,
+            fallback=self.limits_fallback,
+        )
+        await self.limiter.start()
         self.dataplane = DataPlane(
             self.limiter, self.metrics, self.usage, waker=self.wake, meter=self.meter
         )
@@ -200,6 +213,7 @@ class ServingApp:
             await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
+        await self.limiter.close()
         if self._store is not None:
             self._store.remove_host(self.host_id)
             self._store.close()
