@@ -8,7 +8,6 @@ files in place. The public methods are the whole interface a PostgreSQL store wo
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -22,19 +21,27 @@ from typing import Any
 from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
 from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
-from plans import EndpointRecord, StateSnapshot
+from engine.state._rows import MIGRATION_STEPS as _MIGRATION_STEPS
+from engine.state._rows import dumps as _dumps
+from engine.state._rows import (
+    endpoint_from,
+    entity_from,
+    group_active,
+    history_from,
+    snapshot_from,
+    token_from,
+)
+from engine.state.location import STATE_ENV_VAR, StateLocation
+from plans import StateSnapshot
 from schemas import (
-    MANAGED_SCOPE,
     ConfigUpdateState,
     DeploymentState,
     EntityRole,
-    find_secret_references,
     now_ms,
 )
 
-__all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
+__all__ = ["SqliteStateStore", "StateError", "resolve_state_path"]
 
-STATE_ENV_VAR = "ENGINE_STATE"
 SCHEMA_VERSION = 6
 
 _MIGRATIONS: dict[int, str] = {
@@ -160,36 +167,6 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-def _grant_existing_creators(conn: sqlite3.Connection) -> None:
-    """Schema 6: endpoints made through the API before ACLs existed keep serving.
-
-    Their creator is a token's principal; it gets READ on every scope its endpoint references,
-    and nothing else (a scope with no entry is the admins' until they grant it).
-    """
-    kinds = {
-        r["principal"]: r["kind"]
-        for r in conn.execute("SELECT principal, kind FROM tokens ORDER BY created_ms")
-    }
-    for row in conn.execute("SELECT name, creator, spec, pending FROM endpoints").fetchall():
-        kind = kinds.get(row["creator"])
-        if kind is None:
-            continue
-        conn.execute("UPDATE endpoints SET creator_kind = ? WHERE name = ?", (kind, row["name"]))
-        configs = [row["spec"] or "", row["pending"] or ""] + [
-            e["config"]
-            for e in conn.execute("SELECT config FROM entities WHERE endpoint = ?", (row["name"],))
-        ]
-        scopes = {scope for text in configs for scope, _ in find_secret_references(text)}
-        conn.executemany(
-            "INSERT OR IGNORE INTO secret_acls VALUES (?, ?, 'READ')",
-            [(scope, row["creator"]) for scope in sorted(scopes) if scope != MANAGED_SCOPE],
-        )
-
-
-# Python steps that follow a version's statements.
-_MIGRATION_STEPS = {6: _grant_existing_creators}
-
-
 class StateError(Exception):
     """The state file cannot be used (unreadable, newer schema, inconsistent request)."""
 
@@ -202,25 +179,14 @@ def resolve_state_path(state: Path | None) -> Path:
     return Path(from_env) if from_env else Path.cwd() / ".engine" / "state.db"
 
 
-def open_state(state: Path | None = None) -> SqliteStateStore:
-    return SqliteStateStore(resolve_state_path(state))
-
-
 def _now_ms() -> int:
     return now_ms()
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
 
 
 class SqliteStateStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.location = StateLocation(str(self.path), self.path.parent)
         try:
             create_private_file(self.path)
             self._conn = sqlite3.connect(
@@ -333,29 +299,14 @@ class SqliteStateStore:
             return int(self._meta(conn, "serial"))
 
     def snapshot(self, *, holding_lock: bool = False) -> StateSnapshot:
-        """What plans need, read in one transaction.
-
-        An IN_PROGRESS update with no live lock holder (or seen by the lock holder itself)
-        was left by an apply that died: it is marked interrupted, so the plan resumes it.
-        """
+        """What plans need, read in one transaction (see `snapshot_from`)."""
         with self._read() as conn:
             lineage = self._meta(conn, "lineage")
             serial = int(self._meta(conn, "serial"))
             lock = self._lock_row(conn)
             rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
-        live_other = lock is not None and not holding_lock and holder_is_alive(lock, _now_ms())
-        records = {
-            row.name: EndpointRecord(
-                name=row.name,
-                spec=None if row.deleting else row.spec,
-                config_version=row.config_version,
-                config_update=row.config_update,
-                update_interrupted=row.in_progress and not live_other,
-                stack=row.stack,
-            )
-            for row in rows
-        }
-        return StateSnapshot(lineage=lineage, serial=serial, endpoints=records)
+        locks = [lock] if lock is not None else []
+        return snapshot_from(lineage, serial, locks, rows, holding_lock=holding_lock)
 
     def get_endpoint(self, name: str) -> EndpointRow | None:
         with self._read() as conn:
@@ -391,17 +342,7 @@ class SqliteStateStore:
                 "WHERE endpoint = ? ORDER BY id",
                 (endpoint,),
             ).fetchall()
-        return [
-            HistoryRow(
-                endpoint=r["endpoint"],
-                config_version=r["config_version"],
-                at_ms=r["at_ms"],
-                actor=r["actor"],
-                action=r["action"],
-                summary=json.loads(r["summary"]),
-            )
-            for r in rows
-        ]
+        return [history_from(r) for r in rows]
 
     def serving_view(self) -> tuple[int, list[tuple[EndpointRow, list[EntityRow]]]]:
         """The serial and every endpoint with its active entities, read in one transaction."""
@@ -414,10 +355,7 @@ class SqliteStateStore:
                     "SELECT * FROM entities WHERE role = ? ORDER BY id", (EntityRole.ACTIVE,)
                 )
             ]
-        by_endpoint: dict[str, list[EntityRow]] = {}
-        for entity in entities:
-            by_endpoint.setdefault(entity.endpoint, []).append(entity)
-        return serial, [(row, by_endpoint.get(row.name, [])) for row in rows]
+        return serial, group_active(rows, entities)
 
     # -- permissions ----------------------------------------------------------------------------
 
@@ -550,9 +488,7 @@ class SqliteStateStore:
                 "SELECT id, token_hash, principal, groups, kind, admin, comment, created_ms "
                 "FROM tokens ORDER BY created_ms"
             ).fetchall()
-        return [
-            {**dict(r), "groups": json.loads(r["groups"]), "admin": bool(r["admin"])} for r in rows
-        ]
+        return [token_from(r) for r in rows]
 
     def delete_token(self, token_id: str) -> bool:
         with self._write() as conn:
@@ -935,38 +871,6 @@ class SqliteStateStore:
         ).fetchone()
         return LockInfo(**dict(row)) if row else None
 
-    @staticmethod
-    def _endpoint(row: sqlite3.Row) -> EndpointRow:
-        return EndpointRow(
-            name=row["name"],
-            id=row["id"],
-            stack=row["stack"],
-            creator=row["creator"],
-            creator_kind=row["creator_kind"],
-            created_ms=row["created_ms"],
-            updated_ms=row["updated_ms"],
-            spec=_loads(row["spec"]),
-            config_version=row["config_version"],
-            config_update=row["config_update"],
-            update_message=row["update_message"],
-            pending=_loads(row["pending"]),
-            pending_version=row["pending_version"],
-            pending_started_ms=row["pending_started_ms"],
-            deleting=bool(row["deleting"]),
-        )
-
-    @staticmethod
-    def _entity(row: sqlite3.Row) -> EntityRow:
-        return EntityRow(
-            id=row["id"],
-            endpoint=row["endpoint"],
-            name=row["name"],
-            fingerprint=row["fingerprint"],
-            config=json.loads(row["config"]),
-            role=row["role"],
-            deployment=row["deployment"],
-            message=row["message"],
-            handle=_loads(row["handle"]),
-            config_version=row["config_version"],
-            created_ms=row["created_ms"],
-        )
+    # Rows to records: shared with the PostgreSQL store (_rows.py).
+    _endpoint = staticmethod(endpoint_from)
+    _entity = staticmethod(entity_from)
