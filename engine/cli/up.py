@@ -53,7 +53,7 @@ from engine.cli.serve import (
 )
 from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
-from engine.state import LockInfo, open_state, resolve_state_path
+from engine.state import LockInfo, StateLocation, open_state, resolve_state
 from engine.workflow import Session, actor_name, default_stack, locked, plan_stack
 from providers import (
     Deployment,
@@ -84,8 +84,11 @@ def up_command(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     state: Annotated[
-        Path | None,
-        typer.Option("--state", help="State file (default: $ENGINE_STATE or .engine/state.db)."),
+        str | None,
+        typer.Option(
+            "--state",
+            help="State file or postgresql:// URL (default: $ENGINE_STATE or .engine/state.db).",
+        ),
     ] = None,
     stack: Annotated[
         str | None,
@@ -104,7 +107,7 @@ def up_command(
     metrics_public: MetricsPublicOpt = False,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
-    state_path = resolve_state_path(state).absolute()
+    state_path = resolve_state(state).absolute()
     url = f"http://{host}:{port}"
     host_id = new_host_id()
     with reported():
@@ -201,7 +204,7 @@ class UpHost:
         stack: str | None,
         allow_replace: bool,
         lock_timeout: float,
-        state_option: Path | None,
+        state_option: str | None,
     ) -> None:
         self.app = app
         self.state_path = app.state_path
@@ -469,7 +472,7 @@ class _HostRunners(Executor):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _release(state_path: Path, host_id: str) -> None:
+def _release(state_path: StateLocation, host_id: str) -> None:
     store = open_state(state_path)
     try:
         store.remove_host(host_id)

@@ -12,6 +12,7 @@ column name) run unchanged on PostgreSQL: the migration steps, the secret store,
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import zlib
@@ -76,7 +77,9 @@ class PgConnection:
             application_name="serving-engine",
         )
         if self.schema != "public":
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            # Two replicas starting at once may both create it; the loser's error is moot.
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         return conn
 
     def live(self) -> psycopg.Connection[dict[str, Any]]:

@@ -44,6 +44,13 @@ class StateLocation:
             raise ValueError("a PostgreSQL state has no file")
         return Path(self.url)
 
+    def absolute(self) -> StateLocation:
+        """The same state with an absolute file path (PostgreSQL's is already)."""
+        if self.is_postgres:
+            return self
+        path = self.path.absolute()
+        return StateLocation(str(path), path.parent)
+
     def __str__(self) -> str:
         from engine.state._pgconn import mask_url  # psycopg only when PostgreSQL is used
 
@@ -71,4 +78,5 @@ def resolve_state(state: str | os.PathLike[str] | StateLocation | None = None) -
     text = os.fspath(state)
     if text.startswith(_POSTGRES_SCHEMES):
         return StateLocation(text, _local_home())
-    return StateLocation(text, Path(text).parent)
+    path = Path(text)
+    return StateLocation(str(path), path.parent)
