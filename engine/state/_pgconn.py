@@ -102,6 +102,18 @@ class PgConnection:
                     raise
         raise AssertionError("unreachable")
 
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:
+        """One statement; outside a transaction (a read of the secret store, say), a
+        connection that broke since its last use is replaced once, as in `begin`."""
+        conn = self.live()
+        idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        try:
+            return conn.execute(sql, params)
+        except psycopg.OperationalError:
+            if not (idle and conn.broken):
+                raise
+        return self.live().execute(sql, params)
+
     def close(self) -> None:
         with self.mutex:
             if self._conn is not None:
@@ -160,7 +172,7 @@ class QmarkConnection:
             if head == "BEGIN IMMEDIATE":
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._writer_key,))
             return _Cursor(conn.cursor())
-        return _Cursor(self.pg.live().execute(_QMARK.sub("%s", sql), tuple(params)))
+        return _Cursor(self.pg.execute(_QMARK.sub("%s", sql), tuple(params)))
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
         rows = [tuple(p) for p in params]
