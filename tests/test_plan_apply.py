@@ -11,15 +11,23 @@ from pathlib import Path
 
 import pytest
 from conftest import openai_chat
-from engine_harness import Engine, register_test_models, run_cli, self_hosted, write_specs
+from engine_harness import (
+    Engine,
+    insert_lock,
+    register_test_models,
+    run_cli,
+    self_hosted,
+    write_specs,
+)
 from executor_fixture import ControllableExecutor
 
+from engine.state import open_state
 from plans import Action, ChangeClass
 
 
 @pytest.fixture
-def engine(tmp_path: Path):  # noqa: ANN201
-    eng = Engine(tmp_path / "state" / "state.db", ControllableExecutor(tmp_path / "running"))
+def engine(tmp_path: Path, state_url: str):  # noqa: ANN201
+    eng = Engine(state_url, ControllableExecutor(tmp_path / "running"))
     eng.secrets.create_scope("scope")
     eng.secrets.put_secret("scope", "openai", "sk-test")
     yield eng
@@ -169,9 +177,8 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         # Another live process holds the lock (as the REST API's background update would).
-        engine.store._conn.execute(  # noqa: SLF001 - simulate a foreign holder
-            "INSERT INTO lock VALUES (1, 'x', 'other@host', 'apply', 0, 0, ?, ?)",
-            (__import__("socket").gethostname(), holder.pid),
+        insert_lock(
+            engine.state, "x", holder="other@host", lease_expires_ms=0, host=None, pid=holder.pid
         )
         write_specs(specs, [self_hosted("ep", {"a": 100}, version="3")])
         loaded_plan = engine.store.snapshot()
@@ -188,8 +195,8 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
         holder.wait()
 
 
-def test_cli_plan_exit_codes_and_json(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_cli_plan_exit_codes_and_json(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     specs = write_specs(tmp_path / "specs", [openai_chat("chat")])
     env = {"ENGINE_STATE": str(state)}
     run_cli("secrets", "create-scope", "scope", env=env)
@@ -211,8 +218,8 @@ def test_cli_plan_exit_codes_and_json(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "N1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_stale_plan_is_refused(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_stale_plan_is_refused(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
@@ -235,8 +242,8 @@ def test_stale_plan_is_refused(tmp_path: Path) -> None:
     assert "will be created" in shown.stdout
 
 
-def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_concurrent_applies_one_waits_out(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
@@ -258,9 +265,9 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    from engine.state import SqliteStateStore
+    from engine.state import open_state
 
-    store = SqliteStateStore(state)
+    store = open_state(state)
     deadline = time.monotonic() + 30
     while store.current_lock() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -276,17 +283,11 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
     store.close()
 
 
-def test_force_unlock_and_state_commands(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_force_unlock_and_state_commands(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     env = {"ENGINE_STATE": str(state)}
-    from engine.state import SqliteStateStore
-
-    store = SqliteStateStore(state)
-    store._conn.execute(  # noqa: SLF001 - a lock from another host, lease still running
-        "INSERT INTO lock VALUES (1, 'abc123', 'ci@elsewhere', 'apply', 0, 99999999999999, "
-        "'elsewhere', 1)"
-    )
-    store.close()
+    open_state(state).close()
+    insert_lock(state, "abc123")
     blocked = run_cli(
         "apply", str(write_specs(tmp_path / "s", [openai_chat()])), "--auto-approve", env=env
     )
@@ -296,8 +297,8 @@ def test_force_unlock_and_state_commands(tmp_path: Path) -> None:
     assert "no endpoints" in run_cli("state", "list", env=env).stdout
 
 
-def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     register_test_models(state, entities=("a",), versions=("1",))
     env = {"ENGINE_STATE": str(state), "ENGINE_GPUS": "0"}
     unknown = self_hosted("ep", {"a": 50, "b": 50})

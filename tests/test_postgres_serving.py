@@ -41,31 +41,16 @@ def _sqlite_state(root: Path, base: str) -> tuple[Path, dict[str, str]]:
     engine = Engine(state)
     engine.secrets.create_scope("scope")
     engine.secrets.put_secret("scope", "openai", SECRET)
-    specs = write_specs(
-        root / "specs",
-        [
-            endpoint("chat", [openai_entity("gpt4", "gpt-4", base)]),
-            endpoint(
-                "split",
-                [openai_entity("big", "model-big", base), openai_entity("small", "m-s", base)],
-                [50, 50],
-            ),
-        ],
-    )
-    assert engine.apply(specs)[1].ok
-    # A second config version of one endpoint: history with more than one activation.
-    write_specs(
-        root / "specs",
-        [
-            endpoint("chat", [openai_entity("gpt4", "gpt-4o", base)]),
-            endpoint(
-                "split",
-                [openai_entity("big", "model-big", base), openai_entity("small", "m-s", base)],
-                [50, 50],
-            ),
-        ],
-    )
-    assert engine.apply(specs)[1].ok
+    split = [openai_entity("big", "model-big", base), openai_entity("small", "m-s", base)]
+    for model in ("gpt-4", "gpt-4o"):  # two config versions of chat: more history
+        specs = write_specs(
+            root / "specs",
+            [
+                endpoint("chat", [openai_entity("gpt4", model, base)]),
+                endpoint("split", split, [50, 50]),
+            ],
+        )
+        assert engine.apply(specs)[1].ok
     _, admin = create_token(engine.store, "admin@example.com", admin=True)
     _, alice = create_token(engine.store, "alice@example.com", groups=["ml"])
     _, bob = create_token(engine.store, "bob@example.com")
