@@ -22,8 +22,8 @@ from typing import Any
 from engine.access.secret_acls import resolver_as_creator
 from engine.secrets.managed import delete_unused_managed_secrets, with_managed_references
 from engine.secrets.store import SecretStore, SecretStoreError
-from engine.state import EntityRow, StateStore
-from plans import Action, EndpointChange, Plan
+from engine.state import WHOLE_STATE, EntityRow, StateStore
+from plans import Action, EndpointChange, Plan, record_fingerprint
 from providers import (
     Deployment,
     ExecutorError,
@@ -99,13 +99,20 @@ class Applier:
         """Refuse before changing anything: errored or stale plans, missing executors."""
         if plan.errored:
             raise PlanNotApplicable("the plan has errors; fix them and plan again")
-        lineage, serial = self.store.lineage, self.store.serial
-        if (plan.state_lineage, plan.state_serial) != (lineage, serial):
-            where = "" if plan.state_lineage == lineage else " of another state file"
+        self._check_locked(plan)
+        snapshot = self.store.snapshot(lock_id=self.lock_id)
+        if plan.state_lineage != snapshot.lineage:
             raise PlanNotApplicable(
-                f"the plan is stale: it was made from state serial {plan.state_serial}{where}, "
-                f"and the state is now at serial {serial}; plan again"
+                "the plan was made from another state (lineage "
+                f"{plan.state_lineage}, this one is {snapshot.lineage}); plan again"
             )
+        for change in plan.actionable:
+            now = record_fingerprint(snapshot.endpoints.get(change.endpoint))
+            if plan.basis.get(change.endpoint, "") != now:
+                raise PlanNotApplicable(
+                    f"the plan is stale: {change.endpoint} changed since it was planned "
+                    f"(from state serial {plan.state_serial}); plan again"
+                )
         for change in plan.actionable:
             for entity in _entities(change.desired):
                 try:
@@ -117,6 +124,23 @@ class Applier:
                 refusal = getattr(executor, "start_refusal", None)
                 if refusal and self._starts(change, entity):
                     raise PlanNotApplicable(f"{change.endpoint}: {refusal}")
+
+    def _check_locked(self, plan: Plan) -> None:
+        """Every endpoint a plan changes must be under the applier's lock: updates of other
+        endpoints run in parallel, so an unlocked one could be changed under our feet."""
+        if self.lock_id is None or not plan.actionable:
+            return
+        held = next((i for i in self.store.locks() if i.id == self.lock_id), None)
+        if held is None:
+            raise PlanNotApplicable(
+                f"the lock {self.lock_id or '(none)'} is not held (was it force-unlocked?); "
+                "plan again"
+            )
+        if WHOLE_STATE in held.keys:
+            return
+        missing = sorted({c.endpoint for c in plan.actionable} - set(held.keys))
+        if missing:
+            raise PlanNotApplicable(f"not locked for this apply: {', '.join(missing)}")
 
     def apply(self, plan: Plan) -> ApplyReport:
         self.check(plan)

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from engine.access.secret_acls import CreatorAccess, operator_principal, secret_use_denial
 from engine.access.tokens import Principal, TokenIndex
@@ -26,6 +27,7 @@ from engine.host.inventory import entity_checker
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
 from engine.specs.loader import LoadResult, SpecUsageError, load_specs
 from engine.state import (
+    WHOLE_STATE,
     EndpointRow,
     EntityRow,
     LockHeld,
@@ -46,9 +48,12 @@ from plans import (
     canonical_endpoint,
     make_plan,
     read_plan_file,
+    record_fingerprint,
     secret_use_errors,
 )
 from providers import ExecutorRegistry
+
+T = TypeVar("T")
 
 __all__ = [
     "ApplyFailed",
@@ -57,6 +62,7 @@ __all__ = [
     "Session",
     "SpecsInvalid",
     "StateLocked",
+    "planned_and_locked",
     "TOKEN_ENV_VAR",
     "UsageError",
     "WorkflowError",
@@ -107,8 +113,9 @@ class SpecsInvalid(WorkflowError):
 
 class StateLocked(WorkflowError):
     def __init__(self, info: LockInfo) -> None:
+        what = "the state is locked" if WHOLE_STATE in info.keys else "an endpoint is locked"
         super().__init__(
-            f"the state is locked: {info.describe()}. Wait, retry with --lock-timeout, "
+            f"{what}: {info.describe()}. Wait, retry with --lock-timeout, "
             f"or if that process is gone: engine force-unlock {info.id}"
         )
         self.info = info
@@ -297,14 +304,15 @@ def plan_stack(
     stack: str,
     allow_replace: bool = False,
     destroy: bool = False,
-    holding_lock: bool = False,
+    lock_id: str | None = None,
 ) -> tuple[Plan, DesiredSpecs]:
-    """The plan that makes a stack match its specs (`loaded` None: no specs, e.g. destroy)."""
+    """The plan that makes a stack match its specs (`loaded` None: no specs, e.g. destroy).
+    `lock_id`: the lock the caller holds on the endpoints the plan may change."""
     store, secrets = _opened(session)
     desired = desired_from(loaded, secrets) if loaded is not None else DesiredSpecs(None)
     plan = make_plan(
         desired.documents,
-        store.snapshot(holding_lock=holding_lock),
+        store.snapshot(lock_id=lock_id),
         stack=stack,
         allow_replace=allow_replace,
         destroy=destroy,
@@ -315,18 +323,24 @@ def plan_stack(
     return plan, desired
 
 
-def plan_endpoint(session: Session, doc: Canonical, *, delete: bool = False) -> Plan:
+def plan_endpoint(
+    session: Session, doc: Canonical, *, delete: bool = False, lock_id: str | None = None
+) -> Plan:
     """The plan of one endpoint, whatever stack (if any) manages it: what the REST API applies.
-    Must be called holding the lock."""
+    `lock_id`: the caller's lock on that endpoint, if it holds one."""
     store, secrets = _opened(session)
-    snapshot = store.snapshot(holding_lock=True)
+    snapshot = store.snapshot(lock_id=lock_id)
     name = doc["name"]
     if delete:
         # Exactly this endpoint, under a private stack name, destroyed: the planner's own
         # delete path.
-        record = dataclasses.replace(snapshot.endpoints[name], stack=_API_STACK)
+        actual = snapshot.endpoints[name]
+        record = dataclasses.replace(actual, stack=_API_STACK)
         only = StateSnapshot(snapshot.lineage, snapshot.serial, {name: record})
-        return make_plan([], only, stack=_API_STACK, destroy=True)
+        plan = make_plan([], only, stack=_API_STACK, destroy=True)
+        # Planned from the endpoint as it is, not the private stack's view of it.
+        plan.basis = {name: record_fingerprint(actual)}
+        return plan
     current = {name: snapshot.endpoints[name]} if name in snapshot.endpoints else {}
     return make_plan(
         [doc],
@@ -379,31 +393,81 @@ def reload_saved(saved: PlanFile, secrets: SecretStore) -> tuple[Plan, DesiredSp
 # -- lock and apply -----------------------------------------------------------------------------
 
 
+# A reconcile pass restarts at most the runners that died; on a loaded machine that can take a
+# while, and a command waiting for it is better than one failing.
+RECONCILE_PASS_WAIT_S = 120.0
+_BRIEF = ("reconcile", "scale-to-zero")
+# How often planning, locking what the plan changes and planning again may find that the
+# changes grew (another endpoint drifted in between) before giving up.
+_REPLAN_TRIES = 3
+
+
 @contextlib.contextmanager
 def locked(
     store: StateStore,
     operation: str,
     *,
     holder: str,
+    keys: Sequence[str] = (WHOLE_STATE,),
     timeout: float = 0.0,
     on_wait: Callable[[LockInfo], None] | None = None,
 ) -> Iterator[str]:
-    """Hold the state lock for the block; yields the lock id. `on_wait` is told who holds it
-    when the lock is not free at once (before waiting up to `timeout` seconds)."""
+    """Hold the locks of `keys` (endpoint names) for the block; yields the lock id. `on_wait`
+    is told who holds one when they are not free at once (before waiting up to `timeout`
+    seconds). A serving host's own passes (reconcile, scale to zero) are waited for (up to
+    RECONCILE_PASS_WAIT_S) whatever `timeout` says: they are the engine's brief housekeeping,
+    not another user's update, so `engine apply` beside a running `engine serve` must not fail
+    on them."""
     try:
-        info = store.acquire_lock(operation, holder=holder, timeout=0 if on_wait else timeout)
+        info = store.acquire_lock(operation, holder=holder, keys=keys, timeout=0)
     except LockHeld as exc:
-        if on_wait is None or timeout <= 0:
+        wait = max(timeout, RECONCILE_PASS_WAIT_S if exc.info.operation in _BRIEF else 0)
+        if wait <= 0:
             raise StateLocked(exc.info) from None
-        on_wait(exc.info)
+        if on_wait is not None:
+            on_wait(exc.info)
         try:
-            info = store.acquire_lock(operation, holder=holder, timeout=timeout)
+            info = store.acquire_lock(operation, holder=holder, keys=keys, timeout=wait)
         except LockHeld as again:
             raise StateLocked(again.info) from None
     try:
         yield info.id
     finally:
         store.release_lock(info.id)
+
+
+@contextlib.contextmanager
+def planned_and_locked(
+    session: Session,
+    make: Callable[[str | None], tuple[Plan, T]],
+    operation: str,
+    *,
+    holder: str,
+    timeout: float = 0.0,
+    on_wait: Callable[[LockInfo], None] | None = None,
+) -> Iterator[tuple[Plan, T, str | None]]:
+    """Plan with `make(None)`, lock the endpoints that plan changes, and plan again holding
+    them (`make(lock_id)`): what is shown and applied is what was planned under the locks, and
+    updates of other endpoints go on meanwhile. Yields the plan, what `make` returned beside it,
+    and the lock id; None (nothing locked) for a plan with no changes or with errors, which
+    cannot be applied anyway."""
+    store, _ = _opened(session)
+    plan, extra = make(None)
+    keys = {c.endpoint for c in plan.actionable}
+    for _ in range(_REPLAN_TRIES):
+        if not keys or plan.errored:
+            yield plan, extra, None
+            return
+        with locked(
+            store, operation, holder=holder, keys=sorted(keys), timeout=timeout, on_wait=on_wait
+        ) as lock_id:
+            plan, extra = make(lock_id)
+            grown = {c.endpoint for c in plan.actionable} - keys
+            if not grown:
+                yield plan, extra, lock_id
+                return
+        keys |= grown
+    raise WorkflowError("the endpoints to change kept changing while planning; plan again")
 
 
 def apply_plan(

@@ -24,7 +24,7 @@ from ._planner import (
     secret_use_errors,
 )
 from ._render import render_plan_json, render_plan_text
-from ._state import EndpointRecord, StateSnapshot
+from ._state import EndpointRecord, StateSnapshot, record_fingerprint
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,6 +55,7 @@ __all__ = [
     "has_self_hosted",
     "is_sensitive",
     "make_plan",
+    "record_fingerprint",
     "render_path",
     "secret_references",
 ]

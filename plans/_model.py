@@ -136,8 +136,9 @@ class Plan:
     """Everything apply needs, and nothing secret.
 
     `errored`: some change breaks a rule; the plan is shown but cannot be applied.
-    `state_lineage` / `state_serial`: the state this plan was made from; apply refuses a plan
-    whose state has moved on (a stale plan).
+    `state_lineage` / `state_serial`: the state this plan was made from. `basis`: the
+    fingerprint of each endpoint it changes as planned (`record_fingerprint`); apply refuses a
+    plan for another state or one whose endpoints moved on since (a stale plan).
     """
 
     stack: str
@@ -145,6 +146,7 @@ class Plan:
     state_serial: int
     changes: list[EndpointChange] = field(default_factory=list)
     destroy: bool = False
+    basis: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def errored(self) -> bool:

@@ -19,7 +19,8 @@ from ._model import Action, ChangeClass, EndpointChange, FieldChange, Plan, Plan
 
 __all__ = ["PlanFile", "PlanFileError", "read_plan_file", "write_plan_file", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: the per-endpoint basis replaced the whole state's serial as what makes a plan stale.
+FORMAT_VERSION = 2
 _KIND = "serving-engine-plan"
 
 
@@ -44,6 +45,7 @@ def write_plan_file(path: Path, planfile: PlanFile) -> None:
         "stack": plan.stack,
         "destroy": plan.destroy,
         "state": {"lineage": plan.state_lineage, "serial": plan.state_serial},
+        "basis": plan.basis,
         "changes": [{**change.to_json(), "desired": change.desired} for change in plan.changes],
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -74,9 +76,10 @@ def read_plan_file(path: Path) -> PlanFile:
             state_serial=int(body["state"]["serial"]),
             destroy=bool(body.get("destroy")),
             changes=[_change(c) for c in body["changes"]],
+            basis={str(k): None if v is None else str(v) for k, v in body["basis"].items()},
         )
         return PlanFile(plan, list(body["sources"]), bool(body.get("allow_replace")))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"{path}: damaged plan file ({exc})") from None
 
 

@@ -23,7 +23,7 @@ from ._model import (
     PlanError,
     strongest,
 )
-from ._state import EndpointRecord, StateSnapshot
+from ._state import EndpointRecord, StateSnapshot, record_fingerprint
 
 __all__ = [
     "SecretAccess",
@@ -91,6 +91,9 @@ def make_plan(
         record = state.endpoints[name]
         if stack is not None and name not in wanted and record.stack == stack:
             plan.changes.append(_delete(record))
+    plan.basis = {
+        c.endpoint: record_fingerprint(state.endpoints.get(c.endpoint)) for c in plan.actionable
+    }
     return plan
 
 
@@ -101,7 +104,7 @@ def _plan_endpoint(
     unfinished = record is not None and record.spec is None
     if record is None or (unfinished and (stack is None or record.stack in (None, stack))):
         version = (record.config_version or 0) if record else 0
-        return EndpointChange(
+        create = EndpointChange(
             endpoint=name,
             action=Action.CREATE,
             change_class=_class_of_endpoint(doc),
@@ -111,6 +114,17 @@ def _plan_endpoint(
             desired=doc,
             reason=None if record is None else "a previous create did not finish",
         )
+        if record is not None and _live_update(record):
+            create.reason = None
+            create.errors.append(
+                PlanError(
+                    RuleId.L1,
+                    "name",
+                    f"endpoint {name!r} is being created by another update; wait until it "
+                    "finishes or fails, then plan again",
+                )
+            )
+        return create
     change = EndpointChange(endpoint=name, action=Action.NO_OP, desired=doc)
     if stack is not None and record.stack != stack:
         owner = f"stack {record.stack!r}" if record.stack else "no stack (made through the API)"
@@ -126,6 +140,16 @@ def _plan_endpoint(
     assert record.spec is not None
     diffs = diff_documents(record.spec, doc)
     if not diffs:
+        if _live_update(record):
+            # What it is being brought to may still fail: "no changes" would not be true yet.
+            change.errors.append(
+                PlanError(
+                    RuleId.L1,
+                    "config",
+                    f"endpoint {name!r} has an update in progress; wait until it finishes or "
+                    "fails, then plan again",
+                )
+            )
         if record.update_interrupted:
             change.action = Action.UPDATE
             change.reason = "cleans up an interrupted update"
@@ -165,6 +189,11 @@ def _plan_endpoint(
     return change
 
 
+def _live_update(record: EndpointRecord) -> bool:
+    """An update of this endpoint runs now (not one that a dead apply left behind)."""
+    return record.config_update == ConfigUpdateState.IN_PROGRESS and not record.update_interrupted
+
+
 def _delete(record: EndpointRecord) -> EndpointChange:
     spec = record.spec or {"name": record.name}
     return EndpointChange(
@@ -181,11 +210,7 @@ def _transition_errors(
     record: EndpointRecord, doc: Canonical, config_changed: bool
 ) -> Iterator[PlanError]:
     before = record.spec or {}
-    if (
-        config_changed
-        and record.config_update == ConfigUpdateState.IN_PROGRESS
-        and not record.update_interrupted
-    ):
+    if config_changed and _live_update(record):
         yield PlanError(
             RuleId.L1,
             "config",

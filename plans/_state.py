@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -9,7 +11,7 @@ from schemas import ConfigUpdateState
 
 from ._canonical import Canonical
 
-__all__ = ["EndpointRecord", "StateSnapshot"]
+__all__ = ["EndpointRecord", "StateSnapshot", "record_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,18 @@ class StateSnapshot:
     lineage: str
     serial: int
     endpoints: Mapping[str, EndpointRecord] = field(default_factory=dict)
+
+
+def record_fingerprint(record: EndpointRecord | None) -> str | None:
+    """What a plan assumed about one endpoint, as a short hash (None: it did not exist).
+
+    A saved plan is applied only if every endpoint it changes still has the fingerprint it was
+    planned from: other endpoints may change meanwhile (updates of different endpoints run in
+    parallel) without making the plan stale. Whether an update looks interrupted is left out:
+    that depends on who looks, not on what the endpoint is.
+    """
+    if record is None:
+        return None
+    body = [record.spec, record.config_version, record.config_update, record.stack]
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

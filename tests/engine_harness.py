@@ -86,7 +86,7 @@ class Engine:
         desired = desired_from(loaded, self.secrets)
         plan = make_plan(
             desired.documents,
-            self.store.snapshot(holding_lock=True),
+            self.store.snapshot(),
             stack=stack,
             secret_exists=self.secrets.has,
             **kwargs,
@@ -144,6 +144,7 @@ def insert_lock(
     state: Path | str,
     lock_id: str,
     *,
+    key: str = "*",
     holder: str = "ci@elsewhere",
     lease_expires_ms: int = 99999999999999,
     host: str | None = "elsewhere",
@@ -154,14 +155,14 @@ def insert_lock(
     import socket
 
     where = socket.gethostname() if host is None else host
-    row = (lock_id, holder, "apply", 0, lease_expires_ms, where, pid)
+    row = (key, lock_id, holder, "apply", 0, lease_expires_ms, where, pid)
     if str(state).startswith("postgresql"):
         import psycopg
 
         with psycopg.connect(str(state), autocommit=True) as conn:
-            conn.execute("INSERT INTO lock VALUES (1, %s, %s, %s, %s, %s, %s, %s)", row)
+            conn.execute("INSERT INTO locks VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
         return
     import sqlite3
 
     with sqlite3.connect(state) as conn:
-        conn.execute("INSERT INTO lock VALUES (1, ?, ?, ?, ?, ?, ?, ?)", row)
+        conn.execute("INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)

@@ -12,6 +12,8 @@ Environment:
                             (prepare, start, wait, stop, stopped)
     TEST_EXECUTOR_TRACE     file that gets one line per step (to enumerate crash points)
     TEST_EXECUTOR_EXTERNAL  "1": also run external-model entities
+    TEST_EXECUTOR_HOLD      comma-separated entity names whose wait_ready blocks until the
+                            file `release-<name>` appears in $TEST_EXECUTOR_DIR (up to 120 s)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ControllableExecutor(Executor):
         fail: frozenset[str] = frozenset(),
         crash_at: tuple[str, int] | None = None,
         trace: Path | None = None,
+        hold: frozenset[str] = frozenset(),
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -45,6 +48,7 @@ class ControllableExecutor(Executor):
         self.fail = fail
         self.crash_at = crash_at
         self.trace = trace
+        self.hold = hold
         self.counts: Counter[str] = Counter()
 
     def _step(self, step: str) -> None:
@@ -72,6 +76,11 @@ class ControllableExecutor(Executor):
         self._step("wait")
         if self.delay:
             time.sleep(self.delay)
+        if deployment.entity in self.hold:
+            release = self.directory / f"release-{deployment.entity}"
+            deadline = time.monotonic() + 120
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         if deployment.entity in self.fail:
             raise ExecutorError(f"{deployment.entity} failed its readiness check (test)")
 
@@ -102,6 +111,7 @@ def from_environment() -> ControllableExecutor:
         fail=frozenset(filter(None, os.environ.get("TEST_EXECUTOR_FAIL", "").split(","))),
         crash_at=crash_at,
         trace=Path(trace) if trace else None,
+        hold=frozenset(filter(None, os.environ.get("TEST_EXECUTOR_HOLD", "").split(","))),
     )
 
 
@@ -113,7 +123,9 @@ def register(registry: Any) -> None:
     executor = from_environment()
     registry.register("self_hosted", executor, replace=True)
     if os.environ.get("TEST_EXECUTOR_EXTERNAL") == "1":
-        external = _AsExternal(executor.directory, delay=executor.delay, fail=executor.fail)
+        external = _AsExternal(
+            executor.directory, delay=executor.delay, fail=executor.fail, hold=executor.hold
+        )
         external.crash_at, external.trace, external.counts = (
             executor.crash_at,
             executor.trace,

@@ -103,7 +103,7 @@ def test_apply_killed_then_next_apply_converges(tmp_path: Path, crash_at: str) -
         keep = engine.store.get_endpoint("keep")
         assert keep.config_version == 2
         assert {e.config["entity_version"] for e in engine.store.entities("keep")} == {"2"}
-        assert engine.store.current_lock() is None
+        assert engine.store.locks() == []
     finally:
         engine.close()
 

@@ -121,10 +121,13 @@ def test_snapshot_marks_an_update_left_by_a_dead_apply(store: StateStore) -> Non
     store.begin_update("chat", stack="s", desired={"name": "chat"}, version=2, actor="a")
     snapshot = store.snapshot()
     assert snapshot.endpoints["chat"].update_interrupted  # nobody holds the lock
-    lock = store.acquire_lock("apply", holder="me")
+    lock = store.acquire_lock("apply", holder="me", keys=("chat",))
     assert not store.snapshot().endpoints["chat"].update_interrupted  # a live apply
-    assert store.snapshot(holding_lock=True).endpoints["chat"].update_interrupted
+    assert store.snapshot(lock_id=lock.id).endpoints["chat"].update_interrupted
     store.release_lock(lock.id)
+    other = store.acquire_lock("apply", holder="me", keys=("other",))
+    assert store.snapshot().endpoints["chat"].update_interrupted  # not chat's lock
+    store.release_lock(other.id)
     assert snapshot.serial == store.serial and snapshot.lineage == store.lineage
 
 
@@ -135,17 +138,17 @@ def test_the_lock_is_exclusive_and_a_dead_holders_is_taken_over(state_url: str) 
         with pytest.raises(LockHeld) as held:
             second.acquire_lock("apply", holder="two", timeout=0.2)
         assert held.value.info.id == lock.id
-        assert second.current_lock() == lock
+        assert second.locks() == [lock]
         first.renew_lock(lock.id, lease_ms=1000)
         with pytest.raises(StateError, match="no lock with id nope"):
             second.force_unlock("nope")
         assert second.force_unlock(lock.id).id == lock.id
-        assert first.current_lock() is None
+        assert first.locks() == []
         # A holder whose process died (same host, dead pid) is taken over.
         dead = second.acquire_lock("apply", holder="two")
         _set_lock_pid(state_url, 2**22 + 12345)
         taken = first.acquire_lock("apply", holder="one")
-        assert taken.id != dead.id and first.current_lock() == taken
+        assert taken.id != dead.id and first.locks() == [taken]
     finally:
         first.close()
         second.close()
@@ -154,10 +157,10 @@ def test_the_lock_is_exclusive_and_a_dead_holders_is_taken_over(state_url: str) 
 def _set_lock_pid(state_url: str, pid: int) -> None:
     if state_url.startswith("postgresql"):
         with psycopg.connect(state_url, autocommit=True) as conn:
-            conn.execute("UPDATE lock SET pid = %s", (pid,))
+            conn.execute("UPDATE locks SET pid = %s", (pid,))
     else:
         with sqlite3.connect(state_url) as conn:
-            conn.execute("UPDATE lock SET pid = ?", (pid,))
+            conn.execute("UPDATE locks SET pid = ?", (pid,))
 
 
 def test_directory_records(store: StateStore) -> None:
@@ -222,6 +225,63 @@ def test_concurrent_writers_lose_no_serial(state_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_updates_of_different_endpoints_lock_in_parallel(state_url: str) -> None:
+    """Two stores (two connections, as two processes): different endpoints both lock at
+    once; one endpoint, or the whole state against any endpoint, conflict; all or none."""
+    first, second = open_state(state_url), open_state(state_url)
+    try:
+        a = first.acquire_lock("apply", holder="one", keys=("a", "b"))
+        c = second.acquire_lock("apply", holder="two", keys=("c",))
+        with pytest.raises(LockHeld) as held:
+            second.acquire_lock("apply", holder="two", keys=("d", "b"), timeout=0.2)
+        assert held.value.info.id == a.id
+        assert {i.id: i.keys for i in first.locks()} == {a.id: ("a", "b"), c.id: ("c",)}
+        with pytest.raises(LockHeld):
+            second.acquire_lock("migrate", holder="two", timeout=0.2)
+        first.release_lock(a.id)
+        second.release_lock(c.id)
+        whole = first.acquire_lock("migrate", holder="one")
+        with pytest.raises(LockHeld) as blocked:
+            second.acquire_lock("apply", holder="two", keys=("z",))
+        assert blocked.value.info.id == whole.id
+        first.release_lock(whole.id)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_many_acquirers_of_overlapping_keys_never_share_one(state_url: str) -> None:
+    """Threads on their own connections race for overlapping key sets: no key is ever held
+    twice at once (and nobody deadlocks)."""
+    keys = [("a", "b"), ("b", "c"), ("c", "a"), ("d",), ("a", "d")]
+    held: dict[str, str] = {}
+    clashes: list[str] = []
+    guard = threading.Lock()
+
+    def worker(n: int) -> None:
+        store = open_state(state_url)
+        try:
+            for i in range(6):
+                wanted = keys[(n + i) % len(keys)]
+                lock = store.acquire_lock("apply", holder=f"w{n}", keys=wanted, timeout=30)
+                with guard:
+                    clashes.extend(k for k in wanted if k in held)
+                    held.update({k: lock.id for k in wanted})
+                with guard:
+                    for k in wanted:
+                        held.pop(k, None)
+                store.release_lock(lock.id)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and clashes == []
 
 
 # -- PostgreSQL only -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from engine.executors import cli_executors
 from engine.specs.loader import LoadResult
 from engine.state import EntityRow
 from engine.workflow import (
+    DesiredSpecs,
     Session,
     actor_name,
     apply_plan,
@@ -23,6 +24,7 @@ from engine.workflow import (
     load_desired,
     locked,
     plan_stack,
+    planned_and_locked,
     read_saved_plan,
     reload_saved,
 )
@@ -138,23 +140,36 @@ def apply_command(
         loaded = load_specs_reporting(paths) if saved is None else None
     with reported(), Session(state) as session:
         assert session.store is not None and session.secrets is not None
-        with locked(session.store, "apply", holder=actor_name(), timeout=lock_timeout) as lock:
-            if saved is not None:
+        if saved is not None:
+            if not saved.plan.has_changes:
+                typer.echo("The plan has no changes; nothing to apply.")
+                raise typer.Exit(EXIT_OK)
+            keys = sorted(c.endpoint for c in saved.plan.actionable)
+            with locked(
+                session.store, "apply", holder=actor_name(), keys=keys, timeout=lock_timeout
+            ) as lock:
                 plan, desired = reload_saved(saved, session.secrets)
-            else:
-                plan, desired = plan_stack(
-                    session,
-                    loaded,
-                    stack=stack or default_stack(paths),
-                    allow_replace=allow_replace,
-                    holding_lock=True,
-                )
-                print_plan(plan)
-                if plan.errored:
-                    raise typer.Exit(EXIT_ERROR)
-                if not plan.has_changes:
-                    raise typer.Exit(EXIT_OK)
-                _confirm(auto_approve, "apply")
+                run_apply(session, plan, lock, desired.plaintexts)
+            return
+
+        def make(lock_id: str | None) -> tuple[Plan, DesiredSpecs]:
+            return plan_stack(
+                session,
+                loaded,
+                stack=stack or default_stack(paths),
+                allow_replace=allow_replace,
+                lock_id=lock_id,
+            )
+
+        with planned_and_locked(
+            session, make, "apply", holder=actor_name(), timeout=lock_timeout
+        ) as (plan, desired, lock):
+            print_plan(plan)
+            if plan.errored:
+                raise typer.Exit(EXIT_ERROR)
+            if lock is None:
+                raise typer.Exit(EXIT_OK)
+            _confirm(auto_approve, "apply")
             run_apply(session, plan, lock, desired.plaintexts)
 
 
@@ -175,11 +190,16 @@ def destroy_command(
     stack_name = stack or default_stack(paths or [])
     with reported(), Session(state) as session:
         assert session.store is not None
-        with locked(session.store, "destroy", holder=actor_name(), timeout=lock_timeout) as lock:
-            plan, _ = plan_stack(session, None, stack=stack_name, destroy=True, holding_lock=True)
+
+        def make(lock_id: str | None) -> tuple[Plan, DesiredSpecs]:
+            return plan_stack(session, None, stack=stack_name, destroy=True, lock_id=lock_id)
+
+        with planned_and_locked(
+            session, make, "destroy", holder=actor_name(), timeout=lock_timeout
+        ) as (plan, _, lock):
             print_plan(plan)
-            if not plan.has_changes:
-                raise typer.Exit(EXIT_OK)
+            if lock is None:
+                raise typer.Exit(EXIT_ERROR if plan.errored else EXIT_OK)
             _confirm(auto_approve, "destroy")
             run_apply(session, plan, lock, {})
 

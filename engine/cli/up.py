@@ -54,7 +54,15 @@ from engine.cli.serve import (
 from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
 from engine.state import LockInfo, StateLocation, open_state, resolve_state
-from engine.workflow import Session, actor_name, default_stack, locked, plan_stack
+from engine.workflow import (
+    DesiredSpecs,
+    Session,
+    actor_name,
+    default_stack,
+    plan_stack,
+    planned_and_locked,
+)
+from plans import Plan
 from providers import (
     Deployment,
     EntityStatus,
@@ -297,29 +305,33 @@ class UpHost:
 
     def _plan_and_apply(self) -> int:
         def waiting(info: LockInfo) -> None:
-            typer.echo(f"waiting for the state lock: {info.describe()}", err=True)
+            typer.echo(f"waiting for {info.describe()}", err=True)
 
         with reported(), Session(self.state_path) as session:
             assert session.store is not None
-            with locked(
-                session.store,
-                "up",
-                holder=actor_name(),
-                timeout=self.lock_timeout,
-                on_wait=waiting,
-            ) as lock_id:
-                plan, desired = plan_stack(
+
+            def make(lock_id: str | None) -> tuple[Plan, DesiredSpecs]:
+                return plan_stack(
                     session,
                     self.loaded,
                     stack=self.stack or default_stack(self.paths),
                     allow_replace=self.allow_replace,
-                    holding_lock=True,
+                    lock_id=lock_id,
                 )
+
+            with planned_and_locked(
+                session,
+                make,
+                "up",
+                holder=actor_name(),
+                timeout=self.lock_timeout,
+                on_wait=waiting,
+            ) as (plan, desired, lock_id):
                 print_plan(plan)
                 self._documents = list(desired.documents)
                 if plan.errored:
                     return EXIT_ERROR
-                if plan.has_changes:
+                if lock_id is not None:
                     run_apply(
                         session,
                         plan,

@@ -25,16 +25,17 @@ from engine.workflow import (
     WorkflowError,
     apply_plan,
     canonical_body,
-    locked,
     plan_endpoint,
+    planned_and_locked,
 )
-from plans import Canonical
+from plans import Canonical, Plan
 from providers import ExecutorRegistry
 from schemas import RuleId, format_path, validate_endpoint
 
 __all__ = ["EndpointService"]
 
-# Seconds a REST mutation waits for the state lock before answering 409.
+# Seconds a REST mutation waits for its endpoint's lock (held by a hot change of the same
+# endpoint, say) before answering 409. A live config update of it is a 409 at once (L1).
 LOCK_WAIT = 10.0
 
 
@@ -130,12 +131,17 @@ class EndpointService:
                 with Session(self.state_path, actor) as session:
                     assert session.store is not None
                     holder = f"api:{actor.name}"
-                    with locked(session.store, "api", holder=holder, timeout=LOCK_WAIT) as lock:
-                        plan = plan_endpoint(session, doc, delete=delete)
+
+                    def make(lock_id: str | None) -> tuple[Plan, None]:
+                        return plan_endpoint(session, doc, delete=delete, lock_id=lock_id), None
+
+                    with planned_and_locked(
+                        session, make, "api", holder=holder, timeout=LOCK_WAIT
+                    ) as (plan, _, lock):
                         outcome["report"] = apply_plan(
                             session,
                             plan,
-                            lock_id=lock,
+                            lock_id=lock or "",
                             executors=self.executors(),
                             plaintexts=plaintexts,
                             on_event=lambda e: _mark(e, started),
@@ -176,6 +182,13 @@ class EndpointService:
     ) -> Canonical:
         assert store is not None
         row = store.get_endpoint(name)
+        if row is not None and row.spec is None and row.in_progress and not allow_unfinished:
+            # GET shows it being created: say so rather than deny that it exists.
+            raise ApiError(
+                409,
+                "RESOURCE_CONFLICT",
+                f"endpoint {name!r} is being created; retry when its update finishes",
+            )
         if row is None or (row.spec is None and not allow_unfinished):
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {name!r} does not exist")
         return row.spec or {"name": name}

@@ -46,7 +46,6 @@ from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for
 from engine.state import (
     EndpointRow,
     EntityRow,
-    LockHeld,
     StateLocation,
     StateStore,
     open_state,
@@ -243,18 +242,19 @@ class ServingApp:
     _executors = executors
 
     def _restart_runners(self) -> None:
-        """One reconcile pass, skipped while an apply holds the state lock."""
+        """One reconcile pass; an endpoint whose update holds its lock is left to that update."""
         store = open_state(self.state_path)
         try:
-            lock = store.acquire_lock("reconcile", holder=f"host:{self.host_id}", timeout=0)
-        except LockHeld:
-            store.close()
-            return
-        try:
             busy = self.autoscaler.busy if self.autoscaler is not None else (lambda _: False)
-            restart_runners(store, self.runners, self._resolver_for, self._backoff, busy)
+            restart_runners(
+                store,
+                self.runners,
+                self._resolver_for,
+                self._backoff,
+                busy,
+                holder=f"host:{self.host_id}",
+            )
         finally:
-            store.release_lock(lock.id)
             store.close()
 
     async def _reconcile(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import cpu_fallback_allowed, gpu_count
-from engine.state import StateLocation, StateStore, open_state
+from engine.state import EntityRow, LockHeld, StateLocation, StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
 from schemas import DeploymentState, EntityRole
@@ -52,12 +52,12 @@ def make_runner_executor(state_path: StateLocation) -> RunnerExecutor:
     )
 
 
-def _self_hosted(store: StateStore) -> list[Any]:
+def _self_hosted(store: StateStore, endpoint: str | None = None) -> list[Any]:
     """Active self-hosted entities that should have a running runner (a scaled-to-zero one
     waits for a request instead, also across host restarts)."""
     return [
         e
-        for e in store.entities(role=EntityRole.ACTIVE)
+        for e in store.entities(endpoint, role=EntityRole.ACTIVE)
         if "external_model" not in e.config and not (e.handle or {}).get("scaled_to_zero")
     ]
 
@@ -113,15 +113,40 @@ def restart_runners(
     resolver_for: Any,
     backoff: Backoff | None = None,
     busy: Any = lambda entity_id: False,
+    *,
+    holder: str = "reconcile",
 ) -> None:
     """Start every active self-hosted entity whose runner is not running (RECOVERING -> READY).
 
     Level-triggered: each pass re-reads the state and asks each runner; a runner that keeps
-    failing is retried with backoff.
+    failing is retried with backoff. Each endpoint is looked at holding its lock (taken without
+    waiting): one whose update holds it is that update's to bring up, and is looked at again on
+    the next pass.
     """
     backoff = backoff or Backoff()
     executor.reap()
-    for entity in _self_hosted(store):
+    for endpoint in sorted({e.endpoint for e in _self_hosted(store)}):
+        try:
+            lock = store.acquire_lock("reconcile", holder=holder, keys=(endpoint,))
+        except LockHeld:
+            continue
+        try:
+            # Read again under the lock: an update that just finished may have replaced them.
+            current = _self_hosted(store, endpoint)
+            _reconcile_endpoint(store, executor, resolver_for, backoff, busy, current)
+        finally:
+            store.release_lock(lock.id)
+
+
+def _reconcile_endpoint(
+    store: StateStore,
+    executor: RunnerExecutor,
+    resolver_for: Any,
+    backoff: Backoff,
+    busy: Any,
+    entities: list[EntityRow],
+) -> None:
+    for entity in entities:
         if busy(entity.id):
             continue  # a replica is being added or removed: its handle is about to change
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)

@@ -84,20 +84,22 @@ class ScaleToZero:
                 # From here on, requests wait for a cold start instead of using this runner.
                 upstream.parked = True
                 try:
-                    parked = await asyncio.to_thread(self._park, entity.instance_id)
+                    parked = await asyncio.to_thread(self._park, route.name, entity.instance_id)
                 except Exception:  # noqa: BLE001 - the runner keeps serving
                     log.exception("cannot scale %s/%s to zero", route.name, entity.name)
                     parked = False
                 if not parked:
                     upstream.parked = False
 
-    def _park(self, instance_id: int) -> bool:
+    def _park(self, endpoint: str, instance_id: int) -> bool:
         store = open_state(self.state_path)
         try:
             try:
-                lock = store.acquire_lock("scale-to-zero", holder=self.holder, timeout=0)
+                lock = store.acquire_lock(
+                    "scale-to-zero", holder=self.holder, keys=(endpoint,), timeout=0
+                )
             except LockHeld:
-                return False  # an apply or a reconcile pass runs: try again on the next pass
+                return False  # an update or a reconcile pass runs: try again on the next pass
             try:
                 with self._locks[instance_id]:
                     row = active_entity(store, instance_id)

@@ -5,7 +5,7 @@ embedded default that implements it, `PostgresStateStore` (_postgres.py) the one
 `open_state` picks one from a `StateLocation` (location.py): a path or a `postgresql://` URL.
 """
 
-from engine.state._lock import LockHeld, LockInfo
+from engine.state._lock import WHOLE_STATE, LockHeld, LockInfo
 from engine.state._open import open_state
 from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
@@ -14,6 +14,7 @@ from engine.state.location import StateLocation, resolve_state
 from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
 
 __all__ = [
+    "WHOLE_STATE",
     "CoreStore",
     "DirectoryStore",
     "EndpointRow",

@@ -24,15 +24,25 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
-from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._lock import (
+    DEFAULT_LEASE_MS,
+    WHOLE_STATE,
+    LockHeld,
+    LockInfo,
+    blocking_lock,
+    group_lock_rows,
+    lock_keys,
+    no_such_lock,
+    this_host,
+)
 from engine.state._pgconn import PgConnection, QmarkConnection, mask_url, pg_ddl
-from engine.state._records import EndpointRow, EntityRow, HistoryRow
+from engine.state._records import EndpointRow, EntityRow, HistoryRow, endpoint_record
 from engine.state._rows import (
     MIGRATION_STEPS,
     dumps,
@@ -40,7 +50,6 @@ from engine.state._rows import (
     entity_from,
     group_active,
     history_from,
-    snapshot_from,
     token_from,
 )
 from engine.state._sqlite import _MIGRATIONS, SCHEMA_VERSION, StateError
@@ -56,6 +65,11 @@ _MIGRATE_KEY = zlib.crc32(b"serving-engine:migrate")
 
 def _lock_key(name: str) -> int:
     return zlib.crc32(f"serving-engine:lock:{name}".encode())
+
+
+def _overlaps(held: Sequence[str], wanted: Sequence[str]) -> bool:
+    """Whether a (dead) lock on `held` stands in the way of `wanted` (see blocking_lock)."""
+    return WHOLE_STATE in (*held, *wanted) or bool(set(held) & set(wanted))
 
 
 class PostgresStateStore:
@@ -164,15 +178,19 @@ class PostgresStateStore:
         with self._read() as conn:
             return int(self._meta(conn, "serial"))
 
-    def snapshot(self, *, holding_lock: bool = False) -> StateSnapshot:
-        """What plans need, read in one transaction (see `snapshot_from`)."""
+    def snapshot(self, *, lock_id: str | None = None) -> StateSnapshot:
+        """What plans need, read in one transaction (see the SQLite store)."""
         with self._read() as conn:
             lineage = self._meta(conn, "lineage")
             serial = int(self._meta(conn, "serial"))
-            lock = self._lock_row(conn)
+            held = [i for i in self._lock_rows(conn) if i.id != lock_id]
             rows = [endpoint_from(r) for r in conn.execute("SELECT * FROM endpoints")]
-        locks = [lock] if lock is not None else []
-        return snapshot_from(lineage, serial, locks, rows, holding_lock=holding_lock)
+        now = now_ms()
+        return StateSnapshot(
+            lineage=lineage,
+            serial=serial,
+            endpoints={row.name: endpoint_record(row, held, now) for row in rows},
+        )
 
     def get_endpoint(self, name: str) -> EndpointRow | None:
         with self._read() as conn:
@@ -421,26 +439,47 @@ class PostgresStateStore:
         with self._untracked() as conn:
             conn.execute("DELETE FROM hosts WHERE id = %s", (host_id,))
 
-    # -- the lock ---------------------------------------------------------------------------
+    # -- locks: per endpoint name, or WHOLE_STATE ---------------------------------------------
 
-    def current_lock(self) -> LockInfo | None:
+    def locks(self) -> list[LockInfo]:
         with self._read() as conn:
-            return self._lock_row(conn)
+            return self._lock_rows(conn)
 
     def acquire_lock(
-        self, operation: str, *, holder: str, timeout: float = 0.0, lease_ms: int = DEFAULT_LEASE_MS
+        self,
+        operation: str,
+        *,
+        holder: str,
+        keys: Sequence[str] = (WHOLE_STATE,),
+        timeout: float = 0.0,
+        lease_ms: int = DEFAULT_LEASE_MS,
     ) -> LockInfo:
-        """Take the lock, waiting up to `timeout` seconds; a dead holder's lock is taken over.
+        """Take every key or none, waiting up to `timeout` seconds; a dead holder's lock is
+        taken over whole (see the SQLite store).
 
-        The advisory lock makes check-and-take one step among all acquirers; it is released
-        with the transaction, so nothing stays behind when the acquirer dies."""
+        PostgreSQL's own locking makes check-and-take atomic without queueing every acquirer:
+        transaction-scoped advisory locks, one per key in sorted order (two acquirers can never
+        wait on each other in a cycle), and WHOLE_STATE's key taken exclusively by a whole-state
+        lock but shared by a per-endpoint one, so updates of different endpoints go through at
+        once and a whole-state acquirer excludes them all. Released with the transaction: an
+        acquirer that dies leaves nothing behind."""
+        wanted = lock_keys(keys)
         deadline = time.monotonic() + timeout
         while True:
             with self._untracked() as conn:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("*"),))
-                current = self._lock_row(conn)
+                whole = (
+                    "pg_advisory_xact_lock"
+                    if WHOLE_STATE in wanted
+                    else ("pg_advisory_xact_lock_shared")
+                )
+                conn.execute(f"SELECT {whole}(%s)", (_lock_key(WHOLE_STATE),))
+                for key in wanted:
+                    if key != WHOLE_STATE:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(key),))
+                held = self._lock_rows(conn)
                 now = now_ms()
-                if current is None or not holder_is_alive(current, now):
+                blocker = blocking_lock(held, wanted, now)
+                if blocker is None:
                     info = LockInfo(
                         id=uuid.uuid4().hex[:12],
                         holder=holder,
@@ -449,53 +488,59 @@ class PostgresStateStore:
                         lease_expires_ms=now + lease_ms,
                         host=this_host(),
                         pid=os.getpid(),
+                        keys=wanted,
                     )
-                    conn.execute("DELETE FROM lock")
-                    conn.execute(
-                        "INSERT INTO lock (singleton, id, holder, operation, acquired_ms, "
-                        "lease_expires_ms, host, pid) VALUES (1, %s, %s, %s, %s, %s, %s, %s)",
-                        (
-                            info.id,
-                            info.holder,
-                            info.operation,
-                            info.acquired_ms,
-                            info.lease_expires_ms,
-                            info.host,
-                            info.pid,
-                        ),
+                    dead = [i.id for i in held if _overlaps(i.keys, wanted)]
+                    conn.execute("DELETE FROM locks WHERE id = ANY(%s)", (dead,))
+                    conn.cursor().executemany(
+                        "INSERT INTO locks (key, id, holder, operation, acquired_ms, "
+                        "lease_expires_ms, host, pid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        [
+                            (
+                                key,
+                                info.id,
+                                info.holder,
+                                info.operation,
+                                info.acquired_ms,
+                                info.lease_expires_ms,
+                                info.host,
+                                info.pid,
+                            )
+                            for key in wanted
+                        ],
                     )
                     return info
             if time.monotonic() >= deadline:
-                raise LockHeld(current)
+                raise LockHeld(blocker)
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def renew_lock(self, lock_id: str, lease_ms: int = DEFAULT_LEASE_MS) -> None:
         with self._untracked() as conn:
             conn.execute(
-                "UPDATE lock SET lease_expires_ms = %s WHERE id = %s",
+                "UPDATE locks SET lease_expires_ms = %s WHERE id = %s",
                 (now_ms() + lease_ms, lock_id),
             )
 
     def release_lock(self, lock_id: str) -> None:
         with self._untracked() as conn:
-            conn.execute("DELETE FROM lock WHERE id = %s", (lock_id,))
+            conn.execute("DELETE FROM locks WHERE id = %s", (lock_id,))
 
     def force_unlock(self, lock_id: str) -> LockInfo:
         with self._untracked() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("*"),))
-            current = self._lock_row(conn)
-            if current is None or current.id != lock_id:
-                held = f"the lock is {current.id}" if current else "the state is not locked"
-                raise StateError(f"no lock with id {lock_id}; {held}")
-            conn.execute("DELETE FROM lock WHERE id = %s", (lock_id,))
-            return current
+            held = self._lock_rows(conn)
+            match = [i for i in held if i.id == lock_id]
+            if not match:
+                raise StateError(no_such_lock(lock_id, held))
+            conn.execute("DELETE FROM locks WHERE id = %s", (lock_id,))
+            return match[0]
 
     @staticmethod
-    def _lock_row(conn: psycopg.Connection[dict[str, Any]]) -> LockInfo | None:
-        row = conn.execute(
-            "SELECT id, holder, operation, acquired_ms, lease_expires_ms, host, pid FROM lock"
-        ).fetchone()
-        return LockInfo(**row) if row else None
+    def _lock_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[LockInfo]:
+        rows = conn.execute(
+            "SELECT key, id, holder, operation, acquired_ms, lease_expires_ms, host, pid "
+            "FROM locks ORDER BY id, key"
+        )
+        return group_lock_rows(tuple(r.values()) for r in rows)
 
     # -- writing: config updates ------------------------------------------------------------
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.state._lock import LockInfo, blocking_lock
+from plans import EndpointRecord
 from schemas import ConfigUpdateState
 
-__all__ = ["EndpointRow", "EntityRow", "HistoryRow"]
+__all__ = ["EndpointRow", "EntityRow", "HistoryRow", "endpoint_record"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,17 @@ class HistoryRow:
     actor: str
     action: str
     summary: dict[str, Any]
+
+
+def endpoint_record(row: EndpointRow, others: Sequence[LockInfo], now_ms: int) -> EndpointRecord:
+    """What the planner reads of one endpoint. `others`: the locks held by anyone but the
+    planner; an IN_PROGRESS update none of them covers was left by an apply that died."""
+    live_update = row.in_progress and blocking_lock(others, (row.name,), now_ms) is not None
+    return EndpointRecord(
+        name=row.name,
+        spec=None if row.deleting else row.spec,
+        config_version=row.config_version,
+        config_update=row.config_update,
+        update_interrupted=row.in_progress and not live_update,
+        stack=row.stack,
+    )

@@ -11,10 +11,8 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from engine.state._lock import LockInfo, holder_is_alive
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
-from plans import EndpointRecord, StateSnapshot
-from schemas import MANAGED_SCOPE, find_secret_references, now_ms
+from schemas import MANAGED_SCOPE, find_secret_references
 
 __all__ = [
     "MIGRATION_STEPS",
@@ -25,7 +23,6 @@ __all__ = [
     "group_active",
     "history_from",
     "loads",
-    "snapshot_from",
     "token_from",
 ]
 
@@ -90,35 +87,6 @@ def history_from(row: Row) -> HistoryRow:
 
 def token_from(row: Row) -> dict[str, Any]:
     return {**dict(row), "groups": json.loads(row["groups"]), "admin": bool(row["admin"])}
-
-
-def snapshot_from(
-    lineage: str,
-    serial: int,
-    locks: Iterable[LockInfo],
-    rows: Sequence[EndpointRow],
-    *,
-    holding_lock: bool,
-) -> StateSnapshot:
-    """What plans need, from rows read in one transaction.
-
-    An IN_PROGRESS update with no live lock holder (or seen by the lock holder itself)
-    was left by an apply that died: it is marked interrupted, so the plan resumes it.
-    """
-    now = now_ms()
-    live_other = not holding_lock and any(holder_is_alive(lock, now) for lock in locks)
-    records = {
-        row.name: EndpointRecord(
-            name=row.name,
-            spec=None if row.deleting else row.spec,
-            config_version=row.config_version,
-            config_update=row.config_update,
-            update_interrupted=row.in_progress and not live_other,
-            stack=row.stack,
-        )
-        for row in rows
-    }
-    return StateSnapshot(lineage=lineage, serial=serial, endpoints=records)
 
 
 def group_active(

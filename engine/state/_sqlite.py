@@ -13,14 +13,24 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.state._lock import DEFAULT_LEASE_MS, LockHeld, LockInfo, holder_is_alive, this_host
+from engine.state._lock import (
+    DEFAULT_LEASE_MS,
+    WHOLE_STATE,
+    LockHeld,
+    LockInfo,
+    blocking_lock,
+    group_lock_rows,
+    lock_keys,
+    no_such_lock,
+    this_host,
+)
 from engine.state._private import create_private_file
-from engine.state._records import EndpointRow, EntityRow, HistoryRow
+from engine.state._records import EndpointRow, EntityRow, HistoryRow, endpoint_record
 from engine.state._rows import MIGRATION_STEPS as _MIGRATION_STEPS
 from engine.state._rows import dumps as _dumps
 from engine.state._rows import (
@@ -28,7 +38,6 @@ from engine.state._rows import (
     entity_from,
     group_active,
     history_from,
-    snapshot_from,
     token_from,
 )
 from engine.state.location import STATE_ENV_VAR, StateLocation
@@ -42,7 +51,7 @@ from schemas import (
 
 __all__ = ["SqliteStateStore", "StateError", "resolve_state_path"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -163,6 +172,24 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (scope, principal)
     );
     ALTER TABLE endpoints ADD COLUMN creator_kind TEXT NOT NULL DEFAULT 'operator';
+    """,
+    # Locks per endpoint instead of one lock on the whole state: a row per key held, the rows
+    # of one acquisition sharing its id. A lock held across the upgrade keeps holding it all.
+    7: """
+    CREATE TABLE locks (
+        key TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        acquired_ms INTEGER NOT NULL,
+        lease_expires_ms INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL
+    );
+    CREATE INDEX locks_by_id ON locks (id);
+    INSERT INTO locks SELECT '*', id, holder, operation, acquired_ms, lease_expires_ms, host, pid
+        FROM lock;
+    DROP TABLE lock;
     """,
 }
 
@@ -298,15 +325,24 @@ class SqliteStateStore:
         with self._read() as conn:
             return int(self._meta(conn, "serial"))
 
-    def snapshot(self, *, holding_lock: bool = False) -> StateSnapshot:
-        """What plans need, read in one transaction (see `snapshot_from`)."""
+    def snapshot(self, *, lock_id: str | None = None) -> StateSnapshot:
+        """What plans need, read in one transaction.
+
+        An IN_PROGRESS update whose endpoint no live holder has locked (other than `lock_id`,
+        the caller's own lock) was left by an apply that died: it is marked interrupted, so the
+        plan resumes it.
+        """
         with self._read() as conn:
             lineage = self._meta(conn, "lineage")
             serial = int(self._meta(conn, "serial"))
-            lock = self._lock_row(conn)
+            held = [i for i in self._lock_rows(conn) if i.id != lock_id]
             rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
-        locks = [lock] if lock is not None else []
-        return snapshot_from(lineage, serial, locks, rows, holding_lock=holding_lock)
+        now = _now_ms()
+        return StateSnapshot(
+            lineage=lineage,
+            serial=serial,
+            endpoints={row.name: endpoint_record(row, held, now) for row in rows},
+        )
 
     def get_endpoint(self, name: str) -> EndpointRow | None:
         with self._read() as conn:
@@ -556,22 +592,31 @@ class SqliteStateStore:
 
     # -- the lock ---------------------------------------------------------------------------
 
-    def current_lock(self) -> LockInfo | None:
+    def locks(self) -> list[LockInfo]:
         with self._read() as conn:
-            return self._lock_row(conn)
+            return self._lock_rows(conn)
 
     def acquire_lock(
-        self, operation: str, *, holder: str, timeout: float = 0.0, lease_ms: int = DEFAULT_LEASE_MS
+        self,
+        operation: str,
+        *,
+        holder: str,
+        keys: Sequence[str] = (WHOLE_STATE,),
+        timeout: float = 0.0,
+        lease_ms: int = DEFAULT_LEASE_MS,
     ) -> LockInfo:
-        """Take the lock, waiting up to `timeout` seconds; a dead holder's lock is taken over."""
+        """Take every key or none, waiting up to `timeout` seconds; a dead holder's keys are
+        taken over (its whole lock goes, so no half of it lingers)."""
+        wanted = lock_keys(keys)
         deadline = time.monotonic() + timeout
         while True:
             with self._mutex:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    current = self._lock_row(self._conn)
+                    held = self._lock_rows(self._conn)
                     now = _now_ms()
-                    if current is None or not holder_is_alive(current, now):
+                    blocker = blocking_lock(held, wanted, now)
+                    if blocker is None:
                         info = LockInfo(
                             id=uuid.uuid4().hex[:12],
                             holder=holder,
@@ -580,18 +625,26 @@ class SqliteStateStore:
                             lease_expires_ms=now + lease_ms,
                             host=this_host(),
                             pid=os.getpid(),
+                            keys=wanted,
                         )
-                        self._conn.execute(
-                            "INSERT OR REPLACE INTO lock VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
-                            (
-                                info.id,
-                                info.holder,
-                                info.operation,
-                                info.acquired_ms,
-                                info.lease_expires_ms,
-                                info.host,
-                                info.pid,
-                            ),
+                        for dead in held:
+                            if set(dead.keys) & set(wanted) or WHOLE_STATE in wanted + dead.keys:
+                                self._conn.execute("DELETE FROM locks WHERE id = ?", (dead.id,))
+                        self._conn.executemany(
+                            "INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            [
+                                (
+                                    key,
+                                    info.id,
+                                    info.holder,
+                                    info.operation,
+                                    info.acquired_ms,
+                                    info.lease_expires_ms,
+                                    info.host,
+                                    info.pid,
+                                )
+                                for key in wanted
+                            ],
                         )
                         self._conn.execute("COMMIT")
                         return info
@@ -601,30 +654,31 @@ class SqliteStateStore:
                         self._conn.execute("ROLLBACK")
                     raise
             if time.monotonic() >= deadline:
-                raise LockHeld(current)
+                raise LockHeld(blocker)
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def renew_lock(self, lock_id: str, lease_ms: int = DEFAULT_LEASE_MS) -> None:
         with self._mutex:
             self._conn.execute(
-                "UPDATE lock SET lease_expires_ms = ? WHERE id = ?", (_now_ms() + lease_ms, lock_id)
+                "UPDATE locks SET lease_expires_ms = ? WHERE id = ?",
+                (_now_ms() + lease_ms, lock_id),
             )
 
     def release_lock(self, lock_id: str) -> None:
         with self._mutex:
-            self._conn.execute("DELETE FROM lock WHERE id = ?", (lock_id,))
+            self._conn.execute("DELETE FROM locks WHERE id = ?", (lock_id,))
 
     def force_unlock(self, lock_id: str) -> LockInfo:
         with self._mutex:
             self._conn.execute("BEGIN IMMEDIATE")
-            current = self._lock_row(self._conn)
-            if current is None or current.id != lock_id:
+            held = self._lock_rows(self._conn)
+            match = [i for i in held if i.id == lock_id]
+            if not match:
                 self._conn.execute("ROLLBACK")
-                held = f"the lock is {current.id}" if current else "the state is not locked"
-                raise StateError(f"no lock with id {lock_id}; {held}")
-            self._conn.execute("DELETE FROM lock WHERE id = ?", (lock_id,))
+                raise StateError(no_such_lock(lock_id, held))
+            self._conn.execute("DELETE FROM locks WHERE id = ?", (lock_id,))
             self._conn.execute("COMMIT")
-            return current
+            return match[0]
 
     # -- writing: config updates ------------------------------------------------------------
 
@@ -865,11 +919,14 @@ class SqliteStateStore:
         )
 
     @staticmethod
-    def _lock_row(conn: sqlite3.Connection) -> LockInfo | None:
-        row = conn.execute(
-            "SELECT id, holder, operation, acquired_ms, lease_expires_ms, host, pid FROM lock"
-        ).fetchone()
-        return LockInfo(**dict(row)) if row else None
+    def _lock_rows(conn: sqlite3.Connection) -> list[LockInfo]:
+        return group_lock_rows(
+            tuple(r)
+            for r in conn.execute(
+                "SELECT key, id, holder, operation, acquired_ms, lease_expires_ms, host, pid "
+                "FROM locks ORDER BY id, key"
+            )
+        )
 
     # Rows to records: shared with the PostgreSQL store (_rows.py).
     _endpoint = staticmethod(endpoint_from)

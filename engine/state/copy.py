@@ -83,7 +83,7 @@ def copy_to_postgres(source: Path, target: StateLocation) -> CopyReport:
                 pg.close()
             copied = PostgresStateStore(target)
             try:
-                before, after = origin.snapshot(holding_lock=True), copied.snapshot()
+                before, after = origin.snapshot(lock_id=lock.id), copied.snapshot()
             finally:
                 copied.close()
             if before != after:

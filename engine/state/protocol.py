@@ -10,10 +10,10 @@ implements them on one file; callers that need only one part are typed against t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from engine.state._lock import DEFAULT_LEASE_MS, LockInfo
+from engine.state._lock import DEFAULT_LEASE_MS, WHOLE_STATE, LockInfo
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
 from engine.state.location import StateLocation
 from plans import StateSnapshot
@@ -41,7 +41,10 @@ class CoreStore(Protocol):
         """Bumped by every write; readers compare it to know whether anything changed."""
         ...
 
-    def snapshot(self, *, holding_lock: bool = False) -> StateSnapshot: ...
+    def snapshot(self, *, lock_id: str | None = None) -> StateSnapshot:
+        """What plans read. `lock_id`: the caller's own lock, which does not make the updates
+        of the endpoints it covers look live (they are the caller's to resume)."""
+        ...
 
     def get_endpoint(self, name: str) -> EndpointRow | None: ...
 
@@ -57,14 +60,24 @@ class CoreStore(Protocol):
         """The serial and every endpoint with its entities, read in one transaction."""
         ...
 
-    # -- the lock ---------------------------------------------------------------------------
+    # -- locks: per endpoint name, or WHOLE_STATE ----------------------------------------------
 
-    def current_lock(self) -> LockInfo | None: ...
+    def locks(self) -> list[LockInfo]:
+        """Every lock held (live or left by a dead holder), one LockInfo per lock id."""
+        ...
 
     def acquire_lock(
-        self, operation: str, *, holder: str, timeout: float = 0.0, lease_ms: int = DEFAULT_LEASE_MS
+        self,
+        operation: str,
+        *,
+        holder: str,
+        keys: Sequence[str] = (WHOLE_STATE,),
+        timeout: float = 0.0,
+        lease_ms: int = DEFAULT_LEASE_MS,
     ) -> LockInfo:
-        """Take the lock (a dead holder's is taken over); raise LockHeld after `timeout` s."""
+        """Take every key or none, atomically (a dead holder's lock is taken over); raise
+        LockHeld with the blocking lock after `timeout` s. WHOLE_STATE conflicts with every
+        key; the keys of different endpoints never conflict."""
         ...
 
     def renew_lock(self, lock_id: str, lease_ms: int = DEFAULT_LEASE_MS) -> None: ...
