@@ -18,6 +18,7 @@ from engine.access.tokens import create_token
 from engine.state import open_state
 
 SECRET = "sk-migrated-secret-8f7e6d5c"
+PASSWORD = "pw-never-shown-41c9"
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,8 @@ def test_a_migrated_state_serves_the_same(
     tmp_path: Path, upstream: MockUpstream, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "home"))
+    # The test cluster trusts loopback, so a password in the URL is accepted: none may show.
+    postgres_url = postgres_url.replace("postgres@", f"postgres:{PASSWORD}@")
     state, tokens = _sqlite_state(tmp_path, upstream.url + "/v1")
     with ServerProcess(state) as before:
         expected = _answers(before, tokens)
@@ -94,6 +97,7 @@ def test_a_migrated_state_serves_the_same(
     assert migrated.returncode == 0, migrated.stderr
     assert "row counts and the snapshot match" in migrated.stdout
     assert SECRET not in migrated.stdout + migrated.stderr
+    assert PASSWORD not in migrated.stdout + migrated.stderr and "***" in migrated.stdout
 
     target = open_state(postgres_url)
     try:
@@ -120,6 +124,7 @@ def test_a_migrated_state_serves_the_same(
     assert again.returncode == 1
     [line] = again.stderr.splitlines()
     assert line.startswith("error: ") and "is not empty" in line and "Traceback" not in line
+    assert PASSWORD not in line and PASSWORD not in after.log.read_text()
 
 
 def test_migrate_refuses_what_it_cannot_copy(tmp_path: Path, postgres_url: str) -> None:

@@ -370,7 +370,9 @@ class UpHost:
             time.sleep(0.05)
 
     def _print_ready(self) -> None:
-        state = f" --state {shlex.quote(str(self.state_option))}" if self.state_option else ""
+        # str(location): a PostgreSQL URL's password is shown as *** (never printed).
+        shown = str(resolve_state(self.state_option)) if self.state_option else ""
+        state = f" --state {shlex.quote(shown)}" if shown else ""
         lines = [
             f"Serving on {self.address}. Ctrl-C stops the host and its runners.",
             f"  create a token:  export TOKEN=$(engine tokens create --admin{state})",
