@@ -178,3 +178,41 @@ def test_a_postgres_restart_keeps_serving_then_reconnects(
         engine.close()
         assert _ask(server, "later", token).status_code == 200
     assert "cannot refresh the routing table" in server.log.read_text()
+
+
+def test_an_apply_killed_midway_is_taken_over_on_postgres(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL an apply while it starts a runner: its locks stay in the database, and the
+    next apply takes them over (dead pid on this host) and converges."""
+    from engine_harness import register_test_models
+    from executor_fixture import ControllableExecutor
+    from test_crash_recovery import AFTER, BEFORE
+
+    monkeypatch.setenv("ENGINE_HOME", str(tmp_path / "home"))
+    register_test_models(postgres_url)
+    env = {
+        "ENGINE_STATE": postgres_url,
+        "ENGINE_EXECUTOR_PLUGINS": "executor_fixture:register",
+        "TEST_EXECUTOR_DIR": str(tmp_path / "running"),
+    }
+    specs = write_specs(tmp_path / "specs", BEFORE)
+    assert run_cli("apply", str(specs), "--auto-approve", env=env).returncode == 0
+    write_specs(specs, AFTER)
+    crash = {**env, "TEST_EXECUTOR_CRASH_AT": "start:3"}
+    assert run_cli("apply", str(specs), "--auto-approve", env=crash).returncode == -9
+    store = open_state(postgres_url)
+    try:
+        assert store.locks(), "the killed apply's locks are still there"
+    finally:
+        store.close()
+    again = run_cli("apply", str(specs), "--auto-approve", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert run_cli("plan", str(specs), "--detailed-exitcode", env=env).returncode == 0
+    engine = Engine(postgres_url, ControllableExecutor(tmp_path / "running"))
+    try:
+        assert engine.executor.running() == {e.id for e in engine.store.entities()}
+        assert {r.name for r in engine.store.list_endpoints()} == {"keep", "new"}
+        assert engine.store.locks() == []
+    finally:
+        engine.close()
