@@ -131,6 +131,12 @@ class _Cursor:
     def rowcount(self) -> int:
         return self._cursor.rowcount
 
+    @property
+    def lastrowid(self) -> int:
+        """The id the last INSERT gave an identity column (the session's `lastval()`)."""
+        row = self._cursor.connection.execute("SELECT lastval() AS id").fetchone()
+        return int(row["id"])
+
     def fetchone(self) -> Any:
         row = self._cursor.fetchone() if self._cursor.description else None
         return None if row is None else _Row(row)
