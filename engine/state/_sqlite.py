@@ -3,7 +3,9 @@
 WAL mode so that the serving host can read while an apply writes; every write is one
 `BEGIN IMMEDIATE` transaction that bumps the monotonic serial, so a crash between two steps
 leaves exactly the steps before it. The schema carries a version; `_MIGRATIONS` upgrades older
-files in place. The public methods are the whole interface a PostgreSQL store would implement.
+files in place (the PostgreSQL store runs the same versions, translated by `pg_ddl`). The
+statements both stores share live in `_statements.py`; this module holds SQLite's own part:
+transactions, migrations, locks and the host records.
 """
 
 from __future__ import annotations
