@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.state import StateLocation, resolve_state
 from providers import (
     Deployment,
     ExecutorRegistry,
@@ -74,11 +75,11 @@ class StopOnlyRunnerExecutor(RunnerExecutor):
         raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
 
 
-def cli_executors(state_path: Path) -> ExecutorRegistry:
+def cli_executors(state: Path | StateLocation) -> ExecutorRegistry:
     """The executors of a CLI command: the built-in ones and plugins, plus (unless a plugin
     provides one) a runner executor that can stop the runners of this state but not start any."""
     registry = build_executors()
     if not registry.has("self_hosted"):
-        root = Path(state_path).parent / "runners"
+        root = resolve_state(state).local_dir / "runners"
         registry.register("self_hosted", StopOnlyRunnerExecutor(root))
     return registry

@@ -33,9 +33,10 @@ from engine.state import (
     LockHeld,
     LockInfo,
     StateError,
+    StateLocation,
     StateStore,
     open_state,
-    resolve_state_path,
+    resolve_state,
 )
 from plans import (
     Canonical,
@@ -208,8 +209,10 @@ class Session:
     `principal` is who acts: the REST API passes the caller; the CLI leaves it None and acts
     as the principal of `$ENGINE_TOKEN`, else as the operator of the state files (an admin)."""
 
-    def __init__(self, state: Path | None, principal: Principal | None = None) -> None:
-        self.path = resolve_state_path(state)
+    def __init__(
+        self, state: str | Path | StateLocation | None, principal: Principal | None = None
+    ) -> None:
+        self.path = resolve_state(state)
         self.store: StateStore | None = None
         self.secrets: SecretStore | None = None
         self._principal = principal

@@ -78,3 +78,7 @@ def chat_spec() -> dict[str, Any]:
 @pytest.fixture
 def custom_spec() -> dict[str, Any]:
     return copy.deepcopy(custom_model())
+
+
+# PostgreSQL: a throwaway cluster per test process and the `state_url` parameter (both stores).
+from pg_fixtures import postgres_cluster, postgres_url, state_url  # noqa: E402, F401

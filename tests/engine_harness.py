@@ -14,7 +14,7 @@ import yaml
 from engine.apply import Applier, ApplyReport
 from engine.secrets.store import SecretStore, secret_store_for_state
 from engine.specs.loader import load_specs
-from engine.state import SqliteStateStore
+from engine.state import StateStore, open_state, resolve_state
 from engine.workflow import desired_from
 from plans import Plan, make_plan
 from providers import ExecutorRegistry, ExternalModelExecutor
@@ -60,13 +60,13 @@ def self_hosted(name: str, entities: dict[str, int], *, version: str = "1") -> d
 
 @dataclass
 class Engine:
-    """One state file and its secret store, used in-process."""
+    """One state (a SQLite file or a PostgreSQL URL) and its secret store, used in-process."""
 
-    state: Path
+    state: Any  # Path or str: what --state takes
     executor: Any = None
 
     def __post_init__(self) -> None:
-        self.store = SqliteStateStore(self.state)
+        self.store: StateStore = open_state(self.state)
         self.secrets: SecretStore = secret_store_for_state(self.state)
 
     def close(self) -> None:
@@ -136,17 +136,17 @@ def run_cli(
 
 
 def register_test_models(
-    state: Path,
+    state: Path | str,
     entities: tuple[str, ...] = ("a", "b", "c", "d", "e"),
     versions: tuple[str, ...] = ("1", "2", "3"),
 ) -> None:
     """Catalog entries for the `main.default.<entity>` models the test executor "serves"."""
     from engine.catalog.models import ModelCatalog
 
-    folder = state.parent / "test-model"
+    folder = resolve_state(state).local_dir / "test-model"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text('{"model_type": "test"}')
-    store = SqliteStateStore(state)
+    store = open_state(state)
     try:
         catalog = ModelCatalog(store)
         for entity in entities:
@@ -154,3 +154,31 @@ def register_test_models(
                 catalog.register(f"main.default.{entity}", version, folder, "llm/v1/chat")
     finally:
         store.close()
+
+
+def insert_lock(
+    state: Path | str,
+    lock_id: str,
+    *,
+    key: str = "*",
+    holder: str = "ci@elsewhere",
+    lease_expires_ms: int = 99999999999999,
+    host: str | None = "elsewhere",
+    pid: int = 1,
+) -> None:
+    """A lock row as another process wrote it: by default a host elsewhere whose lease still
+    runs; `host=None` is this host (then `pid` decides whether the holder lives)."""
+    import socket
+
+    where = socket.gethostname() if host is None else host
+    row = (key, lock_id, holder, "apply", 0, lease_expires_ms, where, pid)
+    if str(state).startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(str(state), autocommit=True) as conn:
+            conn.execute("INSERT INTO locks VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", row)
+        return
+    import sqlite3
+
+    with sqlite3.connect(state) as conn:
+        conn.execute("INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)

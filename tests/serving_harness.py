@@ -27,13 +27,18 @@ def free_port() -> int:
 
 class ServerProcess:
     def __init__(
-        self, state: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        state: Path | str,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        log_dir: Path | None = None,
     ) -> None:
-        self.state = state
+        self.state = state  # a SQLite file, or a PostgreSQL URL (then `log_dir` is needed)
         self.args = args  # more `engine serve` options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = state.parent / f"serve-{self.port}.log"
+        self.log = (log_dir or Path(state).parent) / f"serve-{self.port}.log"
         self._env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from engine_harness import Engine
 from mock_http import MockUpstream
+from pg_fixtures import database_text, module_state
 from serving_harness import ServerProcess, openai_upstream
 
 from engine.access.tokens import create_token
@@ -27,17 +28,21 @@ def upstream():  # noqa: ANN201
         yield server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, upstream: MockUpstream):  # noqa: ANN201
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: MockUpstream
+):  # noqa: ANN201, E501
     root = tmp_path_factory.mktemp("control")
-    engine = Engine(root / "state.db")
-    _, admin = create_token(engine.store, "admin@example.com", admin=True)
-    _, user = create_token(engine.store, "bob@example.com")
-    engine.close()
-    with ServerProcess(root / "state.db") as process:
-        process.admin = admin  # type: ignore[attr-defined]
-        process.user = user  # type: ignore[attr-defined]
-        yield process
+    with pytest.MonkeyPatch.context() as env:
+        state = module_state(request, root, env)
+        engine = Engine(state)
+        _, admin = create_token(engine.store, "admin@example.com", admin=True)
+        _, user = create_token(engine.store, "bob@example.com")
+        engine.close()
+        with ServerProcess(state, log_dir=root) as process:
+            process.admin = admin  # type: ignore[attr-defined]
+            process.user = user  # type: ignore[attr-defined]
+            yield process
 
 
 def _entity(name: str, model: str, base: str, key: dict[str, str] | None = None) -> dict[str, Any]:
@@ -540,6 +545,9 @@ def test_secret_from_the_api_never_leaks(
     for text in seen:
         assert value not in text
     assert value not in server.log.read_text()
-    for path in server.state.parent.iterdir():
+    if str(server.state).startswith("postgresql"):
+        assert value not in database_text(str(server.state))
+        return
+    for path in Path(server.state).parent.iterdir():
         if path.name.startswith(("state.db", "usage.db", "secrets.db")):
             assert value.encode() not in path.read_bytes(), path.name

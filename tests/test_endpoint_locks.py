@@ -10,7 +10,6 @@ error L1 for the CLI.
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,17 +19,17 @@ from typing import Any
 
 import httpx
 import pytest
-from engine_harness import Engine, run_cli, spawn_cli, write_specs
+from engine_harness import Engine, insert_lock, run_cli, spawn_cli, write_specs
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
-from engine.state import WHOLE_STATE, LockHeld, SqliteStateStore
+from engine.state import WHOLE_STATE, LockHeld, SqliteStateStore, open_state
 
 # -- the store ------------------------------------------------------------------------------
 
 
-def test_keys_of_different_endpoints_do_not_conflict(tmp_path: Path) -> None:
-    store = SqliteStateStore(tmp_path / "state.db")
+def test_keys_of_different_endpoints_do_not_conflict(state_url: str) -> None:
+    store = open_state(state_url)
     a = store.acquire_lock("apply", holder="alice", keys=("a",))
     b = store.acquire_lock("apply", holder="bob", keys=("b",))
     with pytest.raises(LockHeld) as held:
@@ -54,35 +53,37 @@ def test_keys_of_different_endpoints_do_not_conflict(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_dead_holders_lock_is_taken_over_whole(tmp_path: Path) -> None:
-    store = SqliteStateStore(tmp_path / "state.db")
+def test_a_dead_holders_lock_is_taken_over_whole(state_url: str) -> None:
+    store = open_state(state_url)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    host = socket.gethostname()
-    store._conn.executemany(  # noqa: SLF001 - a lock left by a SIGKILLed apply
-        "INSERT INTO locks VALUES (?, 'dead01', 'gone', 'apply', 0, 0, ?, ?)",
-        [("a", host, child.pid), ("b", host, child.pid)],
-    )
+    for key in ("a", "b"):  # a lock left by a SIGKILLed apply
+        insert_lock(
+            state_url,
+            "dead01",
+            key=key,
+            holder="gone",
+            lease_expires_ms=0,
+            host=None,
+            pid=child.pid,
+        )
     taken = store.acquire_lock("apply", holder="next", keys=("a",))
     # Its other key went with it: no half of a dead lock lingers.
     assert [(i.id, i.keys) for i in store.locks()] == [(taken.id, ("a",))]
     store.close()
 
 
-def test_force_unlock_releases_every_key_of_the_lock(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
-    store = SqliteStateStore(state)
-    store._conn.executemany(  # noqa: SLF001 - a live lock on another host
-        "INSERT INTO locks VALUES (?, 'far001', 'ci', 'apply', 0, 99999999999999, 'far', 1)",
-        [("a",), ("b",)],
-    )
-    store.close()
+def test_force_unlock_releases_every_key_of_the_lock(state_url: str) -> None:
+    state = state_url
+    open_state(state).close()
+    for key in ("a", "b"):  # a live lock on another host
+        insert_lock(state, "far001", key=key, holder="ci", host="far")
     env = {"ENGINE_STATE": str(state)}
     wrong = run_cli("force-unlock", "nope", env=env)
     assert wrong.returncode == 1 and "far001" in wrong.stderr and "a, b" in wrong.stderr
     removed = run_cli("force-unlock", "far001", env=env)
     assert removed.returncode == 0, removed.stderr
-    store = SqliteStateStore(state)
+    store = open_state(state)
     assert store.locks() == []
     store.close()
 
@@ -143,8 +144,8 @@ def _wait_for(client: httpx.Client, name: str, want: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def host(tmp_path: Path):  # noqa: ANN201
-    engine = Engine(tmp_path / "state.db")
+def host(tmp_path: Path, state_url: str):  # noqa: ANN201
+    engine = Engine(state_url)
     engine.secrets.create_scope("team")
     engine.secrets.put_secret("team", "openai", "sk-team")
     admin = create_token(engine.store, "admin@example.com", admin=True)[1]
@@ -156,12 +157,12 @@ def host(tmp_path: Path):  # noqa: ANN201
         "TEST_EXECUTOR_EXTERNAL": "1",
         "TEST_EXECUTOR_HOLD": "held,held-cli",
     }
-    with ServerProcess(tmp_path / "state.db", env=env) as server:
+    with ServerProcess(state_url, env=env, log_dir=tmp_path) as server:
         headers = {"Authorization": f"Bearer {admin}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
             server.client = client  # type: ignore[attr-defined]
             server.run_dir = run_dir  # type: ignore[attr-defined]
-            server.env = {**env, "ENGINE_STATE": str(tmp_path / "state.db")}  # type: ignore[attr-defined]
+            server.env = {**env, "ENGINE_STATE": state_url}  # type: ignore[attr-defined]
             yield server
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in ("held", "held-cli"):  # never leave a thread blocked at shutdown

@@ -19,6 +19,7 @@ from mock_http import MockUpstream
 from serving_harness import ServerProcess, endpoint, openai_entity, openai_upstream
 
 from engine.access.tokens import create_token
+from engine.state import resolve_state
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,8 @@ def upstream():  # noqa: ANN201
 
 
 @pytest.fixture
-def stack(tmp_path: Path, upstream: MockUpstream):  # noqa: ANN201
-    engine = Engine(tmp_path / "state" / "state.db")
+def stack(tmp_path: Path, upstream: MockUpstream, state_url: str):  # noqa: ANN201
+    engine = Engine(state_url)
     engine.secrets.create_scope("scope")
     engine.secrets.put_secret("scope", "openai", "sk-upstream-key")
     base = upstream.url + "/v1"
@@ -68,7 +69,7 @@ def stack(tmp_path: Path, upstream: MockUpstream):  # noqa: ANN201
     _, report = engine.apply(specs)
     assert report.ok, report.failed
     _, token = create_token(engine.store, "alice@example.com", groups=["ml"])
-    with ServerProcess(engine.state) as server:
+    with ServerProcess(engine.state, log_dir=tmp_path) as server:
         server.wait_serial(engine.store.serial)
         yield engine, server, {"Authorization": f"Bearer {token}"}, specs, base
     engine.close()
@@ -308,7 +309,7 @@ def test_usage_is_recorded_when_tracking_is_enabled(stack) -> None:  # noqa: ANN
     deadline = time.monotonic() + 60
     records = []
     while time.monotonic() < deadline and not records:
-        records = read_usage(engine.state.parent / "usage.db")
+        records = read_usage(resolve_state(engine.state))
         time.sleep(0.2)
     assert [(r.endpoint, r.entity, r.principal, r.status) for r in records] == [
         ("limited", "m", "alice@example.com", 200)

@@ -13,6 +13,7 @@ import pytest
 from conftest import openai_chat
 from engine_harness import (
     Engine,
+    insert_lock,
     register_test_models,
     run_cli,
     self_hosted,
@@ -21,12 +22,13 @@ from engine_harness import (
 )
 from executor_fixture import ControllableExecutor
 
+from engine.state import open_state
 from plans import Action, ChangeClass
 
 
 @pytest.fixture
-def engine(tmp_path: Path):  # noqa: ANN201
-    eng = Engine(tmp_path / "state" / "state.db", ControllableExecutor(tmp_path / "running"))
+def engine(tmp_path: Path, state_url: str):  # noqa: ANN201
+    eng = Engine(state_url, ControllableExecutor(tmp_path / "running"))
     eng.secrets.create_scope("scope")
     eng.secrets.put_secret("scope", "openai", "sk-test")
     yield eng
@@ -176,9 +178,14 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         # Another live process holds the lock (as the REST API's background update would).
-        engine.store._conn.execute(  # noqa: SLF001 - simulate a foreign holder
-            "INSERT INTO locks VALUES ('ep', 'x', 'other@host', 'apply', 0, 0, ?, ?)",
-            (__import__("socket").gethostname(), holder.pid),
+        insert_lock(
+            engine.state,
+            "x",
+            key="ep",
+            holder="other@host",
+            lease_expires_ms=0,
+            host=None,
+            pid=holder.pid,
         )
         write_specs(specs, [self_hosted("ep", {"a": 100}, version="3")])
         loaded_plan = engine.store.snapshot()
@@ -195,8 +202,8 @@ def test_l1_update_in_progress_by_a_live_holder(engine: Engine, tmp_path: Path) 
         holder.wait()
 
 
-def test_cli_plan_exit_codes_and_json(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_cli_plan_exit_codes_and_json(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     specs = write_specs(tmp_path / "specs", [openai_chat("chat")])
     env = {"ENGINE_STATE": str(state)}
     run_cli("secrets", "create-scope", "scope", env=env)
@@ -218,10 +225,10 @@ def test_cli_plan_exit_codes_and_json(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "N1" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_stale_plan_is_refused(tmp_path: Path) -> None:
+def test_stale_plan_is_refused(tmp_path: Path, state_url: str) -> None:
     """A saved plan is stale when an endpoint it changes moved on since; a change to another
     endpoint (updates of different endpoints run in parallel) leaves it applicable."""
-    state = tmp_path / "state.db"
+    state = state_url
     register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
@@ -245,8 +252,8 @@ def test_stale_plan_is_refused(tmp_path: Path) -> None:
     assert set(rows) == {"ep", "ep2"} and "version 1" in rows["ep"]
 
 
-def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_concurrent_applies_one_waits_out(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     register_test_models(state)
     env = {
         "ENGINE_STATE": str(state),
@@ -257,9 +264,9 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
     specs = write_specs(tmp_path / "specs", [self_hosted("ep", {"a": 100})])
 
     first = spawn_cli("apply", str(specs), "--auto-approve", env=env)
-    from engine.state import SqliteStateStore
+    from engine.state import open_state
 
-    store = SqliteStateStore(state)
+    store = open_state(state)
     deadline = time.monotonic() + 30
     while not store.locks() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -278,19 +285,12 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path) -> None:
     store.close()
 
 
-def test_force_unlock_and_state_commands(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_force_unlock_and_state_commands(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     env = {"ENGINE_STATE": str(state)}
-    from engine.state import SqliteStateStore
-
     run_cli("secrets", "create-scope", "scope", env=env)
     run_cli("secrets", "put-secret", "scope", "openai", env=env, input="sk-x")
-    store = SqliteStateStore(state)
-    store._conn.execute(  # noqa: SLF001 - a lock from another host, lease still running
-        "INSERT INTO locks VALUES ('*', 'abc123', 'ci@elsewhere', 'apply', 0, 99999999999999, "
-        "'elsewhere', 1)"
-    )
-    store.close()
+    insert_lock(state, "abc123")
     blocked = run_cli(
         "apply", str(write_specs(tmp_path / "s", [openai_chat()])), "--auto-approve", env=env
     )
@@ -301,21 +301,19 @@ def test_force_unlock_and_state_commands(tmp_path: Path) -> None:
 
 
 def test_apply_waits_for_a_hosts_reconcile_pass_but_not_for_another_update(
-    tmp_path: Path,
+    tmp_path: Path, state_url: str
 ) -> None:
     """A running host's reconcile pass holds the lock briefly: `engine apply` beside it waits
     instead of failing, while another user's update still fails at once without
     --lock-timeout."""
     import threading
 
-    from engine.state import SqliteStateStore
-
-    state = tmp_path / "state.db"
+    state = state_url
     env = {"ENGINE_STATE": str(state)}
     specs = write_specs(tmp_path / "s", [openai_chat()])
     run_cli("secrets", "create-scope", "scope", env=env)
     run_cli("secrets", "put-secret", "scope", "openai", env=env, input="sk-x")
-    store = SqliteStateStore(state)
+    store = open_state(state)
     lock = store.acquire_lock("reconcile", holder="host:test")
     releaser = threading.Timer(2.0, store.release_lock, args=(lock.id,))
     releaser.start()
@@ -332,8 +330,8 @@ def test_apply_waits_for_a_hosts_reconcile_pass_but_not_for_another_update(
     store.close()
 
 
-def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path) -> None:
-    state = tmp_path / "state.db"
+def test_unknown_model_and_gpu_workload_are_plan_errors(tmp_path: Path, state_url: str) -> None:
+    state = state_url
     register_test_models(state, entities=("a",), versions=("1",))
     env = {"ENGINE_STATE": str(state), "ENGINE_GPUS": "0"}
     unknown = self_hosted("ep", {"a": 50, "b": 50})

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from engine_harness import Engine
 from mock_http import MockUpstream
+from pg_fixtures import module_state
 from serving_harness import ServerProcess, openai_upstream
 
 from engine.access.tokens import create_token
@@ -24,15 +25,18 @@ def upstream():  # noqa: ANN201
         yield server
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     root = tmp_path_factory.mktemp("ryw")
-    engine = Engine(root / "state.db")
-    _, admin = create_token(engine.store, "admin@example.com", admin=True)
-    engine.close()
-    with ServerProcess(root / "state.db", env={"ENGINE_STATE_POLL_INTERVAL": "3600"}) as process:
-        process.admin = admin  # type: ignore[attr-defined]
-        yield process
+    with pytest.MonkeyPatch.context() as env:
+        state = module_state(request, root, env)
+        engine = Engine(state)
+        _, admin = create_token(engine.store, "admin@example.com", admin=True)
+        engine.close()
+        poll = {"ENGINE_STATE_POLL_INTERVAL": "3600"}
+        with ServerProcess(state, env=poll, log_dir=root) as process:
+            process.admin = admin  # type: ignore[attr-defined]
+            yield process
 
 
 def _workspace(host: ServerProcess):  # noqa: ANN202

@@ -143,7 +143,7 @@ class ModelCatalog:
             return None
         try:
             if fetch:
-                cache = Path(self.store.path).parent / "models" / "mlflow"
+                cache = self.store.location.local_dir / "models" / "mlflow"
                 return mlflow_registry.fetch(name, version, cache)
             return mlflow_registry.describe(name, version)
         except mlflow_registry.RegistryError:

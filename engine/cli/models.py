@@ -11,15 +11,15 @@ import typer
 
 from engine.catalog.models import CatalogError, ModelCatalog
 from engine.cli.output import fail
-from engine.state import StateError, open_state, resolve_state_path
+from engine.state import StateError, open_state, resolve_state
 
 __all__ = ["models_app"]
 
 models_app = typer.Typer(name="models", help="The local model catalog.", no_args_is_help=True)
-StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
+StateOpt = Annotated[str | None, typer.Option("--state", help="State file or postgresql:// URL.")]
 
 
-def _catalog(state: Path | None) -> ModelCatalog:
+def _catalog(state: str | None) -> ModelCatalog:
     try:
         return ModelCatalog(open_state(state))
     except StateError as exc:
@@ -107,7 +107,7 @@ def calibrate_model(
             f"`engine models register {name} --version {version} --path DIR --task TASK`"
         )
     if chunk_size is None:
-        root = resolve_state_path(state).resolve().parent / "calibrate"
+        root = resolve_state(state).local_dir.resolve() / "calibrate"
         root.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{version}-", dir=root))
         try:

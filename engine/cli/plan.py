@@ -42,8 +42,11 @@ from providers import ExecutorRegistry
 __all__ = ["register"]
 
 StateOpt = Annotated[
-    Path | None,
-    typer.Option("--state", help="State file (default: $ENGINE_STATE or .engine/state.db)."),
+    str | None,
+    typer.Option(
+        "--state",
+        help="State file or postgresql:// URL (default: $ENGINE_STATE or .engine/state.db).",
+    ),
 ]
 StackOpt = Annotated[
     str | None, typer.Option("--stack", help="Stack that owns these endpoints (default: spec dir).")

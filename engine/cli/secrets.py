@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -22,7 +21,8 @@ from engine.cli.output import reported
 from engine.secrets.scopes import ScopeCall, scope_call
 from engine.secrets.store import SecretStore, SecretStoreError
 from engine.state import StateStore
-from engine.state._sqlite import STATE_ENV_VAR, resolve_state_path
+from engine.state._sqlite import resolve_state_path
+from engine.state.location import STATE_ENV_VAR
 from engine.workflow import TOKEN_ENV_VAR, Session
 
 __all__ = ["STATE_ENV_VAR", "resolve_state_path", "secrets_app"]
@@ -39,14 +39,14 @@ secrets_app = typer.Typer(
 )
 
 StateOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--state",
         help=(
-            "State database path; secrets live in secrets.db beside it. "
+            "State database path (secrets live in secrets.db beside it) or postgresql:// URL "
+            "(secrets live in that database). "
             f"Default: ${STATE_ENV_VAR}, else .engine/state.db in the current directory."
         ),
-        dir_okay=False,
     ),
 ]
 ScopeArg = Annotated[str, typer.Argument(help="Secret scope name.", show_default=False)]
@@ -72,7 +72,7 @@ class _Caller:
 
 
 @contextmanager
-def _calls(state: Path | None) -> Iterator[_Caller]:
+def _calls(state: str | None) -> Iterator[_Caller]:
     """Secrets calls as the CLI's principal ($ENGINE_TOKEN's, else the operator of the state
     files); failures become one `error:` line and exit 1."""
     with reported():

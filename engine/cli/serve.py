@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from engine.cli.output import EXIT_USAGE, fail
 from engine.gateway._limiter import LimitsFallback, check_limits_url
-from engine.state import DirectoryStore, StateError, open_state, resolve_state_path
+from engine.state import DirectoryStore, StateError, open_state, resolve_state
 
 __all__ = [
     "ColdStartWaitOpt",
@@ -152,7 +151,9 @@ def register(app: typer.Typer) -> None:
 def serve_command(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
-    state: Annotated[Path | None, typer.Option("--state", help="State file.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="State file or postgresql:// URL.")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     scale_to_zero_after: ScaleToZeroAfterOpt = None,
     cold_start_wait: ColdStartWaitOpt = None,
@@ -170,7 +171,7 @@ def serve_command(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = uvicorn_settings(header_timeout_seconds(header_timeout))
-    state_path = resolve_state_path(state)
+    state_path = resolve_state(state)
     limits = checked_limits(limits)
     app = ServingApp(
         state_path,

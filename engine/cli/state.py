@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,14 +10,14 @@ import typer
 from engine.cli.output import fail
 from engine.control.views import endpoint_detail
 from engine.executors import cli_executors
-from engine.state import EndpointRow, StateError, StateStore, open_state, resolve_state_path
+from engine.state import EndpointRow, StateError, StateStore, open_state, resolve_state
 from engine.workflow import actor_name
 from providers import Deployment, ExecutorError
 from schemas import EntityRole
 
 __all__ = ["register", "print_state_list", "endpoint_view"]
 
-StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
+StateOpt = Annotated[str | None, typer.Option("--state", help="State file or postgresql:// URL.")]
 state_app = typer.Typer(name="state", help="Read the state.", no_args_is_help=True)
 
 
@@ -27,9 +26,10 @@ def register(app: typer.Typer) -> None:
     app.command("refresh")(refresh_command)
     app.command("force-unlock")(force_unlock_command)
     app.command("import")(import_command)
+    state_app.command("migrate")(migrate_command)
 
 
-def _open(state: Path | None) -> StateStore:
+def _open(state: str | None) -> StateStore:
     try:
         return open_state(state)
     except StateError as exc:
@@ -104,7 +104,7 @@ def refresh_command(state: StateOpt = None) -> None:
     store = _open(state)
     # Runners are asked too (by their pid files), so a dead one shows as FAILED until the
     # host's reconciler restarts it (RECOVERING, then READY).
-    executors = cli_executors(resolve_state_path(state))
+    executors = cli_executors(resolve_state(state))
     drift = 0
     for entity in store.entities(role=EntityRole.ACTIVE):
         if (entity.handle or {}).get("scaled_to_zero"):
@@ -147,3 +147,34 @@ def import_command(
         fail(f"endpoint {name!r} is not in the state")
     store.set_stack(name, stack)
     typer.echo(f"{name} is now managed by stack {stack!r} (by {actor_name()}).")
+
+
+def migrate_command(
+    to: Annotated[
+        str, typer.Option("--to", help="The empty PostgreSQL database: postgresql://...")
+    ],
+    state: Annotated[
+        str | None, typer.Option("--state", help="The SQLite state file to copy.")
+    ] = None,
+) -> None:
+    """Copy a SQLite state (and its secrets, still encrypted) into an empty PostgreSQL database."""
+    from engine.state.copy import copy_to_postgres
+
+    source, target = resolve_state(state), resolve_state(to)
+    if source.is_postgres:
+        fail(f"--state must be a SQLite state file to copy from; got {source}")
+    if not target.is_postgres:
+        fail(f"--to must be a postgresql:// URL; got {to!r}")
+    try:
+        report = copy_to_postgres(source.path, target)
+    except StateError as exc:
+        fail(str(exc))
+    counts = ", ".join(f"{n} {table}" for table, n in report.rows.items())
+    typer.echo(f"copied {source} to {target}: serial {report.serial}, lineage {report.lineage}")
+    typer.echo(f"rows: {counts}; row counts and the snapshot match")
+    if report.key_file is not None:
+        typer.echo(
+            f"copied the secrets key file to {report.key_file}; hosts on other machines need "
+            "the same key: set ENGINE_SECRETS_KEY to its content there"
+        )
+    typer.echo(f"use it with --state {target} (or ENGINE_STATE)")

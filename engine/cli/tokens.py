@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,10 +15,10 @@ from engine.workflow import TOKEN_ENV_VAR, WorkflowError, cli_principal
 __all__ = ["tokens_app"]
 
 tokens_app = typer.Typer(name="tokens", help="Bearer tokens for callers.", no_args_is_help=True)
-StateOpt = Annotated[Path | None, typer.Option("--state", help="State file.")]
+StateOpt = Annotated[str | None, typer.Option("--state", help="State file or postgresql:// URL.")]
 
 
-def _store(state: Path | None):  # noqa: ANN202
+def _store(state: str | None):  # noqa: ANN202
     """The state, for the operator or an admin's $ENGINE_TOKEN: a user's token acting through
     the CLI may not mint or revoke tokens (it could make itself an admin)."""
     try:

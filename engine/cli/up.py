@@ -59,7 +59,7 @@ from engine.cli.serve import (
 from engine.gateway._limiter import LimitsFallback
 from engine.host.one_host import new_host_id
 from engine.specs.loader import LoadResult
-from engine.state import LockInfo, open_state, resolve_state_path
+from engine.state import LockInfo, StateLocation, open_state, resolve_state
 from engine.workflow import (
     DesiredSpecs,
     Session,
@@ -98,8 +98,11 @@ def up_command(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
     state: Annotated[
-        Path | None,
-        typer.Option("--state", help="State file (default: $ENGINE_STATE or .engine/state.db)."),
+        str | None,
+        typer.Option(
+            "--state",
+            help="State file or postgresql:// URL (default: $ENGINE_STATE or .engine/state.db).",
+        ),
     ] = None,
     stack: Annotated[
         str | None,
@@ -123,7 +126,7 @@ def up_command(
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     # A bad value is a usage error before anything is loaded or claimed.
     settings = uvicorn_settings(header_timeout_seconds(header_timeout))
-    state_path = resolve_state_path(state).absolute()
+    state_path = resolve_state(state).absolute()
     url = f"http://{host}:{port}"
     limits = checked_limits(limits)
     host_id = new_host_id()
@@ -223,7 +226,7 @@ class UpHost:
         stack: str | None,
         allow_replace: bool,
         lock_timeout: float,
-        state_option: Path | None,
+        state_option: str | None,
     ) -> None:
         self.app = app
         self.state_path = app.state_path
@@ -381,7 +384,9 @@ class UpHost:
             time.sleep(0.05)
 
     def _print_ready(self) -> None:
-        state = f" --state {shlex.quote(str(self.state_option))}" if self.state_option else ""
+        # str(location): a PostgreSQL URL's password is shown as *** (never printed).
+        shown = str(resolve_state(self.state_option)) if self.state_option else ""
+        state = f" --state {shlex.quote(shown)}" if shown else ""
         lines = [
             f"Serving on {self.address}. Ctrl-C stops the host and its runners.",
             f"  create a token:  export TOKEN=$(engine tokens create --admin{state})",
@@ -495,7 +500,7 @@ class _HostRunners(Executor):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _release(state_path: Path, host_id: str) -> None:
+def _release(state_path: StateLocation, host_id: str) -> None:
     store = open_state(state_path)
     try:
         store.remove_host(host_id)

@@ -2,19 +2,28 @@
 
 Requests append to an in-memory list; a background thread flushes it to `usage.db` beside the
 state every second (and on shutdown), so a request never waits for a disk write. The file says
-who called what: it is created 0600, as the state is.
+who called what: it is created 0600, as the state is. With a PostgreSQL state the records go
+to that database instead (schema `engine_usage`, the same table), so the usage of every
+replica is in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any
 
-from engine.state import create_private_file
+from engine.state import StateLocation, create_private_file, resolve_state
 
-__all__ = ["UsageRecord", "UsageRecorder", "read_usage"]
+__all__ = ["UsageRecord", "UsageRecorder", "read_usage", "usage_recorder_for"]
+
+USAGE_DB_NAME = "usage.db"
+log = logging.getLogger("engine.gateway")
+_PG_SCHEMA = "engine_usage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +47,20 @@ CREATE TABLE IF NOT EXISTS usage (
 """
 
 
+def usage_recorder_for(state: Path | str | StateLocation) -> UsageRecorder:
+    """`usage.db` beside a SQLite state; the state's own database for PostgreSQL."""
+    location = resolve_state(state)
+    if location.is_postgres:
+        return UsageRecorder(location.local_dir / USAGE_DB_NAME, postgres_url=location.url)
+    return UsageRecorder(location.path.parent / USAGE_DB_NAME)
+
+
 class UsageRecorder:
-    def __init__(self, path: Path, interval: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, interval: float = 1.0, *, postgres_url: str | None = None
+    ) -> None:
         self.path = path
+        self._postgres_url = postgres_url
         self._pending: list[UsageRecord] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -48,11 +68,27 @@ class UsageRecorder:
         self._thread = threading.Thread(target=self._run, name="usage-flush", daemon=True)
 
     def start(self) -> None:
-        create_private_file(self.path)
-        with sqlite3.connect(self.path) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+        if self._postgres_url is not None:
+            import psycopg
+
+            from engine.state._pgconn import pg_ddl
+
+            # Replicas starting at once may race to create it; the loser's error is moot.
+            with self._pg() as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
+                conn.execute(pg_ddl(_SCHEMA))
+        else:
+            create_private_file(self.path)
+            with sqlite3.connect(self.path) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(_SCHEMA)
         self._thread.start()
+
+    def _pg(self) -> Any:
+        """A short-lived connection: a flush a second is far from needing a pool."""
+        from engine.state._pgconn import PgConnection
+
+        assert self._postgres_url is not None
+        return PgConnection(self._postgres_url, schema=_PG_SCHEMA).live()
 
     def record(self, record: UsageRecord) -> None:
         with self._lock:
@@ -63,14 +99,22 @@ class UsageRecorder:
             batch, self._pending = self._pending, []
         if not batch:
             return
+        rows = [astuple(r) for r in batch]
+        if self._postgres_url is not None:
+            with self._pg() as conn, conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO usage VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows
+                )
+            return
         with sqlite3.connect(self.path, timeout=30) as conn:
-            conn.executemany(
-                "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [astuple(r) for r in batch]
-            )
+            conn.executemany("INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a database that is down loses a batch, not the thread
+                log.exception("cannot write usage records")
 
     def close(self) -> None:
         self._stop.set()
@@ -79,9 +123,28 @@ class UsageRecorder:
         self.flush()
 
 
-def read_usage(path: Path) -> list[UsageRecord]:
+def read_usage(path: Path | StateLocation) -> list[UsageRecord]:
+    """The records of `usage.db`, or of a state location's (its database for PostgreSQL)."""
+    if isinstance(path, StateLocation):
+        if path.is_postgres:
+            return _read_usage_pg(path.url)
+        path = path.path.parent / USAGE_DB_NAME
     if not path.exists():
         return []
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT * FROM usage ORDER BY at_ms").fetchall()
     return [UsageRecord(*row) for row in rows]
+
+
+def _read_usage_pg(url: str) -> list[UsageRecord]:
+    from engine.state._pgconn import PgConnection
+
+    pg = PgConnection(url, schema=_PG_SCHEMA)
+    try:
+        conn = pg.live()
+        if conn.execute("SELECT to_regclass('usage') AS t").fetchone()["t"] is None:
+            return []
+        rows = conn.execute("SELECT * FROM usage ORDER BY at_ms").fetchall()
+    finally:
+        pg.close()
+    return [UsageRecord(**row) for row in rows]

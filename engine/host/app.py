@@ -36,14 +36,21 @@ from engine.gateway._dataplane import DataPlane
 from engine.gateway._limiter import InProcessLimits, Limiter, LimitsFallback, open_limits
 from engine.gateway._metrics import Metrics, Visible
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, TableBuilder
-from engine.gateway._usage import UsageRecorder
+from engine.gateway._usage import UsageRecorder, usage_recorder_for
 from engine.gateway.routes import QueryRoutes
 from engine.host.autoscale import Autoscaler, ThroughputMeter
 from engine.host.one_host import claim_state, new_host_id
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
-from engine.state import EndpointRow, EntityRow, StateStore, open_state
+from engine.state import (
+    EndpointRow,
+    EntityRow,
+    StateLocation,
+    StateStore,
+    open_state,
+    resolve_state,
+)
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 
@@ -68,7 +75,7 @@ class ServingApp:
 
     def __init__(
         self,
-        state_path: Path,
+        state_path: Path | str | StateLocation,
         *,
         poll_interval: float | None = None,
         heartbeat_interval: float = 2.0,
@@ -81,7 +88,7 @@ class ServingApp:
         limits: str | None = None,
         limits_fallback: LimitsFallback = LimitsFallback.REFUSE,
     ) -> None:
-        self.state_path = Path(state_path)
+        self.state_path = resolve_state(state_path)
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
         # a private network); otherwise a caller sees the series of endpoints it may view.
         self.metrics_public = metrics_public
@@ -146,7 +153,7 @@ class ServingApp:
         # One host per state (a no-op when the CLI claimed it already under this id).
         claim_state(self._store, self.host_id, address=self.address)
         self._secrets = secret_store_for_state(self.state_path)
-        self.usage = UsageRecorder(self.state_path.parent / "usage.db")
+        self.usage = usage_recorder_for(self.state_path)
         self.usage.start()
         self.limiter = open_limits(
             self.limits_url,

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import cpu_fallback_allowed, gpu_count
-from engine.state import EntityRow, LockHeld, StateStore, open_state
+from engine.state import EntityRow, LockHeld, StateLocation, StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
 from schemas import DeploymentState, EntityRole
@@ -25,7 +24,7 @@ __all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
 log = logging.getLogger("engine.runners")
 
 
-def make_runner_executor(state_path: Path) -> RunnerExecutor:
+def make_runner_executor(state_path: StateLocation) -> RunnerExecutor:
     def resolve(entity: dict[str, Any]) -> ModelInfo:
         store = open_state(state_path)
         try:
@@ -46,7 +45,7 @@ def make_runner_executor(state_path: Path) -> RunnerExecutor:
         )
 
     return RunnerExecutor(
-        state_path.parent / "runners",
+        state_path.local_dir / "runners",
         resolve,
         cpu_fallback=cpu_fallback_allowed(),
         gpus=gpu_count(),

@@ -4,6 +4,12 @@ Endpoint specs never carry secret values; they reference them, and ``*_plaintext
 values are moved in here at apply time. Values are encrypted with Fernet under a
 master key that lives outside the database (``ENGINE_SECRETS_KEY`` or a 0600 key
 file), so a copied ``secrets.db`` alone reveals only scope and key names.
+
+Beside a SQLite state the rows live in ``secrets.db``; with a PostgreSQL state they live in
+that database (schema ``engine_secrets``, the same tables), so every serving host shares them.
+The master key never goes into a database: replicas on several machines share it through
+``ENGINE_SECRETS_KEY`` (or copies of one key file), and the key check pinned in the rows
+refuses a replica with another key.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from engine.state import create_private_file
+from engine.state import StateLocation, create_private_file, resolve_state
 from schemas import (
     SECRET_NAME,
     SECRET_REFERENCE,
@@ -155,9 +161,13 @@ class _Keys:
     digest_key: bytes
 
 
-def secret_store_for_state(state_path: Path) -> SecretStore:
-    """The store that sits beside a state database: ``<state dir>/secrets.db``."""
-    return SecretStore(Path(state_path).parent / SECRETS_DB_NAME)
+def secret_store_for_state(state: Path | str | StateLocation) -> SecretStore:
+    """The store of a state: ``<state dir>/secrets.db`` beside a SQLite file; in the database
+    itself for PostgreSQL (its key file, if any, in the location's local folder)."""
+    location = resolve_state(state)
+    if location.is_postgres:
+        return SecretStore.on_postgres(location.url, key_path=location.local_dir / KEY_FILE_NAME)
+    return SecretStore(location.path.parent / SECRETS_DB_NAME)
 
 
 def _now_ms() -> int:
@@ -196,7 +206,9 @@ def _hkdf(master: bytes, info: bytes) -> bytes:
 class SecretStore:
     """Scopes and encrypted secrets in one SQLite file; safe to share across threads."""
 
-    def __init__(self, db_path: Path, *, key_path: Path | None = None) -> None:
+    def __init__(
+        self, db_path: Path, *, key_path: Path | None = None, _postgres_url: str | None = None
+    ) -> None:
         self._db_path = Path(db_path)
         self._key_path = (
             Path(key_path) if key_path is not None else self._db_path.parent / KEY_FILE_NAME
@@ -204,7 +216,14 @@ class SecretStore:
         # One connection guarded by a re-entrant lock: simple and enough for a web server.
         self._lock = threading.RLock()
         self._keys: _Keys | None = None
-        self._conn: sqlite3.Connection | None = self._open()
+        self._errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        self._where = str(self._db_path)
+        self._conn: Any = self._open() if _postgres_url is None else self._open_pg(_postgres_url)
+
+    @classmethod
+    def on_postgres(cls, url: str, *, key_path: Path) -> SecretStore:
+        """The store's rows in a PostgreSQL database (schema ``engine_secrets``)."""
+        return cls(key_path.parent / SECRETS_DB_NAME, key_path=key_path, _postgres_url=url)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -219,7 +238,8 @@ class SecretStore:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                # A PostgreSQL store's QmarkConnection closes through its PgConnection.
+                getattr(self._conn, "pg", self._conn).close()
                 self._conn = None
 
     def __enter__(self) -> SecretStore:
@@ -249,37 +269,70 @@ class SecretStore:
             conn.execute("PRAGMA secure_delete=ON")
             conn.executescript(_SCHEMA)
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(name, value) VALUES ('schema_version', ?)",
-                (_SCHEMA_VERSION,),
-            )
-            (version,) = conn.execute(
-                "SELECT value FROM meta WHERE name = 'schema_version'"
-            ).fetchone()
-            conn.execute("COMMIT")
+            self._check_version(conn)
         except sqlite3.Error as exc:
             conn.close()
             raise SecretStoreError(
                 INTERNAL_ERROR, f"cannot open secret store {self._db_path}: {exc}"
             ) from exc
-        if version != _SCHEMA_VERSION:
+        except SecretStoreError:
             conn.close()
+            raise
+        return conn
+
+    def _open_pg(self, url: str) -> Any:
+        # Imported here: psycopg only for those who use PostgreSQL.
+        import psycopg
+
+        from engine.state._pgconn import PgConnection, QmarkConnection, mask_url, pg_ddl
+
+        self._errors = (sqlite3.Error, psycopg.Error)
+        self._where = f"{mask_url(url)} (schema engine_secrets)"
+        pg = PgConnection(url, schema="engine_secrets")
+        conn = QmarkConnection(pg)
+        try:
+            with pg.mutex:
+                # The same tables as secrets.db; the first opener creates them.
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in pg_ddl(_SCHEMA).split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                self._check_version(conn)
+        except psycopg.Error as exc:
+            pg.close()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+            raise SecretStoreError(
+                INTERNAL_ERROR, f"cannot open secret store {self._where}: {detail}"
+            ) from None
+        except SecretStoreError:
+            pg.close()
+            raise
+        return conn
+
+    def _check_version(self, conn: Any) -> None:
+        """Inside the opening transaction: record or check the schema version, commit."""
+        conn.execute(
+            "INSERT INTO meta(name, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+            (_SCHEMA_VERSION,),
+        )
+        (version,) = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        conn.execute("COMMIT")
+        if version != _SCHEMA_VERSION:
             raise SecretStoreError(
                 INTERNAL_ERROR,
-                f"secret store {self._db_path} has schema version {version}; "
+                f"secret store {self._where} has schema version {version}; "
                 f"this engine understands {_SCHEMA_VERSION}",
             )
-        return conn
 
     @contextmanager
     def _guard(self) -> Iterator[sqlite3.Connection]:
-        """Serialise access and turn sqlite errors into SecretStoreError."""
+        """Serialise access and turn database errors into SecretStoreError."""
         with self._lock:
             if self._conn is None:
                 raise SecretStoreError(INTERNAL_ERROR, "secret store is closed")
             try:
                 yield self._conn
-            except sqlite3.Error as exc:
+            except self._errors as exc:
                 raise SecretStoreError(
                     INTERNAL_ERROR, f"secret store database error: {exc}"
                 ) from exc
@@ -315,7 +368,7 @@ class SecretStore:
         if row is not None:
             raise SecretStoreError(
                 INTERNAL_ERROR,
-                f"key file {self._key_path} is missing but {self._db_path} was written with a "
+                f"key file {self._key_path} is missing but {self._where} was written with a "
                 f"key; restore the key file or set {KEY_ENV_VAR}",
             )
         return self._create_key_file(), source
@@ -389,13 +442,14 @@ class SecretStore:
         ).hexdigest()
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO meta(name, value) VALUES ('key_check', ?)", (check,)
+                "INSERT INTO meta(name, value) VALUES ('key_check', ?) ON CONFLICT DO NOTHING",
+                (check,),
             )
             (stored,) = conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()
         if not hmac.compare_digest(str(stored), check):
             raise SecretStoreError(
                 INTERNAL_ERROR,
-                f"cannot decrypt secrets in {self._db_path}: {_WRONG_KEY_HINT} "
+                f"cannot decrypt secrets in {self._where}: {_WRONG_KEY_HINT} "
                 f"(the key from {source} is not the one this store was written with)",
             )
 

@@ -3,12 +3,13 @@
 WAL mode so that the serving host can read while an apply writes; every write is one
 `BEGIN IMMEDIATE` transaction that bumps the monotonic serial, so a crash between two steps
 leaves exactly the steps before it. The schema carries a version; `_MIGRATIONS` upgrades older
-files in place. The public methods are the whole interface a PostgreSQL store would implement.
+files in place (the PostgreSQL store runs the same versions, translated by `pg_ddl`). The
+statements both stores share live in `_statements.py`; this module holds SQLite's own part:
+transactions, migrations, locks and the host records.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engine.state._errors import StateError
 from engine.state._lock import (
     DEFAULT_LEASE_MS,
     WHOLE_STATE,
@@ -31,20 +33,15 @@ from engine.state._lock import (
     this_host,
 )
 from engine.state._private import create_private_file
-from engine.state._records import EndpointRow, EntityRow, HistoryRow, endpoint_record
-from plans import StateSnapshot
+from engine.state._rows import MIGRATION_STEPS as _MIGRATION_STEPS
+from engine.state._statements import SharedStatements
+from engine.state.location import STATE_ENV_VAR, StateLocation
 from schemas import (
-    MANAGED_SCOPE,
-    ConfigUpdateState,
-    DeploymentState,
-    EntityRole,
-    find_secret_references,
     now_ms,
 )
 
-__all__ = ["SqliteStateStore", "StateError", "open_state", "resolve_state_path"]
+__all__ = ["SqliteStateStore", "StateError", "resolve_state_path"]
 
-STATE_ENV_VAR = "ENGINE_STATE"
 SCHEMA_VERSION = 7
 
 _MIGRATIONS: dict[int, str] = {
@@ -188,40 +185,6 @@ _MIGRATIONS: dict[int, str] = {
 }
 
 
-def _grant_existing_creators(conn: sqlite3.Connection) -> None:
-    """Schema 6: endpoints made through the API before ACLs existed keep serving.
-
-    Their creator is a token's principal; it gets READ on every scope its endpoint references,
-    and nothing else (a scope with no entry is the admins' until they grant it).
-    """
-    kinds = {
-        r["principal"]: r["kind"]
-        for r in conn.execute("SELECT principal, kind FROM tokens ORDER BY created_ms")
-    }
-    for row in conn.execute("SELECT name, creator, spec, pending FROM endpoints").fetchall():
-        kind = kinds.get(row["creator"])
-        if kind is None:
-            continue
-        conn.execute("UPDATE endpoints SET creator_kind = ? WHERE name = ?", (kind, row["name"]))
-        configs = [row["spec"] or "", row["pending"] or ""] + [
-            e["config"]
-            for e in conn.execute("SELECT config FROM entities WHERE endpoint = ?", (row["name"],))
-        ]
-        scopes = {scope for text in configs for scope, _ in find_secret_references(text)}
-        conn.executemany(
-            "INSERT OR IGNORE INTO secret_acls VALUES (?, ?, 'READ')",
-            [(scope, row["creator"]) for scope in sorted(scopes) if scope != MANAGED_SCOPE],
-        )
-
-
-# Python steps that follow a version's statements.
-_MIGRATION_STEPS = {6: _grant_existing_creators}
-
-
-class StateError(Exception):
-    """The state file cannot be used (unreadable, newer schema, inconsistent request)."""
-
-
 def resolve_state_path(state: Path | None) -> Path:
     """`--state`, else `$ENGINE_STATE`, else `.engine/state.db` under the working directory."""
     if state is not None:
@@ -230,25 +193,14 @@ def resolve_state_path(state: Path | None) -> Path:
     return Path(from_env) if from_env else Path.cwd() / ".engine" / "state.db"
 
 
-def open_state(state: Path | None = None) -> SqliteStateStore:
-    return SqliteStateStore(resolve_state_path(state))
-
-
 def _now_ms() -> int:
     return now_ms()
 
 
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-class SqliteStateStore:
+class SqliteStateStore(SharedStatements):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.location = StateLocation(str(self.path), self.path.parent)
         try:
             create_private_file(self.path)
             self._conn = sqlite3.connect(
@@ -350,235 +302,7 @@ class SqliteStateStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    @property
-    def lineage(self) -> str:
-        with self._read() as conn:
-            return self._meta(conn, "lineage")
-
-    @property
-    def serial(self) -> int:
-        with self._read() as conn:
-            return int(self._meta(conn, "serial"))
-
-    def snapshot(self, *, lock_id: str | None = None) -> StateSnapshot:
-        """What plans need, read in one transaction.
-
-        An IN_PROGRESS update whose endpoint no live holder has locked (other than `lock_id`,
-        the caller's own lock) was left by an apply that died: it is marked interrupted, so the
-        plan resumes it.
-        """
-        with self._read() as conn:
-            lineage = self._meta(conn, "lineage")
-            serial = int(self._meta(conn, "serial"))
-            held = [i for i in self._lock_rows(conn) if i.id != lock_id]
-            rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
-        now = _now_ms()
-        return StateSnapshot(
-            lineage=lineage,
-            serial=serial,
-            endpoints={row.name: endpoint_record(row, held, now) for row in rows},
-        )
-
-    def get_endpoint(self, name: str) -> EndpointRow | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT * FROM endpoints WHERE name = ?", (name,)).fetchone()
-        return self._endpoint(row) if row else None
-
-    def get_endpoint_by_id(self, endpoint_id: str) -> EndpointRow | None:
-        with self._read() as conn:
-            row = conn.execute("SELECT * FROM endpoints WHERE id = ?", (endpoint_id,)).fetchone()
-        return self._endpoint(row) if row else None
-
-    def list_endpoints(self) -> list[EndpointRow]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT * FROM endpoints ORDER BY name").fetchall()
-        return [self._endpoint(r) for r in rows]
-
-    def entities(self, endpoint: str | None = None, role: str | None = None) -> list[EntityRow]:
-        query, args = "SELECT * FROM entities WHERE 1=1", []
-        if endpoint is not None:
-            query += " AND endpoint = ?"
-            args.append(endpoint)
-        if role is not None:
-            query += " AND role = ?"
-            args.append(role)
-        with self._read() as conn:
-            rows = conn.execute(query + " ORDER BY id", args).fetchall()
-        return [self._entity(r) for r in rows]
-
-    def history(self, endpoint: str) -> list[HistoryRow]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT endpoint, config_version, at_ms, actor, action, summary FROM history "
-                "WHERE endpoint = ? ORDER BY id",
-                (endpoint,),
-            ).fetchall()
-        return [
-            HistoryRow(
-                endpoint=r["endpoint"],
-                config_version=r["config_version"],
-                at_ms=r["at_ms"],
-                actor=r["actor"],
-                action=r["action"],
-                summary=json.loads(r["summary"]),
-            )
-            for r in rows
-        ]
-
-    def serving_view(self) -> tuple[int, list[tuple[EndpointRow, list[EntityRow]]]]:
-        """The serial and every endpoint with its active entities, read in one transaction."""
-        with self._read() as conn:
-            serial = int(self._meta(conn, "serial"))
-            rows = [self._endpoint(r) for r in conn.execute("SELECT * FROM endpoints")]
-            entities = [
-                self._entity(r)
-                for r in conn.execute(
-                    "SELECT * FROM entities WHERE role = ? ORDER BY id", (EntityRole.ACTIVE,)
-                )
-            ]
-        by_endpoint: dict[str, list[EntityRow]] = {}
-        for entity in entities:
-            by_endpoint.setdefault(entity.endpoint, []).append(entity)
-        return serial, [(row, by_endpoint.get(row.name, [])) for row in rows]
-
-    # -- permissions ----------------------------------------------------------------------------
-
-    def all_permissions(self) -> dict[str, list[tuple[str, str, str]]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT endpoint_id, principal_type, principal, level FROM permissions"
-            ).fetchall()
-        out: dict[str, list[tuple[str, str, str]]] = {}
-        for r in rows:
-            out.setdefault(r["endpoint_id"], []).append(
-                (r["principal_type"], r["principal"], r["level"])
-            )
-        return out
-
-    def permissions(self, endpoint_id: str) -> list[tuple[str, str, str]]:
-        """(principal_type, principal, level): user_name, group_name or service_principal_name."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT principal_type, principal, level FROM permissions WHERE endpoint_id = ? "
-                "ORDER BY principal_type, principal",
-                (endpoint_id,),
-            ).fetchall()
-        return [(r["principal_type"], r["principal"], r["level"]) for r in rows]
-
-    def set_permissions(
-        self, endpoint_id: str, entries: list[tuple[str, str, str]], *, replace: bool
-    ) -> None:
-        with self._write() as conn:
-            if replace:
-                conn.execute("DELETE FROM permissions WHERE endpoint_id = ?", (endpoint_id,))
-            conn.executemany(
-                "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
-                [(endpoint_id, t, p, level) for t, p, level in entries],
-            )
-
-    # -- secret scope ACLs -------------------------------------------------------------------
-
-    def all_secret_acls(self) -> dict[str, list[tuple[str, str]]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT scope, principal, permission FROM secret_acls ORDER BY scope, principal"
-            ).fetchall()
-        out: dict[str, list[tuple[str, str]]] = {}
-        for r in rows:
-            out.setdefault(r["scope"], []).append((r["principal"], r["permission"]))
-        return out
-
-    def secret_acls(self, scope: str) -> list[tuple[str, str]]:
-        """(principal, permission) entries of one scope, by principal."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT principal, permission FROM secret_acls WHERE scope = ? ORDER BY principal",
-                (scope,),
-            ).fetchall()
-        return [(r["principal"], r["permission"]) for r in rows]
-
-    def put_secret_acl(self, scope: str, principal: str, permission: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO secret_acls VALUES (?, ?, ?)",
-                (scope, principal, permission),
-            )
-
-    def delete_secret_acl(self, scope: str, principal: str) -> bool:
-        with self._write() as conn:
-            cursor = conn.execute(
-                "DELETE FROM secret_acls WHERE scope = ? AND principal = ?", (scope, principal)
-            )
-            return cursor.rowcount > 0
-
-    def reset_secret_acls(self, scope: str, entries: list[tuple[str, str]]) -> None:
-        """Replace every entry of a scope (a new scope starts from its creator's alone)."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM secret_acls WHERE scope = ?", (scope,))
-            conn.executemany(
-                "INSERT OR REPLACE INTO secret_acls VALUES (?, ?, ?)",
-                [(scope, principal, permission) for principal, permission in entries],
-            )
-
-    # -- the model catalog ------------------------------------------------------------------
-
-    def put_model(self, record: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO models (name, version, path, task, model_type, "
-                "context_length, default_system_prompt, throughput_chunk_size, registered_ms) "
-                "VALUES (:name, :version, :path, :task, :model_type, :context_length, "
-                ":default_system_prompt, :throughput_chunk_size, :registered_ms)",
-                {"throughput_chunk_size": None, "registered_ms": _now_ms(), **record},
-            )
-
-    def models(self) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT * FROM models ORDER BY name, version").fetchall()
-        return [dict(row) for row in rows]
-
     # -- tokens and hosts -------------------------------------------------------------------
-
-    def add_token(
-        self,
-        *,
-        token_hash: str,
-        principal: str,
-        groups: list[str],
-        kind: str = "user",
-        admin: bool = False,
-        comment: str = "",
-    ) -> str:
-        token_id = uuid.uuid4().hex[:12]
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token_id,
-                    token_hash,
-                    principal,
-                    _dumps(groups),
-                    kind,
-                    int(admin),
-                    comment,
-                    _now_ms(),
-                ),
-            )
-        return token_id
-
-    def list_tokens(self) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT id, token_hash, principal, groups, kind, admin, comment, created_ms "
-                "FROM tokens ORDER BY created_ms"
-            ).fetchall()
-        return [
-            {**dict(r), "groups": json.loads(r["groups"]), "admin": bool(r["admin"])} for r in rows
-        ]
-
-    def delete_token(self, token_id: str) -> bool:
-        with self._write() as conn:
-            return conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
 
     def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None:
         """Record that a serving host is alive (not a state change: the serial stays)."""
@@ -628,13 +352,6 @@ class SqliteStateStore:
                 conn.execute("ROLLBACK")
                 raise
         return live
-
-    def hosts(self) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts"
-            ).fetchall()
-        return [dict(r) for r in rows]
 
     def remove_host(self, host_id: str) -> None:
         with self._mutex:
@@ -730,243 +447,7 @@ class SqliteStateStore:
             self._conn.execute("COMMIT")
             return match[0]
 
-    # -- writing: config updates ------------------------------------------------------------
-
-    def begin_update(
-        self,
-        name: str,
-        *,
-        stack: str | None,
-        desired: dict[str, Any],
-        version: int,
-        actor: str,
-        actor_kind: str = "operator",
-    ) -> EndpointRow:
-        """Record the new config as pending (creating the endpoint row if needed).
-
-        A new endpoint's creator is `actor` of `actor_kind` (user, service_principal, or the
-        operator of the state files): it manages the endpoint and its secrets resolve as it."""
-        now = _now_ms()
-        with self._write() as conn:
-            exists = conn.execute("SELECT 1 FROM endpoints WHERE name = ?", (name,)).fetchone()
-            if not exists:
-                endpoint_id = uuid.uuid4().hex
-                conn.execute(
-                    "INSERT INTO endpoints (name, id, stack, creator, creator_kind, created_ms, "
-                    "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (name, endpoint_id, stack, actor, actor_kind, now, now),
-                )
-                manager = (
-                    "service_principal_name" if actor_kind == "service_principal" else "user_name"
-                )
-                # The creator manages it; every authenticated caller may query it until an
-                # operator replaces the ACL (PUT /api/2.0/permissions/serving-endpoints/{id}).
-                conn.executemany(
-                    "INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?)",
-                    [
-                        (endpoint_id, manager, actor, "CAN_MANAGE"),
-                        (endpoint_id, "group_name", "users", "CAN_QUERY"),
-                    ],
-                )
-            conn.execute(
-                "UPDATE endpoints SET pending = ?, pending_version = ?, pending_started_ms = ?, "
-                "config_update = ?, update_message = '', "
-                "deleting = 0, stack = COALESCE(stack, ?) WHERE name = ?",
-                (_dumps(desired), version, now, ConfigUpdateState.IN_PROGRESS, stack, name),
-            )
-            self._history(conn, name, version, actor, "begin-update", {})
-        row = self.get_endpoint(name)
-        assert row is not None
-        return row
-
-    def add_entity(
-        self,
-        endpoint: str,
-        *,
-        name: str,
-        fingerprint: str,
-        config: dict[str, Any],
-        config_version: int,
-        role: str = EntityRole.PENDING,
-    ) -> int:
-        """Track an entity before anything starts it, so no started entity is ever untracked."""
-        with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT INTO entities (endpoint, name, fingerprint, config, role, deployment, "
-                "config_version, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    endpoint,
-                    name,
-                    fingerprint,
-                    _dumps(config),
-                    role,
-                    DeploymentState.CREATING,
-                    config_version,
-                    _now_ms(),
-                ),
-            )
-            return int(cursor.lastrowid)
-
-    def update_entity(
-        self,
-        entity_id: int,
-        *,
-        deployment: str | None = None,
-        message: str | None = None,
-        handle: dict[str, Any] | None = None,
-    ) -> None:
-        sets, args = [], []
-        if deployment is not None:
-            sets.append("deployment = ?")
-            args.append(deployment)
-        if message is not None:
-            sets.append("message = ?")
-            args.append(message)
-        if handle is not None:
-            sets.append("handle = ?")
-            args.append(_dumps(handle))
-        if not sets:
-            return
-        with self._write() as conn:
-            conn.execute(f"UPDATE entities SET {', '.join(sets)} WHERE id = ?", (*args, entity_id))
-
-    def delete_entity(self, entity_id: int) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM entities WHERE id = ?", (entity_id,))
-
-    def activate(
-        self, name: str, *, keep: list[int], actor: str, summary: dict[str, Any]
-    ) -> list[EntityRow]:
-        """Atomically make the pending config active.
-
-        `keep` are the entity ids that serve the new config (pending ones and reused active
-        ones); every other entity of the endpoint becomes `retiring` and is returned.
-        """
-        now = _now_ms()
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None or row["pending_version"] is None:
-                raise StateError(f"endpoint {name!r} has no pending config to activate")
-            conn.execute(
-                "UPDATE endpoints SET spec = pending, config_version = pending_version, "
-                "pending = NULL, pending_version = NULL, pending_started_ms = NULL, "
-                "config_update = ?, update_message = '', updated_ms = ? "
-                "WHERE name = ?",
-                (ConfigUpdateState.NOT_UPDATING, now, name),
-            )
-            marks = ",".join("?" * len(keep)) or "NULL"
-            conn.execute(
-                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id IN ({marks})",
-                (EntityRole.ACTIVE, name, *keep),
-            )
-            conn.execute(
-                f"UPDATE entities SET role = ? WHERE endpoint = ? AND id NOT IN ({marks})",
-                (EntityRole.RETIRING, name, *keep),
-            )
-            self._history(conn, name, row["pending_version"], actor, "activate", summary)
-            retiring = conn.execute(
-                "SELECT * FROM entities WHERE endpoint = ? AND role = ? ORDER BY id",
-                (name, EntityRole.RETIRING),
-            ).fetchall()
-        return [self._entity(r) for r in retiring]
-
-    def fail_update(self, name: str, message: str, *, actor: str) -> None:
-        """The old config keeps serving; the endpoint says why the new one did not come up."""
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
-            ).fetchone()
-            conn.execute(
-                "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
-                "pending_started_ms = NULL, "
-                "config_update = ?, update_message = ? WHERE name = ?",
-                (ConfigUpdateState.UPDATE_FAILED, message, name),
-            )
-            self._history(
-                conn,
-                name,
-                row["pending_version"] if row else None,
-                actor,
-                "update-failed",
-                {"message": message},
-            )
-
-    def clear_interrupted(self, name: str, *, actor: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
-                "pending_started_ms = NULL, "
-                "config_update = ? WHERE name = ?",
-                (ConfigUpdateState.NOT_UPDATING, name),
-            )
-            self._history(conn, name, None, actor, "recovered", {})
-
-    def update_in_place(
-        self, name: str, *, desired: dict[str, Any], actor: str, summary: dict[str, Any]
-    ) -> None:
-        """A change outside `config` (tags, rate limits, gateway): no new config version."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE endpoints SET spec = ?, updated_ms = ? WHERE name = ?",
-                (_dumps(desired), _now_ms(), name),
-            )
-            version = conn.execute(
-                "SELECT config_version FROM endpoints WHERE name = ?", (name,)
-            ).fetchone()
-            self._history(
-                conn, name, version["config_version"] if version else None, actor, "update", summary
-            )
-
-    def mark_deleting(self, name: str, *, actor: str) -> list[EntityRow]:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE endpoints SET deleting = 1, config_update = ? WHERE name = ?",
-                (ConfigUpdateState.IN_PROGRESS, name),
-            )
-            conn.execute(
-                "UPDATE entities SET role = ? WHERE endpoint = ?", (EntityRole.RETIRING, name)
-            )
-            self._history(conn, name, None, actor, "begin-delete", {})
-            rows = conn.execute(
-                "SELECT * FROM entities WHERE endpoint = ? ORDER BY id", (name,)
-            ).fetchall()
-        return [self._entity(r) for r in rows]
-
-    def delete_endpoint(self, name: str, *, actor: str) -> None:
-        with self._write() as conn:
-            left = conn.execute("SELECT COUNT(*) AS n FROM entities WHERE endpoint = ?", (name,))
-            if left.fetchone()["n"]:
-                raise StateError(f"endpoint {name!r} still has entities; stop them first")
-            conn.execute(
-                "DELETE FROM permissions WHERE endpoint_id = "
-                "(SELECT id FROM endpoints WHERE name = ?)",
-                (name,),
-            )
-            conn.execute("DELETE FROM endpoints WHERE name = ?", (name,))
-            self._history(conn, name, None, actor, "delete", {})
-
-    def set_stack(self, name: str, stack: str | None) -> None:
-        with self._write() as conn:
-            conn.execute("UPDATE endpoints SET stack = ? WHERE name = ?", (stack, name))
-
     # -- row mapping ------------------------------------------------------------------------
-
-    def _history(
-        self,
-        conn: sqlite3.Connection,
-        name: str,
-        version: int | None,
-        actor: str,
-        action: str,
-        summary: dict[str, Any],
-    ) -> None:
-        conn.execute(
-            "INSERT INTO history (endpoint, config_version, at_ms, actor, action, summary) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (name, version, _now_ms(), actor, action, _dumps(summary)),
-        )
 
     @staticmethod
     def _lock_rows(conn: sqlite3.Connection) -> list[LockInfo]:
@@ -976,40 +457,4 @@ class SqliteStateStore:
                 "SELECT key, id, holder, operation, acquired_ms, lease_expires_ms, host, pid "
                 "FROM locks ORDER BY id, key"
             )
-        )
-
-    @staticmethod
-    def _endpoint(row: sqlite3.Row) -> EndpointRow:
-        return EndpointRow(
-            name=row["name"],
-            id=row["id"],
-            stack=row["stack"],
-            creator=row["creator"],
-            creator_kind=row["creator_kind"],
-            created_ms=row["created_ms"],
-            updated_ms=row["updated_ms"],
-            spec=_loads(row["spec"]),
-            config_version=row["config_version"],
-            config_update=row["config_update"],
-            update_message=row["update_message"],
-            pending=_loads(row["pending"]),
-            pending_version=row["pending_version"],
-            pending_started_ms=row["pending_started_ms"],
-            deleting=bool(row["deleting"]),
-        )
-
-    @staticmethod
-    def _entity(row: sqlite3.Row) -> EntityRow:
-        return EntityRow(
-            id=row["id"],
-            endpoint=row["endpoint"],
-            name=row["name"],
-            fingerprint=row["fingerprint"],
-            config=json.loads(row["config"]),
-            role=row["role"],
-            deployment=row["deployment"],
-            message=row["message"],
-            handle=_loads(row["handle"]),
-            config_version=row["config_version"],
-            created_ms=row["created_ms"],
         )

@@ -11,11 +11,11 @@ implements them on one file; callers that need only one part are typed against t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from engine.state._lock import DEFAULT_LEASE_MS, WHOLE_STATE, LockInfo
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
+from engine.state.location import StateLocation
 from plans import StateSnapshot
 
 __all__ = ["CoreStore", "DirectoryStore", "Permission", "StateStore"]
@@ -28,7 +28,8 @@ Permission = tuple[str, str, str]
 class CoreStore(Protocol):
     """Endpoints, config versions, entities, history, the lock and the serial."""
 
-    path: Path
+    # Where the state is; `location.local_dir` holds this machine's files (runner folders).
+    location: StateLocation
 
     def close(self) -> None: ...
 
