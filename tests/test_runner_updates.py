@@ -54,7 +54,9 @@ class Clients:
 
     def __init__(self, url: str, headers: dict[str, str], endpoint: str, n: int) -> None:
         self.url, self.headers, self.endpoint = url, headers, endpoint
-        self.answers: list[tuple[float, int, str]] = []  # (time, status, served entity)
+        # (time the request was sent, status, served entity): a request sent before a switch
+        # may finish well after it on a loaded machine, and still rightly on the old entity.
+        self.answers: list[tuple[float, int, str]] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -74,6 +76,7 @@ class Clients:
         path = f"/serving-endpoints/{self.endpoint}/invocations"
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=120) as client:
             while not self._stop.is_set():
+                sent = time.monotonic()
                 try:
                     answer = client.post(path, json=CHAT)
                 except httpx.HTTPError as exc:
@@ -82,7 +85,7 @@ class Clients:
                     continue
                 name = answer.headers.get("served-model-name", "")
                 with self._lock:
-                    self.answers.append((time.monotonic(), answer.status_code, name))
+                    self.answers.append((sent, answer.status_code, name))
                     if answer.status_code != 200:
                         self.failures.append(f"{answer.status_code}: {answer.text[:300]}")
                 # A short think time: on two cores, 16 clients without one leave a new runner
