@@ -201,3 +201,12 @@ def endpoint(
 
 def dumps(value: Any) -> str:
     return json.dumps(value)
+
+
+def without_replica(metrics_text: str) -> str:
+    """/metrics as a host of one replica would render it: the `replica` label taken out of
+    every series (replica-mode hosts add it; tests of other things compare series by value)."""
+    import re
+
+    text = re.sub(r'\{replica="[^"]*"\}', "", metrics_text)
+    return re.sub(r'replica="[^"]*",', "", text)

@@ -101,6 +101,10 @@ def test_a_lock_held_across_the_upgrade_keeps_the_whole_state(tmp_path: Path) ->
             holder TEXT NOT NULL, operation TEXT NOT NULL, acquired_ms INTEGER NOT NULL,
             lease_expires_ms INTEGER NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL);
         INSERT INTO lock VALUES (1, 'old001', 'ci', 'apply', 0, 99999999999999, 'far', 1);
+        ALTER TABLE hosts DROP COLUMN role;
+        ALTER TABLE hosts DROP COLUMN limits;
+        ALTER TABLE hosts DROP COLUMN report;
+        ALTER TABLE hosts DROP COLUMN peer_hash;
         UPDATE meta SET value = '6' WHERE key = 'schema_version';
         """
     )

@@ -198,12 +198,26 @@ def test_directory_records(store: StateStore) -> None:
     def alive(record: dict) -> bool:
         return record["pid"] == os.getpid()
 
-    assert store.claim_host("h1", pid=os.getpid(), hostname="x", address="a", alive=alive) is None
-    other = store.claim_host("h2", pid=2, hostname="x", address="b", alive=alive)
-    assert other is not None and other["id"] == "h1"
+    def alone(others: list[dict]) -> bool:
+        return not others
+
+    assert store.join_host("h1", pid=os.getpid(), hostname="x", address="a", alive=alive) == []
+    (other,) = store.join_host("h2", pid=2, hostname="x", address="b", alive=alive, admit=alone)
+    assert other["id"] == "h1" and [h["id"] for h in store.hosts()] == ["h1"]  # h2 not admitted
+    # Replicas: admitted beside a live host; the first to claim the runner role holds it,
+    # and a dead holder's role is taken over.
+    store.join_host("h2", pid=2, hostname="x", address="b", alive=alive, admit=lambda o: True)
+    assert store.claim_runner_role("h1", alive=alive) is True
+    assert store.claim_runner_role("h2", alive=alive) is False
+    store.heartbeat("h2", pid=2, hostname="x", address="b", report={"serial": 7, "busy": []})
+    roles = {h["id"]: (h["role"], h["report"]) for h in store.hosts()}
+    assert roles == {"h1": ("runner", {}), "h2": ("", {"serial": 7, "busy": []})}
+    assert store.claim_runner_role("h2", alive=lambda r: r["id"] != "h1") is True
+    assert {h["id"]: h["role"] for h in store.hosts()} == {"h1": "", "h2": "runner"}
     store.remove_host("h1")
-    assert store.claim_host("h2", pid=2, hostname="x", address="b", alive=alive) is None
-    assert [h["id"] for h in store.hosts()] == ["h2"]
+    assert store.claim_runner_role("h1", alive=alive) is False  # not a host any more
+    assert store.join_host("h3", pid=3, hostname="x", address="c", alive=alive) == []
+    assert [h["id"] for h in store.hosts()] == ["h3"]  # h2 (pid 2) is dead: removed
 
 
 def test_concurrent_writers_lose_no_serial(state_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -107,8 +108,10 @@ LimitsOpt = Annotated[
         "--limits",
         envvar="ENGINE_LIMITS",
         show_envvar=True,
-        help="Count rate limits in Redis (redis://HOST:PORT/DB), exact across every host "
-        "that shares it. Default: in this process.",
+        help="Count rate limits in Redis (redis://HOST:PORT/DB), exact across every replica "
+        "that shares it; or `per-replica`: several replicas, each counting alone (admits up to "
+        "the limit x replicas). Default: in this process, which then must be the state's only "
+        "serving host.",
     ),
 ]
 LimitsFallbackOpt = Annotated[
@@ -125,21 +128,29 @@ LimitsFallbackOpt = Annotated[
 
 
 def checked_limits(url: str | None) -> str | None:
-    """`--limits` as given, or one `error:` line when it is no Redis URL."""
+    """`--limits` as given, or one `error:` line when it is neither a Redis URL nor
+    `per-replica`."""
+    from engine.host.membership import PER_REPLICA
+
     if not url:
         return None
+    if url == PER_REPLICA:
+        return url
     try:
         return check_limits_url(url)
     except ValueError as exc:
         fail(f"--limits: {exc}")
 
 
-def claim_or_fail(store: DirectoryStore, host_id: str, *, address: str) -> None:
-    """Claim the state for this serving host; one `error:` line while another one lives."""
-    from engine.host.one_host import HostConflict, claim_state
+def claim_or_fail(
+    store: DirectoryStore, host_id: str, *, address: str, limits: str | None = None
+) -> None:
+    """Join the state's serving hosts; one `error:` line when this one may not (another host
+    counts rate limits alone, or differently: engine/host/membership.py)."""
+    from engine.host.membership import HostConflict, join_state, limits_mode
 
     try:
-        claim_state(store, host_id, address=address)
+        join_state(store, host_id, address=address, limits=limits_mode(limits))
     except HostConflict as exc:
         fail(exc.message)
 
@@ -161,6 +172,23 @@ def serve_command(
     header_timeout: HeaderTimeoutOpt = None,
     limits: LimitsOpt = None,
     limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Worker processes on this port, each a replica of the state (needs --limits "
+            "when more than 1).",
+        ),
+    ] = 1,
+    replica: Annotated[
+        str | None,
+        typer.Option(
+            "--replica",
+            help="This replica's name in /metrics (default HOST:PORT when --limits is given; "
+            "workers add /PID).",
+        ),
+    ] = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -170,9 +198,34 @@ def serve_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = uvicorn_settings(header_timeout_seconds(header_timeout))
+    timeout = header_timeout_seconds(header_timeout)
+    settings = uvicorn_settings(timeout)
     state_path = resolve_state(state)
     limits = checked_limits(limits)
+    if workers > 1:
+        if not limits:
+            fail(
+                f"--workers {workers}: each worker is a replica that would count rate limits "
+                "alone (admitting up to the limit x workers): pass --limits redis://HOST:PORT/DB "
+                "(exact across them) or --limits per-replica",
+                EXIT_USAGE,
+            )
+        _serve_workers(
+            workers,
+            settings,
+            host=host,
+            port=port,
+            state=str(state_path),
+            log_level=log_level,
+            header_timeout=timeout,
+            scale_to_zero_after=scale_to_zero_after,
+            cold_start_wait=cold_start_wait,
+            metrics_public=metrics_public,
+            limits=limits,
+            limits_fallback=limits_fallback.value,
+            replica=replica or f"{host}:{port}",
+        )
+        return
     app = ServingApp(
         state_path,
         address=f"http://{host}:{port}",
@@ -181,6 +234,7 @@ def serve_command(
         metrics_public=metrics_public,
         limits=limits,
         limits_fallback=limits_fallback,
+        replica=replica or "",
     )
     try:
         store = open_state(state_path)
@@ -188,7 +242,7 @@ def serve_command(
         fail(str(exc))
     try:
         # Before uvicorn starts: a second host is refused with one line, not a failed startup.
-        claim_or_fail(store, app.host_id, address=app.address)
+        claim_or_fail(store, app.host_id, address=app.address, limits=limits)
         typer.echo(f"serving on {app.address} (state {state_path})", err=True)
         try:
             uvicorn.run(app, host=host, port=port, **settings)
@@ -196,3 +250,35 @@ def serve_command(
             store.remove_host(app.host_id)  # also when it never started (port in use)
     finally:
         store.close()
+
+
+def _serve_workers(workers: int, settings: dict[str, Any], **config: Any) -> None:
+    """uvicorn's worker processes, each building its own replica (engine/host/worker.py)."""
+    import uvicorn
+
+    from engine.host.membership import new_host_id
+    from engine.host.worker import CONFIG_ENV
+
+    # One line, before any worker starts, when the state's other hosts count limits otherwise
+    # (a worker refused at startup would be restarted by uvicorn again and again).
+    try:
+        store = open_state(resolve_state(config["state"]))
+    except StateError as exc:
+        fail(str(exc))
+    probe = new_host_id()
+    try:
+        claim_or_fail(store, probe, address="", limits=config["limits"])
+        store.remove_host(probe)
+    finally:
+        store.close()
+    os.environ[CONFIG_ENV] = json.dumps(config)
+    url = f"http://{config['host']}:{config['port']}"
+    typer.echo(f"serving on {url} with {workers} workers (state {config['state']})", err=True)
+    uvicorn.run(
+        "engine.host.worker:make_app",
+        factory=True,
+        host=config["host"],
+        port=config["port"],
+        workers=workers,
+        **{**settings, "http": "engine.host.worker:Protocol"},
+    )

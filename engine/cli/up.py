@@ -57,7 +57,7 @@ from engine.cli.serve import (
     uvicorn_settings,
 )
 from engine.gateway._limiter import LimitsFallback
-from engine.host.one_host import new_host_id
+from engine.host.membership import new_host_id
 from engine.specs.loader import LoadResult
 from engine.state import LockInfo, StateLocation, open_state, resolve_state
 from engine.workflow import (
@@ -135,7 +135,7 @@ def up_command(
         with Session(state_path) as session:
             assert session.store is not None
             # The claim is this host's until it stops (a second `serve` or `up` is refused).
-            claim_or_fail(session.store, host_id, address=url)
+            claim_or_fail(session.store, host_id, address=url, limits=limits)
             planned = False
             try:
                 plan, _ = plan_stack(

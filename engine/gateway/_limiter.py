@@ -171,7 +171,7 @@ def open_limits(
 ) -> Limiter:
     """The limiter a serving host uses: in-process, or Redis at `url` (not connected until
     `start`)."""
-    if not url:
+    if not url or url == "per-replica":  # counted here (per-replica: declared so)
         return InProcessLimits()
     from engine.gateway._redis_limits import RedisLimits  # redis-py only when asked for
 

@@ -10,8 +10,9 @@ always shown.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["Metrics", "Visible"]
 
@@ -29,8 +30,28 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}"
 
 
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def _with_replica(lines: Iterable[str], replica: str) -> Iterator[str]:
+    """Every sample labelled with the replica that counted it (replicas are scraped one by
+    one; their series must not collide when a dashboard sums them)."""
+    label = _labels(replica=replica)[1:-1]
+    for line in lines:
+        match = None if line.startswith("#") else _NAME.match(line)
+        if match is None:
+            yield line
+            continue
+        name, rest = line[: match.end()], line[match.end() :]
+        yield f"{name}{{{label},{rest[1:]}" if rest.startswith("{") else f"{name}{{{label}}}{rest}"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
+        # The replica label of every series ('' while the host has not started).
+        self.replica = replica
+        # Whether this replica runs the state's runners (None: not a serving host).
+        self.runner_host: bool | None = None
         self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.latency_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
@@ -129,6 +150,14 @@ class Metrics:
             lines.append(f"serving_upstream_errors_total{labels} {n}")
         if self.limits_backend_up is not None:
             lines += self._limits_lines()
+        if self.runner_host is not None:
+            lines += [
+                "# HELP engine_replica_runner_host Whether this replica runs the runners.",
+                "# TYPE engine_replica_runner_host gauge",
+                f"engine_replica_runner_host {int(self.runner_host)}",
+            ]
+        if self.replica:
+            lines = list(_with_replica(lines, self.replica))
         return "\n".join(lines) + "\n"
 
     def _limits_lines(self) -> list[str]:

@@ -216,6 +216,10 @@ class TableBuilder:
             u.in_flight for k, ups in self._draining.items() if k[0] == instance_id for u in ups
         )
 
+    def busy_retired(self) -> list[tuple[int, str]]:
+        """(instance id, fingerprint) of upstreams no longer routed with requests in flight."""
+        return sorted({k[:2] for k, ups in self._draining.items() if any(u.in_flight for u in ups)})
+
     async def retire_unused(self) -> None:
         for _, upstream in self._retired:
             await upstream.retire()

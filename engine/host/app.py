@@ -24,6 +24,7 @@ from engine.access.tokens import Principal, TokenIndex
 from engine.asgi import (
     ApiError,
     header,
+    read_json,
     send_error,
     send_json,
     send_text,
@@ -31,7 +32,7 @@ from engine.asgi import (
 )
 from engine.catalog.models import ModelCatalog
 from engine.control import ControlPlane, EndpointService
-from engine.executors import build_executors
+from engine.executors import StopOnlyRunnerExecutor, build_executors
 from engine.gateway._dataplane import DataPlane
 from engine.gateway._limiter import InProcessLimits, Limiter, LimitsFallback, open_limits
 from engine.gateway._metrics import Metrics, Visible
@@ -39,7 +40,9 @@ from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity, Tab
 from engine.gateway._usage import UsageRecorder, usage_recorder_for
 from engine.gateway.routes import QueryRoutes
 from engine.host.autoscale import Autoscaler, ThroughputMeter
-from engine.host.one_host import claim_state, new_host_id
+from engine.host.membership import SINGLE, alive_now, join_state, limits_mode, new_host_id
+from engine.host.peer_listener import PeerListener
+from engine.host.peers import PEER_HEADER, WAKE_PATH, Peers, needs_runner_host
 from engine.host.runners import Backoff, make_runner_executor, restart_runners, stop_runners
 from engine.host.scale_to_zero import ColdStartError, ScaleToZero
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
@@ -51,6 +54,7 @@ from engine.state import (
     open_state,
     resolve_state,
 )
+from engine.state.notify import StateListener
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 
@@ -87,6 +91,8 @@ class ServingApp:
         host_id: str | None = None,
         limits: str | None = None,
         limits_fallback: LimitsFallback = LimitsFallback.REFUSE,
+        replica: str = "",
+        peer_listen: tuple[str, type | str] | None = None,
     ) -> None:
         self.state_path = resolve_state(state_path)
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
@@ -103,11 +109,27 @@ class ServingApp:
         # `--limits`: where rate limits are counted (None: in this process), and what a shared
         # store's outage does (`--limits-fallback`); built at startup, under the state's lineage.
         self.limits_url = limits
+        self.limits_mode = limits_mode(limits)
         self.limits_fallback = limits_fallback
         self.limiter: Limiter = InProcessLimits()
+        # Several replicas of one state: every series of /metrics names this one (a host that
+        # counts limits alone has no peers, and keeps its series as they were).
+        if replica or self.limits_mode != SINGLE:
+            self.metrics.replica = replica or address or socket.gethostname()
+        # One replica of the state runs the runners (engine/host/membership.py); the others
+        # route to them and hand it what starts or stops one (engine/host/peers.py).
+        self.runner_host = False
+        # (interface, uvicorn protocol): a worker of `--workers N` also listens on a private
+        # port, the address the other replicas reach it at (engine/host/peer_listener.py).
+        self._peer_listen = peer_listen
+        self._listener_thread: StateListener | None = None
+        self._changed = asyncio.Event()
+        self._listener: PeerListener | None = None
+        self._reported: tuple[int, tuple[tuple[int, str], ...]] | None = None
         self.extra_routes: list[Handler] = []
         # The id this host claims the state under (`engine up` claims it before it starts).
         self.host_id = host_id or new_host_id()
+        self.peers = Peers(self.host_id)
         self._tasks: list[asyncio.Task[None]] = []
         self._refreshing = asyncio.Lock()
         self._store: StateStore | None = None
@@ -150,8 +172,20 @@ class ServingApp:
 
     async def startup(self) -> None:
         self._store = open_state(self.state_path)
-        # One host per state (a no-op when the CLI claimed it already under this id).
-        claim_state(self._store, self.host_id, address=self.address)
+        if self._peer_listen is not None:
+            self._listener = PeerListener(self, *self._peer_listen)
+            self.address = await self._listener.start()
+        # Join the state's replicas (refused when the rate-limit modes disagree; a no-op when
+        # the CLI joined already under this id), then take the runner role if it is free.
+        join_state(
+            self._store,
+            self.host_id,
+            address=self.address,
+            limits=self.limits_mode,
+            peer_hash=self.peers.key_hash,
+        )
+        self.runner_host = self._store.claim_runner_role(self.host_id, alive=alive_now())
+        self.metrics.runner_host = self.runner_host if self.limits_mode != SINGLE else None
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = usage_recorder_for(self.state_path)
         self.usage.start()
@@ -190,15 +224,26 @@ class ServingApp:
         self.extra_routes.append(ControlPlane(self, service))
         # Runners of active entities start with their host (a background thread: queries to
         # external models are served meanwhile).
-        self._restart = asyncio.create_task(asyncio.to_thread(self._restart_runners))
+        if self.runner_host:
+            self._restart = asyncio.create_task(asyncio.to_thread(self._restart_runners))
         await self.refresh(force=True)
+        self._changed = asyncio.Event()
+        if self.state_path.is_postgres:
+            loop = asyncio.get_running_loop()
+            self._listener_thread = StateListener(
+                self.state_path.url, lambda: loop.call_soon_threadsafe(self._changed.set)
+            )
+            self._listener_thread.start()
         self._tasks = [
             asyncio.create_task(self._poll(), name="state-poll"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._reconcile(), name="reconcile"),
+            asyncio.create_task(self._report(), name="report"),
         ]
 
     async def shutdown(self) -> None:
+        if self._listener_thread is not None:
+            await asyncio.to_thread(self._listener_thread.stop)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -215,12 +260,16 @@ class ServingApp:
                 await self.scaler.wait_starts()
             if self.autoscaler is not None:
                 await self.autoscaler.wait()
-            await asyncio.to_thread(stop_runners, self._store, self.runners)
+            if self.runner_host:  # another replica's runners are not this one's to stop
+                await asyncio.to_thread(stop_runners, self._store, self.runners)
             # Runners of applies still starting (pending entities) stop with the host too.
             await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
         await self.limiter.close()
+        await self.peers.close()
+        if self._listener is not None:
+            await self._listener.close()
         if self._store is not None:
             self._store.remove_host(self.host_id)
             self._store.close()
@@ -236,21 +285,31 @@ class ServingApp:
         target = open_state(self.state_path)
         try:
             serial = target.serial
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                refreshed = self.table.serial >= serial
+                here = not self._builder.routed(key) and not self._builder.in_flight(key)
+                # ...and on every other replica of the state, as their reports say.
+                if refreshed and here and self.peers.caught_up(target, serial, key, row.id):
+                    return
+                time.sleep(0.05)
         finally:
             target.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            refreshed = self.table.serial >= serial
-            if refreshed and not self._builder.routed(key) and not self._builder.in_flight(key):
-                return
-            time.sleep(0.05)
         log.warning("entity instance %s still busy after %.0f s; stopping it", row.id, timeout)
 
     def executors(self) -> ExecutorRegistry:
         """The executors of applies done by this host: its runners start self-hosted entities."""
         registry = build_executors()
-        if self.runners is not None:
+        if self.runners is not None and self.runner_host:
             registry.register("self_hosted", self.runners, replace=True)
+        elif self.runners is not None:
+            # Only the runner host starts runners: a change that needs one is forwarded to it
+            # (peers.py); this refuses, rather than starts one here, any path that was not.
+            registry.register(
+                "self_hosted",
+                StopOnlyRunnerExecutor(self.state_path.local_dir / "runners"),
+                replace=True,
+            )
         return registry
 
     _executors = executors
@@ -275,11 +334,14 @@ class ServingApp:
         """The reconciler: a runner that dies is restarted with backoff, without an apply."""
         while True:
             await asyncio.sleep(self.reconcile_interval)
+            if not self.runner_host:
+                continue  # another replica runs the runners
             if self._restart is not None and not self._restart.done():
                 continue
             if self.scaler is not None:
                 await self.scaler.park_idle(self.table)
             if self.autoscaler is not None:
+                self.meter.elsewhere = await asyncio.to_thread(self.peers.rates, self.store)
                 self.autoscaler.step(self.table)
             # Kept so that shutdown waits for a pass in progress before stopping runners.
             self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
@@ -301,10 +363,15 @@ class ServingApp:
         of an instance (a replica set that lost a replica) have no request in flight."""
         assert self._builder is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.table.serial >= serial and not self._builder.draining(instance_id):
-                return
-            time.sleep(0.05)
+        target = open_state(self.state_path)
+        try:
+            while time.monotonic() < deadline:
+                here = self.table.serial >= serial and not self._builder.draining(instance_id)
+                if here and self.peers.caught_up(target, serial, None, instance_id):
+                    return
+                time.sleep(0.05)
+        finally:
+            target.close()
 
     def _system_prompt(self, entity: dict[str, Any]) -> str | None:
         entry = self._catalog_entry(entity)
@@ -321,7 +388,10 @@ class ServingApp:
         assert self.scaler is not None
         retry = [("retry-after", str(max(1, round(min(self.cold_start_wait, 30)))))]
         try:
-            await self.scaler.wake(entity.instance_id)
+            if self.runner_host:
+                await self.scaler.wake(entity.instance_id)
+            else:
+                await self.peers.wake(self.store, entity.instance_id)
         except TimeoutError:
             raise ApiError(
                 503,
@@ -397,8 +467,15 @@ class ServingApp:
         )
 
     async def _poll(self) -> None:
+        """Refresh when the state says it changed (PostgreSQL), else every poll interval; with
+        notifications arriving, polling is only the fallback (a notification lost while the
+        listener reconnects), at a slower pace."""
         while True:
-            await asyncio.sleep(self.poll_interval)
+            listening = self._listener_thread is not None and self._listener_thread.listening
+            wait = max(self.poll_interval, 1.0) if listening else self.poll_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+            self._changed.clear()
             try:
                 await self.refresh()
             except Exception:  # noqa: BLE001 - keep serving the last good table
@@ -408,15 +485,61 @@ class ServingApp:
         assert self._store is not None
         while True:
             try:
-                self._store.heartbeat(
-                    self.host_id,
-                    pid=os.getpid(),
-                    hostname=socket.gethostname(),
-                    address=self.address,
-                )
+                await asyncio.to_thread(self._beat)
             except Exception:  # noqa: BLE001
                 log.exception("cannot record the heartbeat")
             await asyncio.sleep(self.heartbeat_interval)
+
+    def _beat(self) -> None:
+        """Heartbeat and report; take the runner role if its holder died (or notice it moved)."""
+        self._send_report(force=True)
+        holds = self.store.claim_runner_role(self.host_id, alive=alive_now())
+        if holds and not self.runner_host:
+            log.warning("this replica now runs the runners of the state (the last one is gone)")
+            self.runner_host = True
+        elif self.runner_host and not holds:
+            # Its heartbeats stalled so long that another replica took over: the runners are
+            # that one's now, and this one's processes must not linger beside them.
+            log.error("another replica took over the runners; stopping the ones started here")
+            self.runner_host = False
+            if self.runners is not None:
+                self.runners.stop_all()
+        if self.metrics.runner_host is not None:
+            self.metrics.runner_host = self.runner_host
+
+    def _report_now(self) -> tuple[int, tuple[tuple[int, str], ...]]:
+        assert self._builder is not None
+        return self.table.serial, tuple(self._builder.busy_retired())
+
+    def _send_report(self, *, force: bool = False) -> None:
+        """Record what this replica's table has reached (drains on the runner host wait for
+        it); untracked, and only when it changed unless `force` (the heartbeat)."""
+        current = self._report_now()
+        if not force and current == self._reported:
+            return
+        serial, busy = current
+        self.store.heartbeat(
+            self.host_id,
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            address=self.address,
+            report={
+                "serial": serial,
+                "busy": [list(key) for key in busy],
+                "rates": {str(k): v for k, v in self.meter.local_rates().items()},
+            },
+        )
+        self._reported = current
+
+    async def _report(self) -> None:
+        """Report at once when the table moves on or a retired entity's last request ends."""
+        while True:
+            await asyncio.sleep(0.05)
+            if self._report_now() != self._reported:
+                try:
+                    await asyncio.to_thread(self._send_report)
+                except Exception:  # noqa: BLE001 - the heartbeat reports again
+                    log.exception("cannot record this replica's report")
 
     # -- ASGI -----------------------------------------------------------------------------------
 
@@ -452,6 +575,13 @@ class ServingApp:
         method: str = scope["method"]
         if self.queries is not None and await self.queries(scope, receive, send):
             return
+        if path == WAKE_PATH and method == "POST":
+            await self._peer_wake(scope, receive, send)
+            return
+        if not self.runner_host and needs_runner_host(method, path):
+            await self.peers.forward(self.store, scope, receive, send)
+            await self.catch_up()  # read-your-writes on this replica too
+            return
         for handler in self.extra_routes:
             if await handler(scope, receive, send):
                 return
@@ -461,6 +591,26 @@ class ServingApp:
             await self._metrics(scope, send)
         else:
             raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at {method} {path}")
+
+    async def _peer_wake(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Another replica asks this one (the runner host) to start a scaled-to-zero runner."""
+        if not await asyncio.to_thread(self.peers.is_peer, self.store, header(scope, PEER_HEADER)):
+            raise ApiError(403, "PERMISSION_DENIED", "only a replica of this state may call this")
+        body = await read_json(receive)
+        instance_id = body.get("instance_id") if isinstance(body, dict) else None
+        if not isinstance(instance_id, int) or isinstance(instance_id, bool):
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "instance_id: an integer is required")
+        if not self.runner_host or self.scaler is None:
+            raise ApiError(503, "TEMPORARILY_UNAVAILABLE", "this replica no longer runs runners")
+        try:
+            await self.scaler.wake(instance_id)
+        except TimeoutError:
+            raise ApiError(
+                503, "TEMPORARILY_UNAVAILABLE", "the runner is starting from zero; retry shortly"
+            ) from None
+        except ColdStartError as exc:
+            raise ApiError(503, "TEMPORARILY_UNAVAILABLE", exc.message) from None
+        await send_json(send, 200, {})
 
     def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:
         """Log lines of a served entity: its lifecycle from the state, and the runner's log."""

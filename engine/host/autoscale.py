@@ -47,12 +47,19 @@ class ThroughputMeter:
     def __init__(self, window: float = 10.0) -> None:
         self.window = window
         self._events: defaultdict[int, deque[tuple[float, int]]] = defaultdict(deque)
+        # Tokens/s the other replicas of the state report (the runner host's autoscaler sums
+        # the whole load, not only what passed through its own process).
+        self.elsewhere: dict[int, float] = {}
 
     def record(self, instance_id: int, tokens: int) -> None:
         if tokens > 0:
             self._events[instance_id].append((time.monotonic(), tokens))
 
     def rate(self, instance_id: int) -> float:
+        """Tokens/s of an instance: through this process, plus the other replicas' reports."""
+        return self.local_rate(instance_id) + self.elsewhere.get(instance_id, 0.0)
+
+    def local_rate(self, instance_id: int) -> float:
         events = self._events.get(instance_id)
         if not events:
             return 0.0
@@ -60,6 +67,11 @@ class ThroughputMeter:
         while events and events[0][0] < horizon:
             events.popleft()
         return sum(tokens for _, tokens in events) / self.window
+
+    def local_rates(self) -> dict[int, float]:
+        """Tokens/s of every instance through this process (for this replica's report)."""
+        rates = {i: self.local_rate(i) for i in list(self._events)}
+        return {i: round(r, 3) for i, r in rates.items() if r > 0}
 
 
 class Autoscaler:

@@ -5,6 +5,7 @@ embedded default that implements it, `PostgresStateStore` (_postgres.py) the one
 `open_state` picks one from a `StateLocation` (location.py): a path or a `postgresql://` URL.
 """
 
+from engine.state._hosts import RUNNER_ROLE
 from engine.state._lock import WHOLE_STATE, LockHeld, LockInfo
 from engine.state._open import open_state
 from engine.state._private import create_private_file
@@ -14,6 +15,7 @@ from engine.state.location import StateLocation, resolve_state
 from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
 
 __all__ = [
+    "RUNNER_ROLE",
     "WHOLE_STATE",
     "CoreStore",
     "DirectoryStore",

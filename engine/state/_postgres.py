@@ -24,13 +24,14 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
 from engine.state._errors import StateError
+from engine.state._hosts import HostRecords
 from engine.state._lock import (
     DEFAULT_LEASE_MS,
     WHOLE_STATE,
@@ -49,6 +50,7 @@ from engine.state._rows import (
 from engine.state._sqlite import _MIGRATIONS, SCHEMA_VERSION
 from engine.state._statements import SharedStatements
 from engine.state.location import StateLocation
+from engine.state.notify import STATE_CHANNEL
 from schemas import now_ms
 
 __all__ = ["PostgresStateStore"]
@@ -78,7 +80,7 @@ def _overlaps(held: Sequence[str], wanted: Sequence[str]) -> bool:
     return WHOLE_STATE in (*held, *wanted) or bool(set(held) & set(wanted))
 
 
-class PostgresStateStore(SharedStatements):
+class PostgresStateStore(HostRecords, SharedStatements):
     def __init__(self, location: StateLocation) -> None:
         self.location = location
         # Per-host files (runner folders, logs, the model cache) live in the local folder.
@@ -126,6 +128,8 @@ class PostgresStateStore(SharedStatements):
             conn.execute("SELECT value FROM meta WHERE key = 'serial' FOR UPDATE")
             yield QmarkConnection(self._pg)
             conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'serial'")
+            # Delivered at commit: the replicas listening rebuild their tables (notify.py).
+            conn.execute(f"NOTIFY {STATE_CHANNEL}")
 
     @contextmanager
     def _read(self) -> Iterator[QmarkConnection]:
@@ -172,49 +176,12 @@ class PostgresStateStore(SharedStatements):
                     (str(target),),
                 )
 
-    _UPSERT_HOST = (
-        "INSERT INTO hosts (id, pid, hostname, address, started_ms, last_seen_ms) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-        "last_seen_ms = excluded.last_seen_ms, address = excluded.address"
-    )
-
-    def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None:
-        """Record that a serving host is alive (not a state change: the serial stays)."""
-        now = now_ms()
-        with self._untracked() as conn:
-            conn.execute(self._UPSERT_HOST, (host_id, pid, hostname, address, now, now))
-
-    def claim_host(
-        self,
-        host_id: str,
-        *,
-        pid: int,
-        hostname: str,
-        address: str,
-        alive: Callable[[dict[str, Any]], bool],
-    ) -> dict[str, Any] | None:
-        """Record serving host `host_id` unless another host that `alive` accepts is recorded
-        (returned then); one transaction under an advisory lock, as on SQLite."""
-        now = now_ms()
+    @contextmanager
+    def _hosts_tx(self) -> Iterator[QmarkConnection]:
+        """An untracked transaction on the hosts table, serialised by an advisory lock."""
         with self._untracked() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("hosts"),))
-            others = [
-                dict(r)
-                for r in conn.execute(
-                    "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts "
-                    "WHERE id != %s",
-                    (host_id,),
-                )
-            ]
-            live = next((other for other in others if alive(other)), None)
-            if live is None:
-                conn.execute("DELETE FROM hosts WHERE id != %s", (host_id,))
-                conn.execute(self._UPSERT_HOST, (host_id, pid, hostname, address, now, now))
-        return live
-
-    def remove_host(self, host_id: str) -> None:
-        with self._untracked() as conn:
-            conn.execute("DELETE FROM hosts WHERE id = %s", (host_id,))
+            yield QmarkConnection(self._pg)
 
     # -- locks: per endpoint name, or WHOLE_STATE ---------------------------------------------
 

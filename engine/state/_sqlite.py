@@ -15,12 +15,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from engine.state._errors import StateError
+from engine.state._hosts import HostRecords
 from engine.state._lock import (
     DEFAULT_LEASE_MS,
     WHOLE_STATE,
@@ -42,7 +42,7 @@ from schemas import (
 
 __all__ = ["SqliteStateStore", "StateError", "resolve_state_path"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -182,6 +182,15 @@ _MIGRATIONS: dict[int, str] = {
         FROM lock;
     DROP TABLE lock;
     """,
+    # Several serving hosts (replicas) on one state: the one that runs the runners, how each
+    # counts rate limits (all must agree), what its routing table has caught up with (drains
+    # wait for every replica), and the hash of the key replicas call each other with.
+    8: """
+    ALTER TABLE hosts ADD COLUMN role TEXT NOT NULL DEFAULT '';
+    ALTER TABLE hosts ADD COLUMN limits TEXT NOT NULL DEFAULT '';
+    ALTER TABLE hosts ADD COLUMN report TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE hosts ADD COLUMN peer_hash TEXT NOT NULL DEFAULT '';
+    """,
 }
 
 
@@ -197,7 +206,7 @@ def _now_ms() -> int:
     return now_ms()
 
 
-class SqliteStateStore(SharedStatements):
+class SqliteStateStore(HostRecords, SharedStatements):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.location = StateLocation(str(self.path), self.path.parent)
@@ -304,58 +313,18 @@ class SqliteStateStore(SharedStatements):
 
     # -- tokens and hosts -------------------------------------------------------------------
 
-    def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None:
-        """Record that a serving host is alive (not a state change: the serial stays)."""
-        now = _now_ms()
-        with self._mutex:
-            self._conn.execute(
-                "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                "last_seen_ms = excluded.last_seen_ms, address = excluded.address",
-                (host_id, pid, hostname, address, now, now),
-            )
-
-    def claim_host(
-        self,
-        host_id: str,
-        *,
-        pid: int,
-        hostname: str,
-        address: str,
-        alive: Callable[[dict[str, Any]], bool],
-    ) -> dict[str, Any] | None:
-        """Record serving host `host_id` unless another host that `alive` accepts is recorded
-        (returned then). One transaction, so two hosts starting at once cannot both claim the
-        state; the records of dead hosts are removed (a killed host never blocks the next)."""
-        now = _now_ms()
+    @contextmanager
+    def _hosts_tx(self) -> Iterator[sqlite3.Connection]:
+        """An untracked transaction on the hosts table (the serial stays)."""
         with self._mutex:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                others = [
-                    dict(r)
-                    for r in conn.execute(
-                        "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts "
-                        "WHERE id != ?",
-                        (host_id,),
-                    )
-                ]
-                live = next((other for other in others if alive(other)), None)
-                if live is None:
-                    conn.execute("DELETE FROM hosts WHERE id != ?", (host_id,))
-                    conn.execute(
-                        "INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
-                        "SET last_seen_ms = excluded.last_seen_ms, address = excluded.address",
-                        (host_id, pid, hostname, address, now, now),
-                    )
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return live
-
-    def remove_host(self, host_id: str) -> None:
-        with self._mutex:
-            self._conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
     # -- the lock ---------------------------------------------------------------------------
 

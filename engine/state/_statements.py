@@ -272,13 +272,6 @@ class SharedStatements:
         with self._write() as conn:
             return conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
 
-    def hosts(self) -> list[dict[str, Any]]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT id, pid, hostname, address, started_ms, last_seen_ms FROM hosts"
-            ).fetchall()
-        return [dict(r) for r in rows]
-
     # -- writing: config updates ------------------------------------------------------------
 
     def begin_update(

@@ -184,19 +184,35 @@ class DirectoryStore(Protocol):
 
     def delete_token(self, token_id: str) -> bool: ...
 
-    def heartbeat(self, host_id: str, *, pid: int, hostname: str, address: str) -> None: ...
-
-    def claim_host(
+    def heartbeat(
         self,
         host_id: str,
         *,
         pid: int,
         hostname: str,
         address: str,
+        report: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    def join_host(
+        self,
+        host_id: str,
+        *,
+        pid: int,
+        hostname: str,
+        address: str,
+        limits: str = "",
+        peer_hash: str = "",
         alive: Callable[[dict[str, Any]], bool],
-    ) -> dict[str, Any] | None:
-        """Atomically: the record of another live host, else record this one (None)."""
+        admit: Callable[[list[dict[str, Any]]], bool] = ...,
+    ) -> list[dict[str, Any]]:
+        """Atomically: drop dead hosts' records, record this one if `admit` accepts the live
+        others, and return those."""
         ...
+
+    def claim_runner_role(
+        self, host_id: str, *, alive: Callable[[dict[str, Any]], bool]
+    ) -> bool: ...
 
     def hosts(self) -> list[dict[str, Any]]: ...
 

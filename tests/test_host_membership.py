@@ -29,7 +29,9 @@ def _assert_refused(result: subprocess.CompletedProcess[str], where: str) -> Non
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: a serving host is already running on this state ({where}): apply through it "
-        "(`engine apply`, or its REST API), or stop it first"
+        "(`engine apply`, or its REST API), or stop it first; to run several replicas, start "
+        "every one with the same --limits (redis://... counts rate limits exactly across them; "
+        "per-replica lets each count alone)"
     ], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
