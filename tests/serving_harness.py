@@ -33,6 +33,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
         log_dir: Path | None = None,
+        new_session: bool = False,
     ) -> None:
         self.state = state  # a SQLite file, or a PostgreSQL URL (then `log_dir` is needed)
         self.args = args  # more `engine serve` options
@@ -40,6 +41,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (log_dir or Path(state).parent) / f"serve-{self.port}.log"
         self._env = env or {}
+        # Its own process group: `kill_group` takes its workers with it (kill -9 of a replica).
+        self.new_session = new_session
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
@@ -61,6 +64,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=ROOT,
+            start_new_session=self.new_session,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -82,8 +86,17 @@ class ServerProcess:
             time.sleep(0.05)
         raise TimeoutError(f"server did not reach serial {serial}")
 
+    def kill_group(self) -> None:
+        """SIGKILL the process and every worker of it (needs `new_session`)."""
+        assert self.process is not None and self.new_session
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
+        if self.process.poll() is not None:
+            self._log_file.close()
+            return
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=15)
