@@ -61,7 +61,11 @@ def start_redis(work: Path, wrap: list[str] | None = None) -> tuple[subprocess.P
 
 
 def start_gateway(
-    work: Path, upstream: str, limits: str | None, wrap: list[str] | None = None
+    work: Path,
+    upstream: str,
+    limits: str | None,
+    wrap: list[str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     env = {
         **os.environ,
@@ -109,7 +113,7 @@ def start_gateway(
         cwd=ROOT,
     ).stdout.strip()
     port = free_port()
-    extra = ["--limits", limits] if limits else []
+    extra = [*(["--limits", limits] if limits else []), *extra_args]
     proc = subprocess.Popen(
         [*(wrap or []), *engine, "serve", "--port", str(port), "--log-level", "warning", *extra],
         env=env,

@@ -298,13 +298,14 @@ def _route_patterns() -> list[tuple[re.Pattern[str], frozenset[str]]]:
     for template, item in openapi_document()["paths"].items():
         methods = frozenset(m.upper() for m in item if m != "parameters")
         pattern = re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(template))
-        out.append((re.compile(f"^{pattern}/?$"), methods))
+        # fullmatch: `$` would also match before a trailing newline ("/serving-endpoints/\n").
+        out.append((re.compile(f"{pattern}/?"), methods))
     return out
 
 
 def _allowed_methods(path: str) -> frozenset[str]:
     for pattern, methods in _route_patterns():
-        if pattern.match(path):
+        if pattern.fullmatch(path):
             return methods
     return frozenset()
 

@@ -118,7 +118,8 @@ class ServingApp:
             self.metrics.replica = replica or address or socket.gethostname()
         # One replica of the state runs the runners (engine/host/membership.py); the others
         # route to them and hand it what starts or stops one (engine/host/peers.py).
-        self.runner_host = False
+        # Until startup joins the state, an app is its own runner host (as a lone host is).
+        self.runner_host = True
         # (interface, uvicorn protocol): a worker of `--workers N` also listens on a private
         # port, the address the other replicas reach it at (engine/host/peer_listener.py).
         self._peer_listen = peer_listen
