@@ -2,8 +2,9 @@
 across both, tokens settled with the real usage (streams too), and a Redis outage as the
 declared mode in /metrics, recovered when Redis is back.
 
-Several hosts on one state are refused (one host per state), but a copy of the state file
-has the same lineage and endpoint ids: two hosts on two copies count as two replicas.
+The two hosts serve two copies of one state file (same lineage and endpoint ids): the limits
+are shared through Redis alone, whatever the state. Replicas on one shared state are
+tests/test_serving_replicas.py.
 """
 
 from __future__ import annotations
