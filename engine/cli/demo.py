@@ -68,19 +68,18 @@ def demo_command(
 
     import uvicorn
 
+    from engine.cli.serve import header_timeout_seconds, uvicorn_settings
     from engine.host.app import ServingApp
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = uvicorn.Server(
+        # The same settings as every serving host (the header timeout included).
         uvicorn.Config(
             ServingApp(state_path, address=url),
             host="127.0.0.1",
             port=port,
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_level="warning",
+            **uvicorn_settings(header_timeout_seconds(None)),
         )
     )
     thread = threading.Thread(target=server.run, name="serving-host", daemon=True)
