@@ -27,6 +27,8 @@ from engine.host.inventory import entity_checker
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
 from engine.specs.loader import LoadResult, SpecUsageError, load_specs
 from engine.state import (
+    RECONCILE_OP,
+    SCALE_TO_ZERO_OP,
     WHOLE_STATE,
     EndpointRow,
     EntityRow,
@@ -396,7 +398,7 @@ def reload_saved(saved: PlanFile, secrets: SecretStore) -> tuple[Plan, DesiredSp
 # A reconcile pass restarts at most the runners that died; on a loaded machine that can take a
 # while, and a command waiting for it is better than one failing.
 RECONCILE_PASS_WAIT_S = 120.0
-_BRIEF = ("reconcile", "scale-to-zero")
+_BRIEF = (RECONCILE_OP, SCALE_TO_ZERO_OP)
 # How often planning, locking what the plan changes and planning again may find that the
 # changes grew (another endpoint drifted in between) before giving up.
 _REPLAN_TRIES = 3

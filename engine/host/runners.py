@@ -14,7 +14,14 @@ from typing import Any
 
 from engine.catalog.models import ModelCatalog
 from engine.host.inventory import cpu_fallback_allowed, gpu_count
-from engine.state import EntityRow, LockHeld, StateLocation, StateStore, open_state
+from engine.state import (
+    RECONCILE_OP,
+    EntityRow,
+    LockHeld,
+    StateLocation,
+    StateStore,
+    open_state,
+)
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
 from schemas import DeploymentState, EntityRole
@@ -127,7 +134,7 @@ def restart_runners(
     executor.reap()
     for endpoint in sorted({e.endpoint for e in _self_hosted(store)}):
         try:
-            lock = store.acquire_lock("reconcile", holder=holder, keys=(endpoint,))
+            lock = store.acquire_lock(RECONCILE_OP, holder=holder, keys=(endpoint,))
         except LockHeld:
             continue
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.gateway._table import RoutingTable
-from engine.state import EntityRow, LockHeld, StateStore, open_state
+from engine.state import SCALE_TO_ZERO_OP, EntityRow, LockHeld, StateStore, open_state
 from providers import Deployment, ExecutorError
 from providers.runner import RunnerExecutor
 from schemas import DeploymentState, EntityRole
@@ -96,7 +96,7 @@ class ScaleToZero:
         try:
             try:
                 lock = store.acquire_lock(
-                    "scale-to-zero", holder=self.holder, keys=(endpoint,), timeout=0
+                    SCALE_TO_ZERO_OP, holder=self.holder, keys=(endpoint,), timeout=0
                 )
             except LockHeld:
                 return False  # an update or a reconcile pass runs: try again on the next pass

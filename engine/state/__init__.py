@@ -6,7 +6,7 @@ embedded default that implements it, `PostgresStateStore` (_postgres.py) the one
 """
 
 from engine.state._hosts import RUNNER_ROLE
-from engine.state._lock import WHOLE_STATE, LockHeld, LockInfo
+from engine.state._lock import RECONCILE_OP, SCALE_TO_ZERO_OP, WHOLE_STATE, LockHeld, LockInfo
 from engine.state._open import open_state
 from engine.state._private import create_private_file
 from engine.state._records import EndpointRow, EntityRow, HistoryRow
@@ -15,7 +15,9 @@ from engine.state.location import StateLocation, resolve_state
 from engine.state.protocol import CoreStore, DirectoryStore, Permission, StateStore
 
 __all__ = [
+    "RECONCILE_OP",
     "RUNNER_ROLE",
+    "SCALE_TO_ZERO_OP",
     "WHOLE_STATE",
     "CoreStore",
     "DirectoryStore",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from schemas import pid_alive
 
 __all__ = [
+    "RECONCILE_OP",
+    "SCALE_TO_ZERO_OP",
     "WHOLE_STATE",
     "LockHeld",
     "LockInfo",
@@ -30,6 +32,10 @@ __all__ = [
 
 # The key that stands for every endpoint at once.
 WHOLE_STATE = "*"
+# The serving host's own short passes over one endpoint: an apply waits for them instead of
+# failing with L1 (workflow.locked), as they end within seconds.
+RECONCILE_OP = "reconcile"
+SCALE_TO_ZERO_OP = "scale-to-zero"
 
 # How long a lock holder may go without renewing before others may take the lock over.
 DEFAULT_LEASE_MS = 15 * 60 * 1000
