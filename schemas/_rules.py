@@ -637,7 +637,7 @@ def _gateway_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
                 yield _warn(
                     RuleId.R9,
                     ("ai_gateway", "guardrails", side, field),
-                    f"`{field}` is deprecated by the platform and is not enforced",
+                    f"`{field}` is deprecated by the platform (enforced here by word matching)",
                 )
 
 

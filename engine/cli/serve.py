@@ -161,6 +161,15 @@ def serve_command(
     header_timeout: HeaderTimeoutOpt = None,
     limits: LimitsOpt = None,
     limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
+    safety_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--safety-endpoint",
+            help="The endpoint (a guard model such as Llama Guard, answering `safe` or "
+            "`unsafe`) that `ai_gateway.guardrails` `safety: true` asks "
+            "(default $ENGINE_SAFETY_ENDPOINT). Without one, such endpoints answer 503.",
+        ),
+    ] = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -181,6 +190,7 @@ def serve_command(
         metrics_public=metrics_public,
         limits=limits,
         limits_fallback=limits_fallback,
+        safety_endpoint=safety_endpoint,
     )
     try:
         store = open_state(state_path)
