@@ -32,7 +32,7 @@ from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
 from providers.adapters import ProviderError, StreamError, StreamTally
-from schemas import now_ms
+from schemas import GATEWAY_ONLY_FIELDS, now_ms
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -112,6 +112,31 @@ def check_body(task: str | None, body: Any) -> None:
         isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)
     ):
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "`stop` must be a string or a list")
+    if body.get("client_request_id") is not None and not isinstance(body["client_request_id"], str):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "`client_request_id` must be a string")
+    for key in ("usage_context", "extra_params"):
+        value = body.get(key)
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise ApiError(
+                400, "INVALID_PARAMETER_VALUE", f"`{key}` must be a map of strings to strings"
+            )
+
+
+# Not sent upstream: the OpenAI routes' endpoint name, and the platform's own query fields.
+_NOT_UPSTREAM = frozenset({"model", *GATEWAY_ONLY_FIELDS})
+
+
+def upstream_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What the provider sees: the gateway's fields removed, `extra_params` merged in (the
+    request's own fields win)."""
+    out = {k: v for k, v in body.items() if k not in _NOT_UPSTREAM}
+    extra = body.get("extra_params")
+    if extra:
+        out = {**extra, **out}
+    return out
 
 
 def _to_base64(vector: list[float]) -> str:
@@ -223,7 +248,7 @@ class DataPlane:
                     [("retry-after", str(decision.retry_after))],
                 )
             ticket = decision.ticket
-        body = {k: v for k, v in body.items() if k != "model"}
+        body = upstream_body(body)
         started = time.perf_counter()
         guard = route.guardrails
         try:
