@@ -115,3 +115,39 @@ def test_the_walk_finds_a_missing_field() -> None:
     assert "x.served_entities.burst_scaling_enabled" not in _unknown(
         serving.EndpointCoreConfigInput, [EndpointCoreConfigInput], "x"
     )
+
+
+def test_fields_this_host_cannot_honour_are_warned_about() -> None:
+    from schemas import Severity, check_endpoint
+
+    spec = EndpointSpec.model_validate(
+        {
+            "name": "e",
+            "email_notifications": {"on_update_failure": ["ops@example.com"]},
+            "budget_policy_id": "b1",
+            "route_optimized": True,
+            "config": {
+                "served_entities": [
+                    {
+                        "name": "m",
+                        "entity_name": "main.default.m",
+                        "entity_version": "1",
+                        "workload_size": "Small",
+                        "scale_to_zero_enabled": True,
+                        "burst_scaling_enabled": True,
+                    }
+                ]
+            },
+        }
+    )
+    warned = {
+        ".".join(map(str, d.path))
+        for d in check_endpoint(spec)
+        if d.rule == "H1" and d.severity == Severity.WARNING
+    }
+    assert warned == {
+        "email_notifications",
+        "budget_policy_id",
+        "route_optimized",
+        "config.served_entities.0.burst_scaling_enabled",
+    }
