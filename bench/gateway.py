@@ -11,6 +11,8 @@ MLflow AI gateway ~1,200 req/s at c=64 and 0.8 ms CPU/request; LiteLLM ~100 req/
     python bench/gateway.py --baseline-tree ../old   # A/B: also a gateway from another checkout
                                                      # (e.g. `git worktree add ../old COMMIT`),
                                                      # interleaved in the same rounds
+    python bench/gateway.py --pii                    # also an endpoint of the same gateway with
+                                                     # PII guardrails (MASK, input and output)
 """
 
 from __future__ import annotations
@@ -109,8 +111,27 @@ def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, kind
 
 
+PII_ENDPOINT = """
+name: bench-pii
+config:
+  served_entities:
+    - name: m
+      external_model:
+        name: m
+        provider: openai
+        task: llm/v1/chat
+        openai_config:
+          openai_api_key_plaintext: sk-bench
+          openai_api_base: {upstream}/v1
+ai_gateway:
+  guardrails:
+    input: {{pii: {{behavior: MASK}}}}
+    output: {{pii: {{behavior: MASK}}}}
+"""
+
+
 def start_gateway(
-    work: Path, upstream: str, root: Path = ROOT
+    work: Path, upstream: str, root: Path = ROOT, *, pii: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """`engine serve` of the checkout at `root` (its own state under `work`)."""
     env = {
@@ -137,6 +158,8 @@ def start_gateway(
             """
         )
     )
+    if pii:
+        (specs / "bench-pii.yaml").write_text(PII_ENDPOINT.format(upstream=upstream))
     engine = [sys.executable, "-m", "engine.cli"]
     subprocess.run(
         [*engine, "apply", str(specs), "--auto-approve"],
@@ -161,7 +184,7 @@ def start_gateway(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health")
+    wait_http(url + "/health", timeout=120)  # a PII guardrail loads Presidio first
     return proc, url, token
 
 
@@ -223,35 +246,57 @@ def main() -> None:
     parser.add_argument(
         "--baseline-tree", type=Path, help="Another checkout whose gateway is measured too."
     )
+    parser.add_argument(
+        "--pii",
+        action="store_true",
+        help="Also measure an endpoint with PII guardrails (MASK in and out) on the same gateway.",
+    )
+    parser.add_argument(
+        "--prompt-bytes",
+        type=int,
+        default=0,
+        help="Send a user message of about this many bytes of prose instead of 'hi'.",
+    )
     args = parser.parse_args()
+    if args.prompt_bytes:
+        global REQUEST
+        filler = "The committee reviewed the proposal, asked for a clearer plan and voted. "
+        text = (filler * (args.prompt_bytes // len(filler) + 1))[: args.prompt_bytes]
+        REQUEST = json.dumps({"messages": [{"role": "user", "content": text}]})
     if not shutil.which("wrk"):
         sys.exit("wrk is needed (apt-get install wrk)")
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     upstream, upstream_url, kind = start_upstream(work)
-    gateways = {"gateway": start_gateway(work / "gateway", upstream_url)}
+    gateways = {"gateway": start_gateway(work / "gateway", upstream_url, pii=args.pii)}
+    # name -> (gateway, endpoint): series measured; "pii" is the same process's other endpoint.
+    series = {"gateway": ("gateway", "bench")}
+    if args.pii:
+        series["pii"] = ("gateway", "bench-pii")
     if args.baseline_tree is not None:
         gateways["baseline"] = start_gateway(
             work / "baseline", upstream_url, args.baseline_tree.resolve()
         )
+        series["baseline"] = ("baseline", "bench")
     direct_path = upstream_url + "/v1/chat/completions"
     results: dict[tuple[str, int], list[Run]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
     try:
-        for _, url, token in gateways.values():  # warm-up: connections, caches
-            wrk(url + "/serving-endpoints/bench/invocations", token, 16, 1, work)
+        for gw, name in series.values():  # warm-up: connections, caches
+            _, url, token = gateways[gw]
+            wrk(url + f"/serving-endpoints/{name}/invocations", token, 16, 1, work)
         for round_no in range(args.rounds):
             # Which gateway runs first alternates between rounds: no side gets a fixed place.
-            order = list(gateways.items())
+            order = [(s, gateways[gw], ep) for s, (gw, ep) in series.items()]
             if round_no % 2:
                 order.reverse()
             for c in levels:
                 results.setdefault(("direct", c), []).append(
                     wrk(direct_path, None, c, args.seconds, work)
                 )
-                for name, (proc, url, token) in order:
+                for name, (proc, url, token), ep in order:
                     before = cpu_seconds(proc.pid)
-                    path = url + "/serving-endpoints/bench/invocations"
+                    path = url + f"/serving-endpoints/{ep}/invocations"
                     run = wrk(path, token, c, args.seconds, work)
                     per_request = (cpu_seconds(proc.pid) - before) / run.requests
                     cpu.setdefault((name, c), []).append(per_request)
@@ -315,6 +360,23 @@ def main() -> None:
                 f"{med(b, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
                 f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
                 f"{statistics.median(cpu[('baseline', c)]) * 1000:>10.3f}ms"
+            )
+    if args.pii:
+        print("# PII guardrails (MASK in and out) vs none, same gateway, same rounds")
+        print(
+            f"{'conc':>4} | {'none req/s':>10} | {'pii req/s':>9} | {'pii/none':>8} | "
+            f"{'none added p50':>14} | {'pii added p50':>13} | {'none CPU/req':>12} | "
+            f"{'pii CPU/req':>11}"
+        )
+        for c in levels:
+            d, n, g = (results[(k, c)] for k in ("direct", "gateway", "pii"))
+            print(
+                f"{c:>4} | {med(n, 'rps'):>10.0f} | {med(g, 'rps'):>9.0f} | "
+                f"{med(g, 'rps') / med(n, 'rps'):>8.3f} | "
+                f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
+                f"{med(g, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
+                f"{statistics.median(cpu[('gateway', c)]) * 1000:>10.3f}ms | "
+                f"{statistics.median(cpu[('pii', c)]) * 1000:>9.3f}ms"
             )
     shutil.rmtree(work, ignore_errors=True)
 

@@ -34,6 +34,7 @@ from ._external import (
     provider_info,
 )
 from ._names import default_entity_name, entity_name_of
+from ._query import GATEWAY_ONLY_FIELDS, QueryRequest
 from ._rule_ids import RuleId
 from ._rules import RuleOptions, check_endpoint
 from ._secret_refs import (
@@ -55,6 +56,8 @@ from ._validate import endpoint_json_schema, render_json_schema, validate_endpoi
 
 __all__ = [
     "ADAPTER_ENTRY_POINT_GROUP",
+    "GATEWAY_ONLY_FIELDS",
+    "QueryRequest",
     "AiGatewayConfig",
     "AiGatewayInferenceTableConfig",
     "AiGatewayRateLimit",

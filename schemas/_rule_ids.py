@@ -67,6 +67,7 @@ class RuleId(StrEnum):
     R7 = "R7"  # inference table: catalog/schema; no change while enabled
     R8 = "R8"  # legacy auto_capture_config: immutable, no re-enable
     R9 = "R9"  # PII behaviour; deprecated keyword/topic filters
+    H1 = "H1"  # accepted and stored, but this host cannot act on it (warning)
     # -- lifecycle (plans)
     L1 = "L1"  # one config update at a time
     L4 = "L4"  # create-only fields

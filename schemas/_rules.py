@@ -35,6 +35,7 @@ diagnostics; it never raises. A message says what is wrong and how to fix it.
 | R4  | a gateway rate limit sets calls or tokens (0 is kept: it blocks)           |
 | R7  | inference tables: catalog_name and schema_name when enabled                |
 | R9  | deprecated guardrail keyword/topic filters (warning)                       |
+| H1  | a field stored and returned that this host cannot act on (warning)         |
 """
 
 from __future__ import annotations
@@ -97,7 +98,42 @@ def check_endpoint(spec: EndpointSpec, options: RuleOptions | None = None) -> li
         out += _config_rules(spec, options)
     out += _rate_limit_rules(spec)
     out += _gateway_rules(spec)
+    out += _unhonoured(spec)
     return out
+
+
+# Accepted, stored and returned as the platform does, but nothing here acts on them.
+_UNHONOURED = {
+    "budget_policy_id": "budget policies are the platform's billing",
+    "email_notifications": "this host sends no email",
+    "telemetry_config": "telemetry export is the platform's",
+}
+_UNHONOURED_ENTITY = {
+    "instance_profile_arn": "instance profiles are AWS compute of the platform",
+    "burst_scaling_enabled": "burst scaling is the platform's provisioned compute",
+}
+
+
+def _unhonoured(spec: EndpointSpec) -> Iterator[Diagnostic]:
+    """Fields the engine keeps but cannot honour: a warning, never silently dropped."""
+    for field, why in _UNHONOURED.items():
+        if getattr(spec, field) is not None:
+            yield _warn(RuleId.H1, (field,), f"`{field}` is stored but has no effect here: {why}")
+    if spec.route_optimized:
+        yield _warn(
+            RuleId.H1,
+            ("route_optimized",),
+            "`route_optimized` is stored but has no effect here: every query takes the same path",
+        )
+    entities = spec.config.served_entities if spec.config is not None else None
+    for i, entity in enumerate(entities or []):
+        for field, why in _UNHONOURED_ENTITY.items():
+            if getattr(entity, field) is not None:
+                yield _warn(
+                    RuleId.H1,
+                    ("config", "served_entities", i, field),
+                    f"`{field}` is stored but has no effect here: {why}",
+                )
 
 
 def _err(rule: RuleId, path: Path, message: str) -> Diagnostic:
@@ -637,7 +673,7 @@ def _gateway_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
                 yield _warn(
                     RuleId.R9,
                     ("ai_gateway", "guardrails", side, field),
-                    f"`{field}` is deprecated by the platform and is not enforced",
+                    f"`{field}` is deprecated by the platform (enforced here by word matching)",
                 )
 
 

@@ -189,6 +189,15 @@ def serve_command(
             "workers add /PID).",
         ),
     ] = None,
+    safety_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--safety-endpoint",
+            help="The endpoint (a guard model such as Llama Guard, answering `safe` or "
+            "`unsafe`) that `ai_gateway.guardrails` `safety: true` asks "
+            "(default $ENGINE_SAFETY_ENDPOINT). Without one, such endpoints answer 503.",
+        ),
+    ] = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -224,6 +233,7 @@ def serve_command(
             limits=limits,
             limits_fallback=limits_fallback.value,
             replica=replica or f"{host}:{port}",
+            safety_endpoint=safety_endpoint,
         )
         return
     app = ServingApp(
@@ -235,6 +245,7 @@ def serve_command(
         limits=limits,
         limits_fallback=limits_fallback,
         replica=replica or "",
+        safety_endpoint=safety_endpoint,
     )
     try:
         store = open_state(state_path)

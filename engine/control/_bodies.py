@@ -34,9 +34,11 @@ __all__ = [
     "ai_gateway_body",
     "config_body",
     "create_body",
+    "notifications_body",
     "rate_limits_body",
     "secret_body",
     "tags_body",
+    "telemetry_body",
 ]
 
 _ACL_ENTRY_FIELDS = ("user_name", "group_name", "service_principal_name", "permission_level")
@@ -156,6 +158,21 @@ def ai_gateway_body(body: Any, name: str) -> dict[str, Any]:
     _same_name(body, name)
     # A null field is an absent one (proto-JSON); PUT replaces the whole block either way.
     return {k: v for k, v in body.items() if k != "name" and v is not None}
+
+
+def notifications_body(body: Any, name: str) -> dict[str, Any] | None:
+    """PATCH .../notifications: `{"email_notifications": {...}}` (absent or null: removed)."""
+    body = _object(body, ("email_notifications", "name"), "`email_notifications`")
+    _same_name(body, name)
+    return body.get("email_notifications")
+
+
+def telemetry_body(body: Any, name: str) -> dict[str, Any] | None:
+    """PATCH .../telemetry-config: `{"telemetry_config": {...}}`; the platform: "If not
+    provided, the telemetry configuration will be removed from the endpoint"."""
+    body = _object(body, ("telemetry_config", "name"), "`telemetry_config`")
+    _same_name(body, name)
+    return body.get("telemetry_config")
 
 
 def acl_body(body: Any) -> dict[str, Any]:

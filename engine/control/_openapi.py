@@ -195,6 +195,40 @@ def _document_text() -> str:
                 requestBody=_body({"$ref": "#/components/schemas/AiGatewayConfig"}, required=False),
             ),
         },
+        ep + "/{name}/notifications": {
+            "parameters": [_NAME],
+            "patch": _op(
+                "Replace the email notifications",
+                _ok({"type": "object"}, 400, 403, 409),
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "email_notifications": {
+                                "$ref": "#/components/schemas/EmailNotifications"
+                            }
+                        },
+                    },
+                    required=False,
+                ),
+            ),
+        },
+        ep + "/{name}/telemetry-config": {
+            "parameters": [_NAME],
+            "patch": _op(
+                "Replace (or, absent, remove) the telemetry config",
+                _ok({"type": "object"}, 400, 403, 409),
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "telemetry_config": {"$ref": "#/components/schemas/TelemetryConfig"}
+                        },
+                    },
+                    required=False,
+                ),
+            ),
+        },
         ep + "/{name}/openapi": {
             "parameters": [_NAME],
             "get": _op("The endpoint's query API", _ok({"type": "object"}, 403)),

@@ -8,6 +8,8 @@
 | PUT           | /api/2.0/serving-endpoints/{name}/rate-limits                 |
 | PATCH         | /api/2.0/serving-endpoints/{name}/tags                        |
 | PUT           | /api/2.0/serving-endpoints/{name}/ai-gateway                  |
+| PATCH         | /api/2.0/serving-endpoints/{name}/notifications               |
+| PATCH         | /api/2.0/serving-endpoints/{name}/telemetry-config            |
 | GET           | /api/2.0/serving-endpoints/{name}/openapi                     |
 | GET           | /api/2.0/serving-endpoints/{name}/metrics                     |
 | GET           | /api/2.0/serving-endpoints/{name}/served-models/{e}/logs      |
@@ -47,8 +49,10 @@ from engine.control._bodies import (
     ai_gateway_body,
     config_body,
     create_body,
+    notifications_body,
     rate_limits_body,
     tags_body,
+    telemetry_body,
 )
 from engine.control._openapi import endpoint_openapi, openapi_document
 from engine.control._secrets_api import SecretsApi
@@ -153,6 +157,8 @@ class ControlPlane:
             ("PUT", ("rate-limits",), 2): self._put_rate_limits,
             ("PATCH", ("tags",), 2): self._patch_tags,
             ("PUT", ("ai-gateway",), 2): self._put_ai_gateway,
+            ("PATCH", ("notifications",), 2): self._patch_notifications,
+            ("PATCH", ("telemetry-config",), 2): self._patch_telemetry,
             ("GET", ("openapi",), 2): self._get_openapi,
             ("GET", ("metrics",), 2): self._get_metrics,
             ("GET", ("served-models",), 4): self._get_logs,
@@ -230,6 +236,23 @@ class ControlPlane:
             self.service.replace_part, name, "ai_gateway", gateway or None, principal
         )
         await send_json(send, 200, doc.get("ai_gateway", {}))
+
+    async def _patch_notifications(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        value = notifications_body(await read_json(receive, allow_empty=True), name)
+        await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        doc = await _thread(
+            self.service.replace_part, name, "email_notifications", value or None, principal
+        )
+        answer: dict[str, Any] = {"name": name}
+        if doc.get("email_notifications"):
+            answer["email_notifications"] = doc["email_notifications"]
+        await send_json(send, 200, answer)  # UpdateInferenceEndpointNotificationsResponse
+
+    async def _patch_telemetry(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        value = telemetry_body(await read_json(receive, allow_empty=True), name)
+        await _thread(self._row, name, principal, "CAN_MANAGE", "update")
+        await _thread(self.service.replace_part, name, "telemetry_config", value or None, principal)
+        await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _get_openapi(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
         row = await _thread(self._row, name, principal, "CAN_VIEW", "read")

@@ -13,7 +13,7 @@ from engine.state import EndpointRow, EntityRow, StateStore
 from plans import is_sensitive
 from schemas import DeploymentState, EntityRole, ReadyState
 
-__all__ = ["endpoint_detail", "endpoint_summary", "strip_sensitive", "task_of"]
+__all__ = ["endpoint_detail", "endpoint_summary", "endpoint_type", "strip_sensitive", "task_of"]
 
 
 def strip_sensitive(value: Any) -> Any:
@@ -28,6 +28,15 @@ def task_of(spec: dict[str, Any] | None) -> str | None:
     for entity in (spec or {}).get("config", {}).get("served_entities") or []:
         if "external_model" in entity:
             return entity["external_model"].get("task")
+    return None
+
+
+def endpoint_type(spec: dict[str, Any] | None) -> str | None:
+    """`EXTERNAL_MODEL` for an endpoint of external models, as the platform's GET and list say
+    (clients choose the request shape by it); other kinds carry none."""
+    entities = (spec or {}).get("config", {}).get("served_entities") or []
+    if entities and all("external_model" in e for e in entities):
+        return "EXTERNAL_MODEL"
     return None
 
 
@@ -108,6 +117,9 @@ def endpoint_detail(
     task = task_of(spec) or task_of(row.pending)
     if task:
         view["task"] = task
+    kind = endpoint_type(spec) or endpoint_type(row.pending)
+    if kind:
+        view["endpoint_type"] = kind
     for key in (
         "tags",
         "ai_gateway",

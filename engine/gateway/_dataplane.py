@@ -19,13 +19,20 @@ from typing import Any
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
 from engine.gateway._errors import answer_for, token_counts, unreadable
+from engine.gateway._guardrails import (
+    Guardrails,
+    Judge,
+    check_input,
+    check_output,
+    guarded_stream,
+)
 from engine.gateway._limiter import Limiter, Ticket
 from engine.gateway._metrics import Metrics
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
 from providers.adapters import ProviderError, StreamError, StreamTally
-from schemas import now_ms
+from schemas import GATEWAY_ONLY_FIELDS, now_ms
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -105,6 +112,31 @@ def check_body(task: str | None, body: Any) -> None:
         isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)
     ):
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "`stop` must be a string or a list")
+    if body.get("client_request_id") is not None and not isinstance(body["client_request_id"], str):
+        raise ApiError(400, "INVALID_PARAMETER_VALUE", "`client_request_id` must be a string")
+    for key in ("usage_context", "extra_params"):
+        value = body.get(key)
+        if value is not None and not (
+            isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        ):
+            raise ApiError(
+                400, "INVALID_PARAMETER_VALUE", f"`{key}` must be a map of strings to strings"
+            )
+
+
+# Not sent upstream: the OpenAI routes' endpoint name, and the platform's own query fields.
+_NOT_UPSTREAM = frozenset({"model", *GATEWAY_ONLY_FIELDS})
+
+
+def upstream_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What the provider sees: the gateway's fields removed, `extra_params` merged in (the
+    request's own fields win)."""
+    out = {k: v for k, v in body.items() if k not in _NOT_UPSTREAM}
+    extra = body.get("extra_params")
+    if extra:
+        out = {**extra, **out}
+    return out
 
 
 def _to_base64(vector: list[float]) -> str:
@@ -144,12 +176,15 @@ class DataPlane:
         *,
         waker: Waker | None = None,
         meter: ThroughputMeter | None = None,
+        safety_endpoint: str | None = None,
     ) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.usage = usage
         self.waker = waker
         self.meter = meter  # output tokens per entity instance: provisioned throughput's load
+        # The endpoint that answers `safety` guardrails (a Llama Guard), named by the operator.
+        self.safety_endpoint = safety_endpoint
 
     async def _routable(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
         if entity.needs_start() and self.waker is not None:
@@ -213,11 +248,27 @@ class DataPlane:
                     [("retry-after", str(decision.retry_after))],
                 )
             ticket = decision.ticket
-        body = {k: v for k, v in body.items() if k != "model"}
+        body = upstream_body(body)
         started = time.perf_counter()
+        guard = route.guardrails
         try:
+            if guard is not None:  # None: no guardrails, nothing to do (the hot path)
+                body = await self._guard_input(
+                    guard, table, route, entity, principal, body, started
+                )
             if body.pop("stream", False) is True:
-                await self._stream(send, route, entity, principal, body, started, receive, ticket)
+                await self._stream(
+                    send,
+                    route,
+                    entity,
+                    principal,
+                    body,
+                    started,
+                    receive,
+                    ticket,
+                    fallback=entity_name is None,
+                    judge=self._judge(table) if guard is not None else None,
+                )
             else:
                 await self._call(
                     send,
@@ -228,6 +279,7 @@ class DataPlane:
                     started,
                     fallback=entity_name is None,
                     ticket=ticket,
+                    judge=self._judge(table) if guard is not None else None,
                 )
         finally:
             # Settled with the usage by _account; otherwise (refused before the upstream
@@ -246,13 +298,10 @@ class DataPlane:
         *,
         fallback: bool,
         ticket: Ticket | None = None,
+        judge: Judge | None = None,
     ) -> None:
         encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
-        candidates = [entity]
-        if fallback and route.fallback:
-            candidates += [
-                route.entities[n] for n in route.order if route.entities[n] is not entity
-            ]
+        candidates = _candidates(route, entity, fallback)
         failure: ApiError | None = None
         for candidate in candidates:
             try:
@@ -266,6 +315,15 @@ class DataPlane:
                 if failure.status >= 500 or failure.status == 429:
                     continue
                 break
+            guard = route.guardrails
+            if guard is not None and guard.output is not None and judge is not None:
+                try:
+                    result = await check_output(
+                        guard, route.task, body, result, judge, self.metrics
+                    )
+                except ApiError as exc:
+                    self._account(route, candidate, principal, exc.status, started, None, ticket)
+                    raise
             self._account(route, candidate, principal, 200, started, result.get("usage"), ticket)
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
@@ -311,31 +369,75 @@ class DataPlane:
         started: float,
         receive: Any = None,
         ticket: Ticket | None = None,
+        *,
+        fallback: bool = False,
+        judge: Judge | None = None,
     ) -> None:
+        """Stream from the first entity that accepts: with fallback_config, one that refuses
+        (429, 5xx, a timeout, not ready) before any byte went out is followed by the next in
+        served-entity order; once the stream has started it is never retried."""
         if route.task == "llm/v1/embeddings":
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
+        candidates = _candidates(route, entity, fallback)
+        for i, candidate in enumerate(candidates):
+            try:
+                await self._stream_once(
+                    send, route, candidate, principal, body, started, receive, ticket, judge
+                )
+                return
+            except _Refused as exc:
+                answer = exc.answer
+                if i + 1 < len(candidates) and (answer.status >= 500 or answer.status == 429):
+                    continue
+                self._account(route, candidate, principal, answer.status, started, None, ticket)
+                raise answer from None
+
+    async def _stream_once(
+        self,
+        send: Any,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        body: dict[str, Any],
+        started: float,
+        receive: Any,
+        ticket: Ticket | None,
+        judge: Judge | None,
+    ) -> None:
+        """One entity's stream; _Refused when it failed before the response started."""
         entity = await self._routable(route, entity)
         upstream = entity.upstream
         if upstream is None:
-            raise ApiError(
-                503,
-                "TEMPORARILY_UNAVAILABLE",
-                f"served entity {entity.name!r}: {entity.unavailable}",
+            self.metrics.upstream_errors[(route.name, entity.name, "unavailable")] += 1
+            raise _Refused(
+                ApiError(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    f"served entity {entity.name!r}: {entity.unavailable}",
+                )
             )
         upstream.acquire()
         tally = StreamTally()
         try:
             adapter = upstream.adapter
 
+            guard = route.guardrails
+
             def open_frames() -> AsyncIterator[bytes]:
                 if route.task == "llm/v1/completions":
-                    return adapter.completions_sse(body, tally)
-                return adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
+                    frames = adapter.completions_sse(body, tally)
+                else:
+                    frames = adapter.chat_sse(with_system_prompt(body, entity.system_prompt), tally)
+                if guard is not None and guard.output is not None and judge is not None:
+                    frames = guarded_stream(guard, route.task, body, frames, judge, self.metrics)
+                return frames
 
             relay = self._relay(send, route, entity, open_frames, _provider(adapter))
             status = await _unless_gone(relay, receive)
             if status is not None:
                 await send({"type": "http.response.body", "body": b""})
+        except _Refused:
+            raise  # the caller tries the next entity, or accounts for it
         except ApiError as exc:  # refused before the stream started: the error has a status
             self._account(route, entity, principal, exc.status, started, None, ticket)
             raise
@@ -366,9 +468,13 @@ class DataPlane:
         except StreamError as exc:  # the upstream answered 2xx: the answer is a stream
             frames, first, failure = None, b"", exc
         except ProviderError as exc:
-            raise self._refused(route, entity, exc) from None
+            raise _Refused(self._refused(route, entity, exc)) from None
+        except ApiError:
+            raise  # a guardrail blocked the answer's first text: a status, not a stream
         except Exception as exc:  # noqa: BLE001 - an adapter's own bug: a 502, not a 500
-            raise self._refused(route, entity, unreadable(exc, entity.name, provider)) from exc
+            raise _Refused(
+                self._refused(route, entity, unreadable(exc, entity.name, provider))
+            ) from exc
         await send(
             {
                 "type": "http.response.start",
@@ -380,6 +486,7 @@ class DataPlane:
                 ],
             }
         )
+        blocked: ApiError | None = None
         if frames is not None:
             async with aclosing(frames):  # closed early too: the upstream call stops now
                 try:
@@ -389,14 +496,73 @@ class DataPlane:
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
                 except ProviderError as exc:
                     failure = exc
+                except ApiError as exc:  # an output guardrail: the stream's last event
+                    blocked = exc
                 except Exception as exc:  # noqa: BLE001 - an adapter's own bug, mid-stream
                     failure = unreadable(exc, entity.name, provider)
+        if blocked is not None:
+            await send(
+                {"type": "http.response.body", "body": _error_event(blocked), "more_body": True}
+            )
+            return blocked.status
         if failure is None:
             return 200
         self.metrics.upstream_errors[(route.name, entity.name, failure.kind)] += 1
         answer = _answer(failure, entity)
         await send({"type": "http.response.body", "body": _error_event(answer), "more_body": True})
         return answer.status
+
+    async def _guard_input(
+        self,
+        guard: Guardrails,
+        table: RoutingTable,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        body: dict[str, Any],
+        started: float,
+    ) -> dict[str, Any]:
+        """The body as the upstream may see it; a block is answered (and accounted) here."""
+        try:
+            return await check_input(guard, route.task, body, self._judge(table), self.metrics)
+        except ApiError as exc:
+            self._account(route, entity, principal, exc.status, started, None)
+            raise
+
+    def _judge(self, table: RoutingTable) -> Judge:
+        """Asks this host's guard model (the safety endpoint) about a conversation."""
+
+        async def judge(messages: list[dict[str, Any]]) -> str:
+            name = self.safety_endpoint
+            if not name:
+                raise ApiError(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    "the endpoint's safety guardrail is on, but this host names no guard model "
+                    "(engine serve --safety-endpoint NAME, or $ENGINE_SAFETY_ENDPOINT)",
+                )
+            route = table.endpoints.get(name)
+            entity = route.pick() if route is not None else None
+            if route is None or entity is None:
+                raise ApiError(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    f"the safety guard endpoint {name!r} does not exist or cannot serve",
+                )
+            body = {"messages": messages, "max_tokens": 32, "temperature": 0}
+            try:
+                result = await self._once(route, entity, body)
+                return str(result["choices"][0]["message"]["content"] or "")
+            except (ProviderError, KeyError, IndexError, TypeError) as exc:
+                reason = exc.message if isinstance(exc, ProviderError) else "no answer"
+                raise ApiError(
+                    503,
+                    "TEMPORARILY_UNAVAILABLE",
+                    f"the safety guard endpoint {name!r} failed ({reason}); "
+                    "the request was not let through",
+                ) from None
+
+        return judge
 
     def _refused(self, route: EndpointRoute, entity: ServedEntity, exc: ProviderError) -> ApiError:
         """A stream that failed before it started: answered with a status, as a call is."""
@@ -439,6 +605,25 @@ class DataPlane:
             )
 
 
+class _Refused(Exception):  # noqa: N818 - a signal, not an error kind
+    """A stream's entity failed before the response started: another one may answer."""
+
+    def __init__(self, answer: ApiError) -> None:
+        super().__init__(answer.message)
+        self.answer = answer
+
+
+def _candidates(route: EndpointRoute, entity: ServedEntity, fallback: bool) -> list[ServedEntity]:
+    """`entity`, then (fallback_config) the others in served-entity order from the one after
+    it, round the list: the platform's "round-robin ... following the order of served entity
+    list"."""
+    if not (fallback and route.fallback) or entity.name not in route.order:
+        return [entity]
+    at = route.order.index(entity.name)
+    names = route.order[at + 1 :] + route.order[:at]
+    return [entity, *(route.entities[n] for n in names)]
+
+
 def _provider(adapter: Any) -> str:
     return getattr(adapter, "PROVIDER", "the provider")
 
@@ -453,7 +638,23 @@ def _error_event(answer: ApiError) -> bytes:
     """A mid-stream failure: the platform's body, plus the `error` object OpenAI-compatible
     clients look for in an event (the OpenAI SDK raises on it instead of ending quietly)."""
     body = answer.body()
-    return _event({**body, "error": {"code": body["error_code"], "message": body["message"]}})
+    error = {
+        "message": body["message"],
+        "type": _error_type(answer.status),
+        "code": body["error_code"],
+    }
+    return _event({**body, "error": error})
+
+
+def _error_type(status: int) -> str:
+    """OpenAI's error `type` for a status (what its SDKs and clients branch on)."""
+    if status == 429:
+        return "rate_limit_error"
+    if status in (401, 403):
+        return "authentication_error" if status == 401 else "permission_error"
+    if status < 500:
+        return "invalid_request_error"
+    return "server_error"
 
 
 def _event(payload: Any) -> bytes:

@@ -58,6 +58,9 @@ class Metrics:
         self.tokens: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.rate_limited: defaultdict[str, int] = defaultdict(int)
         self.upstream_errors: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        # Guardrail decisions: (endpoint, input|output, guardrail, block|mask) -> count
+        # (a mask counts the entities replaced).
+        self.guardrails: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
         # A shared limits backend (Redis): None when limits are counted in-process.
         self.limits_backend_up: int | None = None
         self.limits_backend_errors = 0
@@ -148,6 +151,18 @@ class Metrics:
                 continue
             labels = _labels(endpoint=endpoint, entity=entity, kind=kind)
             lines.append(f"serving_upstream_errors_total{labels} {n}")
+        lines += [
+            "# HELP serving_guardrail_actions_total Guardrail blocks (requests) and masks "
+            "(entities replaced), by endpoint, direction, guardrail and action.",
+            "# TYPE serving_guardrail_actions_total counter",
+        ]
+        for (endpoint, direction, guardrail, action), n in sorted(self.guardrails.items()):
+            if not shown(endpoint):
+                continue
+            labels = _labels(
+                endpoint=endpoint, direction=direction, guardrail=guardrail, action=action
+            )
+            lines.append(f"serving_guardrail_actions_total{labels} {n}")
         if self.limits_backend_up is not None:
             lines += self._limits_lines()
         if self.runner_host is not None:

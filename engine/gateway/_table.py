@@ -21,6 +21,7 @@ import httpx
 
 from engine.access.secret_acls import CreatorAccess
 from engine.gateway._errors import masked
+from engine.gateway._guardrails import Guardrails, compile_guardrails
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
 from engine.state import EndpointRow, EntityRow
@@ -127,6 +128,8 @@ class EndpointRoute:
     usage_tracking: bool
     fallback: bool
     acl: list[tuple[str, str, str]] = field(default_factory=list)
+    # ai_gateway.guardrails compiled; None (the usual case) costs a request nothing.
+    guardrails: Guardrails | None = None
 
     def pick(self, rnd: Callable[[], float] = random.random) -> ServedEntity | None:
         """A served entity by traffic weight (entities at 0% are never picked)."""
@@ -281,6 +284,7 @@ class TableBuilder:
             rate_rules=rules_from_spec(spec),
             usage_tracking=bool((gateway.get("usage_tracking_config") or {}).get("enabled")),
             fallback=bool((gateway.get("fallback_config") or {}).get("enabled")),
+            guardrails=compile_guardrails(row.name, gateway.get("guardrails")),
         )
 
     def _served(self, instance: EntityRow, live: set[_Key]) -> ServedEntity:

@@ -3,6 +3,7 @@
 | POST | /serving-endpoints/{name}/invocations                          |
 | POST | /serving-endpoints/{name}/served-models/{entity}/invocations   |
 | POST | /serving-endpoints/chat/completions, /completions, /embeddings |
+| POST | /serving-endpoints/responses (OpenAI Responses API, chat endpoints) |
 
 Each request: authenticate -> CAN_QUERY on the endpoint (from the ACL compiled into the
 routing table) -> the data plane (limits, traffic split, adapter, upstream, usage).
@@ -17,6 +18,7 @@ from engine.access.permissions import level_in
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, read_json
 from engine.gateway._dataplane import TASK_OF_ROUTE, DataPlane
+from engine.gateway._responses import ResponsesSend, responses_to_chat
 from engine.gateway._table import RoutingTable
 
 __all__ = ["PREFIX", "QueryRoutes"]
@@ -54,6 +56,18 @@ class QueryRoutes:
                 )
             authorize_query(principal, table, model)
             await invoke(send, table, principal, model, body, openai_route=rest, receive=receive)
+        elif rest == "responses":
+            model, chat = responses_to_chat(await read_json(receive))
+            authorize_query(principal, table, model)
+            await invoke(
+                ResponsesSend(send, model),
+                table,
+                principal,
+                model,
+                chat,
+                openai_route="chat/completions",
+                receive=receive,
+            )
         elif len(parts) == 2 and parts[1] == "invocations":
             body = await read_json(receive)
             authorize_query(principal, table, parts[0])

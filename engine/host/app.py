@@ -58,6 +58,9 @@ from engine.state.notify import StateListener
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 
+# Names the endpoint that answers `safety` guardrails (`engine serve --safety-endpoint`).
+SAFETY_ENDPOINT_ENV = "ENGINE_SAFETY_ENDPOINT"
+
 __all__ = ["ServingApp"]
 
 
@@ -93,8 +96,11 @@ class ServingApp:
         limits_fallback: LimitsFallback = LimitsFallback.REFUSE,
         replica: str = "",
         peer_listen: tuple[str, type | str] | None = None,
+        safety_endpoint: str | None = None,
     ) -> None:
         self.state_path = resolve_state(state_path)
+        # The guard model (an endpoint of this host) that `safety` guardrails ask.
+        self.safety_endpoint = safety_endpoint or os.environ.get(SAFETY_ENDPOINT_ENV) or None
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
         # a private network); otherwise a caller sees the series of endpoints it may view.
         self.metrics_public = metrics_public
@@ -198,7 +204,12 @@ class ServingApp:
         )
         await self.limiter.start()
         self.dataplane = DataPlane(
-            self.limiter, self.metrics, self.usage, waker=self.wake, meter=self.meter
+            self.limiter,
+            self.metrics,
+            self.usage,
+            waker=self.wake,
+            meter=self.meter,
+            safety_endpoint=self.safety_endpoint,
         )
         self.queries = QueryRoutes(self.dataplane, lambda: self.table, self.authenticate)
         self.runners = make_runner_executor(self.state_path)

@@ -49,4 +49,5 @@ def make_app() -> ServingApp:
         limits=config["limits"],
         limits_fallback=LimitsFallback(config["limits_fallback"]),
         replica=f"{config['replica']}/{os.getpid()}",
+        safety_endpoint=config.get("safety_endpoint"),
     )
