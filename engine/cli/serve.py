@@ -20,6 +20,7 @@ __all__ = [
     "LimitsOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
+    "TablesRootOpt",
     "checked_limits",
     "claim_or_fail",
     "header_timeout_seconds",
@@ -63,6 +64,16 @@ HeaderTimeoutOpt = Annotated[
     ),
 ]
 HEADER_TIMEOUT_ENV = "ENGINE_HEADER_TIMEOUT"
+TablesRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tables-root",
+        envvar="ENGINE_TABLES_ROOT",
+        show_envvar=True,
+        help="Folder of the payload and usage Delta tables (catalog/schema/table below it). "
+        "Default: tables/ beside the state (its local folder for PostgreSQL).",
+    ),
+]
 
 
 def header_timeout_seconds(value: float | None) -> float:
@@ -161,6 +172,7 @@ def serve_command(
     header_timeout: HeaderTimeoutOpt = None,
     limits: LimitsOpt = None,
     limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
+    tables_root: TablesRootOpt = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -181,6 +193,7 @@ def serve_command(
         metrics_public=metrics_public,
         limits=limits,
         limits_fallback=limits_fallback,
+        tables_root=tables_root,
     )
     try:
         store = open_state(state_path)

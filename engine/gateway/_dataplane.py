@@ -1,7 +1,8 @@
 """Answering queries: check the body against the task, rate-limit, pick an entity, call it.
 
 Per request: auth (done by the app) -> endpoint -> body fits the task -> rate limit -> entity
-by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream) -> usage.
+by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream) -> usage
+and the tables (one `TableRecorder.record` per answered request, when the endpoint has them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
@@ -24,8 +25,12 @@ from engine.gateway._metrics import Metrics
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
+from engine.tables._rows import Exchange
 from providers.adapters import ProviderError, StreamError, StreamTally
 from schemas import now_ms
+
+if TYPE_CHECKING:
+    from engine.tables.recorder import TableRecorder
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -144,12 +149,14 @@ class DataPlane:
         *,
         waker: Waker | None = None,
         meter: ThroughputMeter | None = None,
+        tables: TableRecorder | None = None,
     ) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.usage = usage
         self.waker = waker
         self.meter = meter  # output tokens per entity instance: provisioned throughput's load
+        self.tables = tables  # payload and usage tables (engine/tables/recorder.py)
 
     async def _routable(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
         if entity.needs_start() and self.waker is not None:
@@ -213,11 +220,17 @@ class DataPlane:
                     [("retry-after", str(decision.retry_after))],
                 )
             ticket = decision.ticket
+        # The tables keep the body as the caller sent it (what follows works on a copy).
+        exchange = None
+        if self.tables is not None and (route.usage_tracking or route.payload_table is not None):
+            exchange = Exchange(body)
         body = {k: v for k, v in body.items() if k != "model"}
         started = time.perf_counter()
         try:
             if body.pop("stream", False) is True:
-                await self._stream(send, route, entity, principal, body, started, receive, ticket)
+                await self._stream(
+                    send, route, entity, principal, body, started, receive, ticket, exchange
+                )
             else:
                 await self._call(
                     send,
@@ -228,6 +241,7 @@ class DataPlane:
                     started,
                     fallback=entity_name is None,
                     ticket=ticket,
+                    exchange=exchange,
                 )
         finally:
             # Settled with the usage by _account; otherwise (refused before the upstream
@@ -246,6 +260,7 @@ class DataPlane:
         *,
         fallback: bool,
         ticket: Ticket | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
         candidates = [entity]
@@ -266,11 +281,17 @@ class DataPlane:
                 if failure.status >= 500 or failure.status == 429:
                     continue
                 break
-            self._account(route, candidate, principal, 200, started, result.get("usage"), ticket)
+            if exchange is not None:
+                exchange.response = result
+            usage = result.get("usage")
+            self._account(route, candidate, principal, 200, started, usage, ticket, exchange)
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
         assert failure is not None
-        self._account(route, candidates[-1], principal, failure.status, started, None, ticket)
+        if exchange is not None:
+            exchange.response = failure.body()
+        last = candidates[-1]
+        self._account(route, last, principal, failure.status, started, None, ticket, exchange)
         raise failure
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
@@ -311,6 +332,7 @@ class DataPlane:
         started: float,
         receive: Any = None,
         ticket: Ticket | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         if route.task == "llm/v1/embeddings":
             raise ApiError(400, "INVALID_PARAMETER_VALUE", "embeddings cannot be streamed")
@@ -324,6 +346,9 @@ class DataPlane:
             )
         upstream.acquire()
         tally = StreamTally()
+        if exchange is not None:
+            exchange.streamed = True
+            send = _keeping_frames(send, exchange)
         try:
             adapter = upstream.adapter
 
@@ -337,12 +362,14 @@ class DataPlane:
             if status is not None:
                 await send({"type": "http.response.body", "body": b""})
         except ApiError as exc:  # refused before the stream started: the error has a status
-            self._account(route, entity, principal, exc.status, started, None, ticket)
+            if exchange is not None:
+                exchange.streamed, exchange.response = False, exc.body()
+            self._account(route, entity, principal, exc.status, started, None, ticket, exchange)
             raise
         finally:
             await upstream.release()
         status = CLIENT_GONE if status is None else status
-        self._account(route, entity, principal, status, started, tally.usage, ticket)
+        self._account(route, entity, principal, status, started, tally.usage, ticket, exchange)
 
     async def _relay(
         self,
@@ -412,6 +439,7 @@ class DataPlane:
         started: float,
         usage: dict[str, Any] | None,
         ticket: Ticket | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         try:
@@ -437,6 +465,22 @@ class DataPlane:
                     completion_tokens=completion,
                 )
             )
+        if exchange is not None and self.tables is not None:
+            self.tables.record(
+                route, entity, principal, status, elapsed, prompt, completion, exchange
+            )
+
+
+def _keeping_frames(send: Any, exchange: Exchange) -> Any:
+    """`send`, keeping a copy of each body frame for the payload table (merged later)."""
+
+    async def keeping(message: dict[str, Any]) -> None:
+        frame = message.get("body")
+        if frame:
+            exchange.keep_frame(frame)
+        await send(message)
+
+    return keeping
 
 
 def _provider(adapter: Any) -> str:

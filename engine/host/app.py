@@ -51,8 +51,11 @@ from engine.state import (
     open_state,
     resolve_state,
 )
+from engine.tables._names import tables_root
+from engine.tables.recorder import TableRecorder
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
+from schemas import now_ms
 
 __all__ = ["ServingApp"]
 
@@ -87,8 +90,11 @@ class ServingApp:
         host_id: str | None = None,
         limits: str | None = None,
         limits_fallback: LimitsFallback = LimitsFallback.REFUSE,
+        tables_root: str | None = None,
     ) -> None:
         self.state_path = resolve_state(state_path)
+        # `--tables-root`: where the payload and usage tables go (engine/tables/_names.py).
+        self.tables_root = tables_root
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
         # a private network); otherwise a caller sees the series of endpoints it may view.
         self.metrics_public = metrics_public
@@ -113,6 +119,7 @@ class ServingApp:
         self._store: StateStore | None = None
         self._secrets: SecretStore | None = None
         self.usage: UsageRecorder | None = None
+        self.tables: TableRecorder | None = None
         self.dataplane: DataPlane | None = None
         self.queries: QueryRoutes | None = None
         self._builder: TableBuilder | None = None
@@ -155,6 +162,12 @@ class ServingApp:
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = usage_recorder_for(self.state_path)
         self.usage.start()
+        self.tables = TableRecorder(
+            tables_root(self.state_path, self.tables_root),
+            self.metrics,
+            workspace_id=self._store.lineage,
+        )
+        self.tables.start()
         self.limiter = open_limits(
             self.limits_url,
             lineage=self._store.lineage,
@@ -163,7 +176,12 @@ class ServingApp:
         )
         await self.limiter.start()
         self.dataplane = DataPlane(
-            self.limiter, self.metrics, self.usage, waker=self.wake, meter=self.meter
+            self.limiter,
+            self.metrics,
+            self.usage,
+            waker=self.wake,
+            meter=self.meter,
+            tables=self.tables,
         )
         self.queries = QueryRoutes(self.dataplane, lambda: self.table, self.authenticate)
         self.runners = make_runner_executor(self.state_path)
@@ -220,6 +238,8 @@ class ServingApp:
             await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
+        if self.tables is not None:
+            await asyncio.to_thread(self.tables.close)  # writes every record still pending
         await self.limiter.close()
         if self._store is not None:
             self._store.remove_host(self.host_id)
@@ -370,6 +390,8 @@ class ServingApp:
                 serial, view, self._store.all_permissions(), CreatorAccess.load(self._store)
             )
             await self._builder.retire_unused()
+            if self.tables is not None:
+                self.tables.observe(view, self._store.history, now_ms())
 
     async def catch_up(self) -> None:
         """The routing table at least at the state's serial as of now (read-your-writes: the
