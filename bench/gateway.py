@@ -11,6 +11,8 @@ MLflow AI gateway ~1,200 req/s at c=64 and 0.8 ms CPU/request; LiteLLM ~100 req/
     python bench/gateway.py --baseline-tree ../old   # A/B: also a gateway from another checkout
                                                      # (e.g. `git worktree add ../old COMMIT`),
                                                      # interleaved in the same rounds
+    python bench/gateway.py --tables   # also a gateway whose endpoint logs payloads and tracks
+                                       # usage (Delta tables), interleaved: tables on vs off
 """
 
 from __future__ import annotations
@@ -109,10 +111,19 @@ def start_upstream(work: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, kind
 
 
+TABLES = """
+            ai_gateway:
+              usage_tracking_config: {enabled: true}
+              inference_table_config:
+                {enabled: true, catalog_name: main, schema_name: default, table_name_prefix: bench}
+"""
+
+
 def start_gateway(
-    work: Path, upstream: str, root: Path = ROOT
+    work: Path, upstream: str, root: Path = ROOT, *, tables: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`engine serve` of the checkout at `root` (its own state under `work`)."""
+    """`engine serve` of the checkout at `root` (its own state under `work`); with `tables`,
+    its endpoint logs every payload and its usage to the Delta tables."""
     env = {
         **os.environ,
         "ENGINE_STATE": str(work / "state" / "state.db"),
@@ -136,6 +147,7 @@ def start_gateway(
                       openai_api_base: {upstream}/v1
             """
         )
+        + (textwrap.dedent(TABLES) if tables else "")
     )
     engine = [sys.executable, "-m", "engine.cli"]
     subprocess.run(
@@ -215,6 +227,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def payload_rows(work: Path, answered: int) -> str:
+    """The tables gateway's rows after its stop, against the requests wrk saw answered (wrk
+    may cut requests in flight at the end of a run: the rows can be a few more)."""
+    from deltalake import DeltaTable
+
+    root = work / "state" / "tables"
+    payload = DeltaTable(str(root / "main" / "default" / "bench_payload")).count()
+    usage = DeltaTable(str(root / "system" / "serving" / "endpoint_usage")).count()
+    return f"rows after the stop: payload {payload}, usage {usage}; answered (wrk) {answered}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -222,6 +245,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument(
         "--baseline-tree", type=Path, help="Another checkout whose gateway is measured too."
+    )
+    parser.add_argument(
+        "--tables",
+        action="store_true",
+        help="Also a gateway with payload logging and usage tracking on (same checkout).",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -234,12 +262,17 @@ def main() -> None:
         gateways["baseline"] = start_gateway(
             work / "baseline", upstream_url, args.baseline_tree.resolve()
         )
+    if args.tables:
+        gateways["tables"] = start_gateway(work / "tables", upstream_url, tables=True)
     direct_path = upstream_url + "/v1/chat/completions"
     results: dict[tuple[str, int], list[Run]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
     try:
-        for _, url, token in gateways.values():  # warm-up: connections, caches
-            wrk(url + "/serving-endpoints/bench/invocations", token, 16, 1, work)
+        answered = dict.fromkeys(gateways, 0)
+        for name, (_, url, token) in gateways.items():  # warm-up: connections, caches
+            answered[name] += wrk(
+                url + "/serving-endpoints/bench/invocations", token, 16, 1, work
+            ).requests
         for round_no in range(args.rounds):
             # Which gateway runs first alternates between rounds: no side gets a fixed place.
             order = list(gateways.items())
@@ -255,13 +288,14 @@ def main() -> None:
                     run = wrk(path, token, c, args.seconds, work)
                     per_request = (cpu_seconds(proc.pid) - before) / run.requests
                     cpu.setdefault((name, c), []).append(per_request)
+                    answered[name] += run.requests
                     results.setdefault((name, c), []).append(run)
     finally:
         for proc, _, _ in gateways.values():
             proc.send_signal(signal.SIGTERM)
         upstream.send_signal(signal.SIGTERM)
         for proc, _, _ in gateways.values():
-            proc.wait(10)
+            proc.wait(60)
         upstream.wait(10)
 
     def med(runs: list[Run], attr: str) -> float:
@@ -299,23 +333,36 @@ def main() -> None:
     if 1 in levels:
         added = med(results[("gateway", 1)], "p50_ms") - med(results[("direct", 1)], "p50_ms")
         print(f"added p50 at c=1: {added:.3f} ms (goal < 0.3 ms)")
-    if "baseline" in gateways:
-        print(f"# A/B against the baseline tree {args.baseline_tree} (same rounds)")
+
+    def compare(new: str, base: str, title: str) -> None:
+        print(title)
         print(
             f"{'conc':>4} | {'new req/s':>9} | {'base req/s':>10} | {'new/base':>8} | "
             f"{'new added p50':>13} | {'base added p50':>14} | {'new CPU/req':>11} | "
             f"{'base CPU/req':>12}"
         )
         for c in levels:
-            d, n, b = (results[(k, c)] for k in ("direct", "gateway", "baseline"))
+            d, n, b = (results[(k, c)] for k in ("direct", new, base))
             print(
                 f"{c:>4} | {med(n, 'rps'):>9.0f} | {med(b, 'rps'):>10.0f} | "
                 f"{med(n, 'rps') / med(b, 'rps'):>8.3f} | "
                 f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
                 f"{med(b, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
-                f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
-                f"{statistics.median(cpu[('baseline', c)]) * 1000:>10.3f}ms"
+                f"{statistics.median(cpu[(new, c)]) * 1000:>9.3f}ms | "
+                f"{statistics.median(cpu[(base, c)]) * 1000:>10.3f}ms"
             )
+
+    if "baseline" in gateways:
+        compare("gateway", "baseline", f"# A/B against the baseline tree {args.baseline_tree}")
+    if "tables" in gateways:
+        compare("tables", "gateway", "# payload logging + usage tracking on (new) vs off (base)")
+        if 64 in levels:
+            cost = 1 - med(results[("tables", 64)], "rps") / med(results[("gateway", 64)], "rps")
+            print(f"tables cost at c=64: {cost * 100:.1f}% of req/s (goal <= 10%)")
+        if 1 in levels:
+            extra = med(results[("tables", 1)], "p50_ms") - med(results[("gateway", 1)], "p50_ms")
+            print(f"tables added p50 at c=1: {extra:.3f} ms")
+        print(payload_rows(work / "tables", answered["tables"]))
     shutil.rmtree(work, ignore_errors=True)
 
 

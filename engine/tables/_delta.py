@@ -7,7 +7,11 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["append", "is_table", "overwrite", "read_rows", "read_table"]
+__all__ = ["Appender", "append", "is_table", "overwrite", "read_rows", "read_table"]
+
+# Small files are merged into large ones every this many appends to a table (a host appends
+# about once a second per table; a query would otherwise open one file per second served).
+COMPACT_EVERY = 1000
 
 
 def _private_parent(path: Path) -> None:
@@ -26,6 +30,39 @@ def append(
     _private_parent(path)
     table = pa.Table.from_pylist(rows, schema=schema)
     write_deltalake(str(path), table, mode="append", partition_by=partition_by)
+
+
+class Appender:
+    """Appends to tables kept open: a table opened again for each write would read its whole
+    log each time (checkpoints, which delta-rs writes every 100 commits, bound that too)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, Any] = {}
+        self._appends: dict[Path, int] = {}
+
+    def append(
+        self,
+        path: Path,
+        rows: list[dict[str, Any]],
+        schema: pa.Schema,
+        partition_by: list[str] | None = None,
+    ) -> None:
+        from deltalake import DeltaTable, write_deltalake
+
+        table = self._open.get(path)
+        if table is None:
+            append(path, rows, schema, partition_by)
+            self._open[path] = DeltaTable(str(path))
+            return
+        data = pa.Table.from_pylist(rows, schema=schema)
+        try:
+            write_deltalake(table, data, mode="append", partition_by=partition_by)
+        except Exception:
+            self._open.pop(path, None)  # reopened by the next write, whatever happened to it
+            raise
+        count = self._appends[path] = self._appends.get(path, 0) + 1
+        if count % COMPACT_EVERY == 0:
+            table.optimize.compact()
 
 
 def overwrite(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:

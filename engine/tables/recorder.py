@@ -74,6 +74,7 @@ class TableRecorder:
         self._closing = False
         self._served_rows: list[dict[str, Any]] | None = None  # None: not readable, not written
         self._served_due: list[dict[str, Any]] | None = None
+        self._appender = _delta.Appender()  # the writer thread's alone
         self._thread = threading.Thread(target=self._run, name="tables-writer", daemon=True)
         metrics.tables_enabled = True
 
@@ -173,10 +174,12 @@ class TableRecorder:
                     SERVED_ENTITIES.path(self.root), served, SERVED_ENTITIES_SCHEMA
                 ),
             )
-        while self._pending:
-            batch: list[RequestRecord] = []
-            while self._pending and len(batch) < 20_000:
-                batch.append(self._pending.popleft())
+        # What is pending now, in batches; later records wait for the next flush (draining
+        # "while there are any" would write a tiny batch per record under load).
+        left = len(self._pending)
+        while left:
+            batch = [self._pending.popleft() for _ in range(min(left, 20_000))]
+            left -= len(batch)
             self._write_batch(batch)
 
     def _write_batch(self, batch: list[RequestRecord]) -> None:
@@ -194,14 +197,14 @@ class TableRecorder:
         for name, rows in payloads.items():
             self._write(
                 name,
-                lambda n=name, r=rows: _delta.append(
+                lambda n=name, r=rows: self._appender.append(
                     n.path(self.root), r, PAYLOAD_SCHEMA, PAYLOAD_PARTITION
                 ),
             )
         if usage:
             self._write(
                 ENDPOINT_USAGE,
-                lambda: _delta.append(ENDPOINT_USAGE.path(self.root), usage, USAGE_SCHEMA),
+                lambda: self._appender.append(ENDPOINT_USAGE.path(self.root), usage, USAGE_SCHEMA),
             )
 
     def _write(self, name: TableName, write: Any) -> None:
