@@ -86,8 +86,8 @@ def engine_sql(state: Path, *args: str, env: dict[str, str] | None = None) -> An
     )
 
 
-def sql_json(state: Path, query: str) -> list[dict[str, Any]]:
-    done = engine_sql(state, query, "--json")
+def sql_json(state: Path, query: str, *args: str) -> list[dict[str, Any]]:
+    done = engine_sql(state, query, "--json", *args)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -304,10 +304,12 @@ def test_engine_sql_is_for_admins_and_reports_bad_sql_in_one_line(stack) -> None
     assert outside.returncode == 1 and "disabled" in outside.stderr
 
 
-def test_ten_thousand_requests_ten_thousand_rows_after_sigterm(stack) -> None:  # noqa: ANN001
+def test_ten_thousand_requests_ten_thousand_rows_after_sigterm(stack, tmp_path: Path) -> None:  # noqa: ANN001
     engine, state, token, _, _, _ = stack
     total, concurrency = 10_000, 64
-    with ServerProcess(state) as server:
+    # The tables go where $ENGINE_TABLES_ROOT says; `engine sql --tables-root` reads them there.
+    root = tmp_path / "elsewhere"
+    with ServerProcess(state, env={"ENGINE_TABLES_ROOT": str(root)}) as server:
         server.wait_serial(engine.store.serial)
 
         async def load() -> list[int]:
@@ -341,14 +343,19 @@ def test_ten_thousand_requests_ten_thousand_rows_after_sigterm(stack) -> None:  
         "SELECT (SELECT count(*) FROM main.default.chat_payload) AS payload, "
         "(SELECT count(*) FROM system.serving.endpoint_usage) AS usage, "
         "(SELECT count(DISTINCT databricks_request_id) FROM main.default.chat_payload) AS ids",
+        "--tables-root",
+        str(root),
     )
     assert counts == [{"payload": total, "usage": total, "ids": total}]
     messages = sql_json(
         state,
         "SELECT count(DISTINCT json_extract_string(request, '$.messages[0].content')) AS n "
         "FROM main.default.chat_payload",
+        "--tables-root",
+        str(root),
     )
     assert messages == [{"n": total}]
+    assert not (state.parent / "tables" / "main").exists()
 
 
 # -- in-process: the recorder, stream merging, size limits, names ---------------------------

@@ -281,9 +281,12 @@ class DataPlane:
                 if failure.status >= 500 or failure.status == 429:
                     continue
                 break
-            if exchange is not None:
-                exchange.response = result
             usage = result.get("usage")
+            if exchange is not None:
+                # The bytes sent are the response column (the writer reads them later; until
+                # they are kept it encodes the dict), the dict gives the character count.
+                exchange.response = result
+                send = _keeping_frames(send, exchange)
             self._account(route, candidate, principal, 200, started, usage, ticket, exchange)
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return

@@ -19,7 +19,6 @@ import collections
 import logging
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,9 @@ from engine.tables._rows import (
     payload_row,
     response_of,
     usage_row,
+)
+from engine.tables._rows import (
+    request_id as new_request_id,
 )
 from engine.tables._schemas import (
     PAYLOAD_PARTITION,
@@ -152,7 +154,8 @@ class TableRecorder:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=300)
-        self._flush()  # the thread never started, or died: write what is left here
+        if not self._thread.is_alive():  # it never started, or died: write what is left here
+            self._flush()
 
     # -- the writer thread --------------------------------------------------------------------
 
@@ -160,10 +163,17 @@ class TableRecorder:
         while True:
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
-            self._flush()
+            self._guarded_flush()
             if self._closing:
-                self._flush()
+                self._guarded_flush()
                 return
+
+    def _guarded_flush(self) -> None:
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - a bug in making rows loses a batch, not the thread
+            self.metrics.tables_write_errors += 1
+            log.exception("cannot make table rows")
 
     def _flush(self) -> None:
         served, self._served_due = self._served_due, None
@@ -186,7 +196,7 @@ class TableRecorder:
         payloads: dict[TableName, list[dict[str, Any]]] = {}
         usage: list[dict[str, Any]] = []
         for record in batch:
-            request_id = str(uuid.uuid4())
+            request_id = new_request_id()
             answer = response_of(record.exchange)
             if record.payload_table is not None:
                 payloads.setdefault(record.payload_table, []).append(
