@@ -11,6 +11,8 @@ MLflow AI gateway ~1,200 req/s at c=64 and 0.8 ms CPU/request; LiteLLM ~100 req/
     python bench/gateway.py --baseline-tree ../old   # A/B: also a gateway from another checkout
                                                      # (e.g. `git worktree add ../old COMMIT`),
                                                      # interleaved in the same rounds
+    python bench/gateway.py --tables   # also a gateway whose endpoint logs payloads and tracks
+                                       # usage (Delta tables), interleaved: tables on vs off
     python bench/gateway.py --pii                    # also an endpoint of the same gateway with
                                                      # PII guardrails (MASK, input and output)
 """
@@ -130,8 +132,17 @@ ai_gateway:
 """
 
 
+# Appended to the bench endpoint by --tables: payload logging and usage tracking on.
+TABLES = """
+            ai_gateway:
+              usage_tracking_config: {enabled: true}
+              inference_table_config:
+                {enabled: true, catalog_name: main, schema_name: default, table_name_prefix: bench}
+"""
+
+
 def start_gateway(
-    work: Path, upstream: str, root: Path = ROOT, *, pii: bool = False
+    work: Path, upstream: str, root: Path = ROOT, *, pii: bool = False, tables: bool = False
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """`engine serve` of the checkout at `root` (its own state under `work`)."""
     env = {
@@ -157,6 +168,7 @@ def start_gateway(
                       openai_api_base: {upstream}/v1
             """
         )
+        + (textwrap.dedent(TABLES) if tables else "")
     )
     if pii:
         (specs / "bench-pii.yaml").write_text(PII_ENDPOINT.format(upstream=upstream))
@@ -247,6 +259,11 @@ def main() -> None:
         "--baseline-tree", type=Path, help="Another checkout whose gateway is measured too."
     )
     parser.add_argument(
+        "--tables",
+        action="store_true",
+        help="Also a gateway with payload logging and usage tracking on (same checkout).",
+    )
+    parser.add_argument(
         "--pii",
         action="store_true",
         help="Also measure an endpoint with PII guardrails (MASK in and out) on the same gateway.",
@@ -278,6 +295,9 @@ def main() -> None:
             work / "baseline", upstream_url, args.baseline_tree.resolve()
         )
         series["baseline"] = ("baseline", "bench")
+    if args.tables:
+        gateways["tables"] = start_gateway(work / "tables", upstream_url, tables=True)
+        series["tables"] = ("tables", "bench")
     direct_path = upstream_url + "/v1/chat/completions"
     results: dict[tuple[str, int], list[Run]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}

@@ -33,7 +33,7 @@ diagnostics; it never raises. A message says what is wrong and how to fix it.
 | X7  | custom provider URL and exactly one authentication method                  |
 | R2  | rate-limit principal only with a keyed limit                               |
 | R4  | a gateway rate limit sets calls or tokens (0 is kept: it blocks)           |
-| R7  | inference tables: catalog_name and schema_name when enabled                |
+| R7  | inference tables: catalog_name and schema_name when enabled; name parts    |
 | R9  | deprecated guardrail keyword/topic filters (warning)                       |
 | H1  | a field stored and returned that this host cannot act on (warning)         |
 """
@@ -58,6 +58,7 @@ from ._secret_refs import SECRET_REFERENCE_FORM, is_secret_reference, looks_like
 __all__ = ["RuleOptions", "check_endpoint"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TABLE_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,254}$")
 _UC_NAME = re.compile(r"^[^.\s]+\.[^.\s]+\.[^.\s]+$")
 _NAME = re.compile(NAME_PATTERN)
 MAX_ENVIRONMENT_VARS = 30
@@ -678,10 +679,21 @@ def _gateway_rules(spec: EndpointSpec) -> Iterator[Diagnostic]:
 
 
 def _inference_table_rule(table: BaseModel, path: Path) -> Iterator[Diagnostic]:
-    for field in ("catalog_name", "schema_name"):
-        if not getattr(table, field):
+    for field in ("catalog_name", "schema_name", "table_name_prefix"):
+        value = getattr(table, field)
+        if not value:
+            if field != "table_name_prefix":  # the prefix defaults to the endpoint's name
+                yield _err(
+                    RuleId.R7,
+                    path + (field,),
+                    f"`{field}` is required when the inference table is enabled",
+                )
+        elif not _TABLE_PART.match(value):
+            # Each part names a folder of the engine's tables (engine/tables/_names.py).
             yield _err(
                 RuleId.R7,
                 path + (field,),
-                f"`{field}` is required when the inference table is enabled",
+                f"`{field}` must be letters, digits, `_` and `-` (got {value!r})",
             )
+        elif field == "catalog_name" and value.lower() == "system":
+            yield _err(RuleId.R7, path + (field,), "the `system` catalog holds the system tables")

@@ -47,6 +47,7 @@ SLOW_FIRST = (
     "test_control_plane.py",
     "test_adapter_plugins.py",
     "test_bad_bodies.py",
+    "test_tables.py",
 )
 
 

@@ -10,6 +10,7 @@ import typer
 from engine.cli import demo as cli_demo
 from engine.cli import plan as cli_plan
 from engine.cli import serve as cli_serve
+from engine.cli import sql as cli_sql
 from engine.cli import state as cli_state
 from engine.cli import up as cli_up
 from engine.cli import validate as cli_validate
@@ -33,6 +34,7 @@ cli_state.register(app)
 cli_serve.register(app)
 cli_demo.register(app)
 cli_up.register(app)
+cli_sql.register(app)
 app.add_typer(secrets_app)
 app.add_typer(tokens_app)
 app.add_typer(models_app)

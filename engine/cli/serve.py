@@ -21,6 +21,7 @@ __all__ = [
     "LimitsOpt",
     "MetricsPublicOpt",
     "ScaleToZeroAfterOpt",
+    "TablesRootOpt",
     "checked_limits",
     "claim_or_fail",
     "header_timeout_seconds",
@@ -64,6 +65,16 @@ HeaderTimeoutOpt = Annotated[
     ),
 ]
 HEADER_TIMEOUT_ENV = "ENGINE_HEADER_TIMEOUT"
+TablesRootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tables-root",
+        envvar="ENGINE_TABLES_ROOT",
+        show_envvar=True,
+        help="Folder of the payload and usage Delta tables (catalog/schema/table below it). "
+        "Default: tables/ beside the state (its local folder for PostgreSQL).",
+    ),
+]
 
 
 def header_timeout_seconds(value: float | None) -> float:
@@ -198,6 +209,7 @@ def serve_command(
             "(default $ENGINE_SAFETY_ENDPOINT). Without one, such endpoints answer 503.",
         ),
     ] = None,
+    tables_root: TablesRootOpt = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -234,6 +246,7 @@ def serve_command(
             limits_fallback=limits_fallback.value,
             replica=replica or f"{host}:{port}",
             safety_endpoint=safety_endpoint,
+            tables_root=tables_root,
         )
         return
     app = ServingApp(
@@ -246,6 +259,7 @@ def serve_command(
         limits_fallback=limits_fallback,
         replica=replica or "",
         safety_endpoint=safety_endpoint,
+        tables_root=tables_root,
     )
     try:
         store = open_state(state_path)

@@ -51,6 +51,7 @@ from engine.cli.serve import (
     LimitsOpt,
     MetricsPublicOpt,
     ScaleToZeroAfterOpt,
+    TablesRootOpt,
     checked_limits,
     claim_or_fail,
     header_timeout_seconds,
@@ -122,6 +123,7 @@ def up_command(
     header_timeout: HeaderTimeoutOpt = None,
     limits: LimitsOpt = None,
     limits_fallback: LimitsFallbackOpt = LimitsFallback.REFUSE,
+    tables_root: TablesRootOpt = None,
 ) -> None:
     """Start a serving host and apply the specs through it; serve until Ctrl-C."""
     # A bad value is a usage error before anything is loaded or claimed.
@@ -169,6 +171,7 @@ def up_command(
             host_id=host_id,
             limits=limits,
             limits_fallback=limits_fallback,
+            tables_root=tables_root,
         ),
         paths=paths,
         loaded=loaded,

@@ -1,7 +1,8 @@
 """Answering queries: check the body against the task, rate-limit, pick an entity, call it.
 
 Per request: auth (done by the app) -> endpoint -> body fits the task -> rate limit -> entity
-by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream) -> usage.
+by traffic weight (or by name) -> adapter -> upstream -> response (or SSE stream) -> usage
+and the tables (one `TableRecorder.record` per answered request, when the endpoint has them).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
@@ -31,8 +32,12 @@ from engine.gateway._metrics import Metrics
 from engine.gateway._table import EndpointRoute, RoutingTable, ServedEntity
 from engine.gateway._usage import UsageRecord, UsageRecorder
 from engine.host.autoscale import ThroughputMeter
+from engine.tables._rows import Exchange
 from providers.adapters import ProviderError, StreamError, StreamTally
 from schemas import GATEWAY_ONLY_FIELDS, now_ms
+
+if TYPE_CHECKING:
+    from engine.tables.recorder import TableRecorder
 
 __all__ = ["DataPlane", "TASK_OF_ROUTE"]
 
@@ -177,6 +182,7 @@ class DataPlane:
         waker: Waker | None = None,
         meter: ThroughputMeter | None = None,
         safety_endpoint: str | None = None,
+        tables: TableRecorder | None = None,
     ) -> None:
         self.limiter = limiter
         self.metrics = metrics
@@ -185,6 +191,7 @@ class DataPlane:
         self.meter = meter  # output tokens per entity instance: provisioned throughput's load
         # The endpoint that answers `safety` guardrails (a Llama Guard), named by the operator.
         self.safety_endpoint = safety_endpoint
+        self.tables = tables  # payload and usage tables (engine/tables/recorder.py)
 
     async def _routable(self, route: EndpointRoute, entity: ServedEntity) -> ServedEntity:
         if entity.needs_start() and self.waker is not None:
@@ -248,6 +255,10 @@ class DataPlane:
                     [("retry-after", str(decision.retry_after))],
                 )
             ticket = decision.ticket
+        # The tables keep the body as the caller sent it (what follows works on a copy).
+        exchange = None
+        if self.tables is not None and (route.usage_tracking or route.payload_table is not None):
+            exchange = Exchange(body)
         body = upstream_body(body)
         started = time.perf_counter()
         guard = route.guardrails
@@ -268,6 +279,7 @@ class DataPlane:
                     ticket,
                     fallback=entity_name is None,
                     judge=self._judge(table) if guard is not None else None,
+                    exchange=exchange,
                 )
             else:
                 await self._call(
@@ -280,6 +292,7 @@ class DataPlane:
                     fallback=entity_name is None,
                     ticket=ticket,
                     judge=self._judge(table) if guard is not None else None,
+                    exchange=exchange,
                 )
         finally:
             # Settled with the usage by _account; otherwise (refused before the upstream
@@ -299,6 +312,7 @@ class DataPlane:
         fallback: bool,
         ticket: Ticket | None = None,
         judge: Judge | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
         candidates = _candidates(route, entity, fallback)
@@ -322,13 +336,26 @@ class DataPlane:
                         guard, route.task, body, result, judge, self.metrics
                     )
                 except ApiError as exc:
-                    self._account(route, candidate, principal, exc.status, started, None, ticket)
+                    if exchange is not None:
+                        exchange.response = exc.body()
+                    self._account(
+                        route, candidate, principal, exc.status, started, None, ticket, exchange
+                    )
                     raise
-            self._account(route, candidate, principal, 200, started, result.get("usage"), ticket)
+            usage = result.get("usage")
+            if exchange is not None:
+                # The bytes sent are the response column (the writer reads them later; until
+                # they are kept it encodes the dict), the dict gives the character count.
+                exchange.response = result
+                send = _keeping_frames(send, exchange)
+            self._account(route, candidate, principal, 200, started, usage, ticket, exchange)
             await send_json(send, 200, result, [("served-model-name", candidate.name)])
             return
         assert failure is not None
-        self._account(route, candidates[-1], principal, failure.status, started, None, ticket)
+        if exchange is not None:
+            exchange.response = failure.body()
+        last = candidates[-1]
+        self._account(route, last, principal, failure.status, started, None, ticket, exchange)
         raise failure
 
     async def _once(self, route: EndpointRoute, entity: ServedEntity, body: dict[str, Any]) -> Any:
@@ -372,6 +399,7 @@ class DataPlane:
         *,
         fallback: bool = False,
         judge: Judge | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         """Stream from the first entity that accepts: with fallback_config, one that refuses
         (429, 5xx, a timeout, not ready) before any byte went out is followed by the next in
@@ -382,14 +410,19 @@ class DataPlane:
         for i, candidate in enumerate(candidates):
             try:
                 await self._stream_once(
-                    send, route, candidate, principal, body, started, receive, ticket, judge
-                )
+                    send, route, candidate, principal, body, started, receive, ticket, judge,
+                    exchange,
+                )  # fmt: skip
                 return
             except _Refused as exc:
                 answer = exc.answer
                 if i + 1 < len(candidates) and (answer.status >= 500 or answer.status == 429):
                     continue
-                self._account(route, candidate, principal, answer.status, started, None, ticket)
+                if exchange is not None:
+                    exchange.streamed, exchange.response = False, answer.body()
+                self._account(
+                    route, candidate, principal, answer.status, started, None, ticket, exchange
+                )
                 raise answer from None
 
     async def _stream_once(
@@ -403,6 +436,7 @@ class DataPlane:
         receive: Any,
         ticket: Ticket | None,
         judge: Judge | None,
+        exchange: Exchange | None = None,
     ) -> None:
         """One entity's stream; _Refused when it failed before the response started."""
         entity = await self._routable(route, entity)
@@ -418,6 +452,9 @@ class DataPlane:
             )
         upstream.acquire()
         tally = StreamTally()
+        if exchange is not None:
+            exchange.streamed = True
+            send = _keeping_frames(send, exchange)
         try:
             adapter = upstream.adapter
 
@@ -439,12 +476,14 @@ class DataPlane:
         except _Refused:
             raise  # the caller tries the next entity, or accounts for it
         except ApiError as exc:  # refused before the stream started: the error has a status
-            self._account(route, entity, principal, exc.status, started, None, ticket)
+            if exchange is not None:
+                exchange.streamed, exchange.response = False, exc.body()
+            self._account(route, entity, principal, exc.status, started, None, ticket, exchange)
             raise
         finally:
             await upstream.release()
         status = CLIENT_GONE if status is None else status
-        self._account(route, entity, principal, status, started, tally.usage, ticket)
+        self._account(route, entity, principal, status, started, tally.usage, ticket, exchange)
 
     async def _relay(
         self,
@@ -578,6 +617,7 @@ class DataPlane:
         started: float,
         usage: dict[str, Any] | None,
         ticket: Ticket | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         try:
@@ -603,6 +643,22 @@ class DataPlane:
                     completion_tokens=completion,
                 )
             )
+        if exchange is not None and self.tables is not None:
+            self.tables.record(
+                route, entity, principal, status, elapsed, prompt, completion, exchange
+            )
+
+
+def _keeping_frames(send: Any, exchange: Exchange) -> Any:
+    """`send`, keeping a copy of each body frame for the payload table (merged later)."""
+
+    async def keeping(message: dict[str, Any]) -> None:
+        frame = message.get("body")
+        if frame:
+            exchange.keep_frame(frame)
+        await send(message)
+
+    return keeping
 
 
 class _Refused(Exception):  # noqa: N818 - a signal, not an error kind

@@ -65,6 +65,10 @@ class Metrics:
         self.limits_backend_up: int | None = None
         self.limits_backend_errors = 0
         self.limits_fallback: defaultdict[str, int] = defaultdict(int)
+        # The payload and usage tables' writer (engine/tables/recorder.py), once it exists.
+        self.tables_enabled = False
+        self.tables_dropped: defaultdict[str, int] = defaultdict(int)
+        self.tables_write_errors = 0
 
     def observe(
         self,
@@ -163,6 +167,8 @@ class Metrics:
                 endpoint=endpoint, direction=direction, guardrail=guardrail, action=action
             )
             lines.append(f"serving_guardrail_actions_total{labels} {n}")
+        if self.tables_enabled:
+            lines += self._tables_lines(shown)
         if self.limits_backend_up is not None:
             lines += self._limits_lines()
         if self.runner_host is not None:
@@ -174,6 +180,22 @@ class Metrics:
         if self.replica:
             lines = list(_with_replica(lines, self.replica))
         return "\n".join(lines) + "\n"
+
+    def _tables_lines(self, shown: Callable[[str], bool]) -> list[str]:
+        lines = [
+            "# HELP engine_tables_dropped_total Answered requests left out of the payload and "
+            "usage tables because the writer's queue was full.",
+            "# TYPE engine_tables_dropped_total counter",
+        ]
+        for endpoint, n in sorted(self.tables_dropped.items()):
+            if shown(endpoint):
+                lines.append(f"engine_tables_dropped_total{_labels(endpoint=endpoint)} {n}")
+        return lines + [
+            "# HELP engine_tables_write_errors_total Batches that could not be written to a "
+            "table (logged).",
+            "# TYPE engine_tables_write_errors_total counter",
+            f"engine_tables_write_errors_total {self.tables_write_errors}",
+        ]
 
     def _limits_lines(self) -> list[str]:
         """The Redis limits backend's health (process-wide: no endpoint label)."""

@@ -25,6 +25,7 @@ from engine.gateway._guardrails import Guardrails, compile_guardrails
 from engine.gateway._ratelimit import LimitRule, rules_from_spec
 from engine.gateway._replicas import ReplicaSet
 from engine.state import EndpointRow, EntityRow
+from engine.tables._names import TableName, payload_table_of
 from providers.adapters import ProviderAdapter, ProviderError, adapter_for
 from providers.adapters._transport import AiohttpClient
 from providers.external import references_in
@@ -130,6 +131,8 @@ class EndpointRoute:
     acl: list[tuple[str, str, str]] = field(default_factory=list)
     # ai_gateway.guardrails compiled; None (the usual case) costs a request nothing.
     guardrails: Guardrails | None = None
+    # `ai_gateway.inference_table_config`: the payload table (None: payloads are not logged).
+    payload_table: TableName | None = None
 
     def pick(self, rnd: Callable[[], float] = random.random) -> ServedEntity | None:
         """A served entity by traffic weight (entities at 0% are never picked)."""
@@ -285,6 +288,7 @@ class TableBuilder:
             usage_tracking=bool((gateway.get("usage_tracking_config") or {}).get("enabled")),
             fallback=bool((gateway.get("fallback_config") or {}).get("enabled")),
             guardrails=compile_guardrails(row.name, gateway.get("guardrails")),
+            payload_table=_payload_table(row.name, spec),
         )
 
     def _served(self, instance: EntityRow, live: set[_Key]) -> ServedEntity:
@@ -381,6 +385,14 @@ class TableBuilder:
         if isinstance(value, list):
             return [self._resolved(v, secrets) for v in value]
         return value
+
+
+def _payload_table(endpoint: str, spec: dict[str, Any]) -> TableName | None:
+    try:
+        return payload_table_of(endpoint, spec)
+    except ValueError as exc:  # validate refuses such names (R7); a state from before did not
+        log.error("%s: inference table not written: %s", endpoint, exc)
+        return None
 
 
 def _denied_secret(row: EndpointRow, instance: EntityRow, creators: CreatorAccess) -> str | None:

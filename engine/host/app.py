@@ -55,8 +55,11 @@ from engine.state import (
     resolve_state,
 )
 from engine.state.notify import StateListener
+from engine.tables._names import tables_root
+from engine.tables.recorder import TableRecorder
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
+from schemas import now_ms
 
 # Names the endpoint that answers `safety` guardrails (`engine serve --safety-endpoint`).
 SAFETY_ENDPOINT_ENV = "ENGINE_SAFETY_ENDPOINT"
@@ -97,10 +100,13 @@ class ServingApp:
         replica: str = "",
         peer_listen: tuple[str, type | str] | None = None,
         safety_endpoint: str | None = None,
+        tables_root: str | None = None,
     ) -> None:
         self.state_path = resolve_state(state_path)
         # The guard model (an endpoint of this host) that `safety` guardrails ask.
         self.safety_endpoint = safety_endpoint or os.environ.get(SAFETY_ENDPOINT_ENV) or None
+        # `--tables-root`: where the payload and usage tables go (engine/tables/_names.py).
+        self.tables_root = tables_root
         # `--metrics-public`: /metrics answers without a token, every series (for a scraper on
         # a private network); otherwise a caller sees the series of endpoints it may view.
         self.metrics_public = metrics_public
@@ -142,6 +148,7 @@ class ServingApp:
         self._store: StateStore | None = None
         self._secrets: SecretStore | None = None
         self.usage: UsageRecorder | None = None
+        self.tables: TableRecorder | None = None
         self.dataplane: DataPlane | None = None
         self.queries: QueryRoutes | None = None
         self._builder: TableBuilder | None = None
@@ -196,6 +203,12 @@ class ServingApp:
         self._secrets = secret_store_for_state(self.state_path)
         self.usage = usage_recorder_for(self.state_path)
         self.usage.start()
+        self.tables = TableRecorder(
+            tables_root(self.state_path, self.tables_root),
+            self.metrics,
+            workspace_id=self._store.lineage,
+        )
+        self.tables.start()
         self.limiter = open_limits(
             self.limits_url,
             lineage=self._store.lineage,
@@ -210,6 +223,7 @@ class ServingApp:
             waker=self.wake,
             meter=self.meter,
             safety_endpoint=self.safety_endpoint,
+            tables=self.tables,
         )
         self.queries = QueryRoutes(self.dataplane, lambda: self.table, self.authenticate)
         self.runners = make_runner_executor(self.state_path)
@@ -278,6 +292,8 @@ class ServingApp:
             await asyncio.to_thread(self.runners.stop_all)
         if self.usage is not None:
             self.usage.close()
+        if self.tables is not None:
+            await asyncio.to_thread(self.tables.close)  # writes every record still pending
         await self.limiter.close()
         await self.peers.close()
         if self._listener is not None:
@@ -452,6 +468,8 @@ class ServingApp:
                 serial, view, self._store.all_permissions(), CreatorAccess.load(self._store)
             )
             await self._builder.retire_unused()
+            if self.tables is not None:
+                self.tables.observe(view, self._store.history, now_ms())
 
     async def catch_up(self) -> None:
         """The routing table at least at the state's serial as of now (read-your-writes: the

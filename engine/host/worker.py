@@ -50,4 +50,5 @@ def make_app() -> ServingApp:
         limits_fallback=LimitsFallback(config["limits_fallback"]),
         replica=f"{config['replica']}/{os.getpid()}",
         safety_endpoint=config.get("safety_endpoint"),
+        tables_root=config.get("tables_root"),
     )
