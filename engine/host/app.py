@@ -51,6 +51,7 @@ from engine.state import (
     open_state,
     resolve_state,
 )
+from engine.ui import ServingUi
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 
@@ -188,6 +189,7 @@ class ServingApp:
         )
         service = EndpointService(self.state_path, self._executors, drain=self.drain)
         self.extra_routes.append(ControlPlane(self, service))
+        self.extra_routes.append(ServingUi(self, service))
         # Runners of active entities start with their host (a background thread: queries to
         # external models are served meanwhile).
         self._restart = asyncio.create_task(asyncio.to_thread(self._restart_runners))
