@@ -38,6 +38,7 @@ __all__ = [
     "TASKS",
     "body_from_form",
     "field_of",
+    "is_reference",
     "form_from_spec",
     "label_of",
 ]
@@ -70,6 +71,11 @@ class FormError:
 
 
 Form = dict[str, str]
+
+
+def is_reference(value: str) -> bool:
+    """Whether a key field holds a secret reference (all it may hold)."""
+    return not value.strip() or _SECRET_REF.match(value.strip()) is not None
 
 
 def slots(form: Form) -> int:

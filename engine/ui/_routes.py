@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
@@ -417,6 +418,11 @@ class ServingUi:
     ) -> None:
         catalog = await asyncio.to_thread(lambda: ModelCatalog(self.host.store).entries())
         chunks = await asyncio.to_thread(self._chunk_sizes, values)
+        # A key typed in place of a reference is never sent back into the page.
+        values = {
+            k: ("" if re.fullmatch(r"e\d+_key", k) and not _forms.is_reference(v) else v)
+            for k, v in values.items()
+        }
         field_errors: dict[str, list[str]] = {}
         for field, _label, message in ctx["errors"]:
             field_errors.setdefault(field, []).append(message)
