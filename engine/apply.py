@@ -9,12 +9,16 @@ Per endpoint whose config changes:
 4. stop the entities that only the old config used.
 
 A failure in 2 stops what this update started, leaves the old config active and records
-UPDATE_FAILED with the reason. A crash anywhere leaves the state saying exactly what was done:
-the next apply (which takes over the dead holder's lock) stops orphans and resumes.
+UPDATE_FAILED with the reason. A cancel (`engine cancel`, the REST route, the UI's "Cancel
+update"; recorded in the state by `request_cancel`) does the same in 2 and records
+UPDATE_CANCELED: the apply polls for it while it waits for an entity to become ready.
+A crash anywhere leaves the state saying exactly what was done: the next apply (which takes
+over the dead holder's lock) stops orphans and resumes.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +66,14 @@ class ApplyReport:
 
 class _EndpointFailed(Exception):
     pass
+
+
+class _Canceled(Exception):
+    """A cancel of this update was requested."""
+
+
+# How often an apply waiting for an entity to become ready looks for a cancel request.
+CANCEL_POLL_S = 0.25
 
 
 class Applier:
@@ -245,6 +257,14 @@ class Applier:
                 keep.append(entity_id)
                 started.append(entity_id)
                 self._bring_up(Deployment(name, key[0], entity_id, config))
+        except _Canceled:
+            for entity_id in started:
+                self._stop_entity_id(name, entity_id)
+            self._discard_pending(name)
+            message = f"config version {version} canceled; the previous config keeps serving"
+            self.store.cancel_update(name, message, actor=self.actor)
+            self._emit("canceled", name, message=message)
+            raise _EndpointFailed(message) from None
         except ExecutorError as exc:
             for entity_id in started:
                 self._stop_entity_id(name, entity_id)
@@ -270,7 +290,7 @@ class Applier:
             handle = executor.start(deployment)
             self.store.update_entity(deployment.instance_id, handle=handle)
             self._emit("started", deployment.endpoint, deployment.entity)
-            executor.wait_ready(deployment, handle, self.ready_timeout)
+            self._wait_ready(executor, deployment, handle)
         except ExecutorError as exc:
             self.store.update_entity(
                 deployment.instance_id, deployment=DeploymentState.FAILED, message=exc.message
@@ -280,6 +300,30 @@ class Applier:
             deployment.instance_id, deployment=DeploymentState.READY, message=""
         )
         self._emit("ready", deployment.endpoint, deployment.entity)
+
+    def _wait_ready(self, executor: Any, deployment: Deployment, handle: dict[str, Any]) -> None:
+        """The executor's wait_ready, in a helper thread while this one watches for a cancel
+        request: no executor needs to know about cancels (stopping the entity, which the
+        cancel path does next, ends its wait)."""
+        if self.store.cancel_requested(deployment.endpoint):
+            raise _Canceled
+        outcome: list[BaseException] = []
+        done = threading.Event()
+
+        def wait() -> None:
+            try:
+                executor.wait_ready(deployment, handle, self.ready_timeout)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the applier's thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, name=f"ready-{deployment.label}", daemon=True).start()
+        while not done.wait(CANCEL_POLL_S):
+            if self.store.cancel_requested(deployment.endpoint):
+                raise _Canceled
+        if outcome:
+            raise outcome[0]
 
     def _delete(self, name: str) -> None:
         if self.store.get_endpoint(name) is None:

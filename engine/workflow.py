@@ -14,6 +14,7 @@ import dataclasses
 import getpass
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from engine.state import (
     open_state,
     resolve_state,
 )
+from engine.state._lock import holder_is_alive
 from plans import (
     Canonical,
     Plan,
@@ -54,6 +56,7 @@ from plans import (
     secret_use_errors,
 )
 from providers import ExecutorRegistry
+from schemas import now_ms
 
 T = TypeVar("T")
 
@@ -70,6 +73,8 @@ __all__ = [
     "WorkflowError",
     "actor_name",
     "apply_plan",
+    "NothingToCancel",
+    "cancel_update",
     "default_stack",
     "desired_from",
     "load_desired",
@@ -512,6 +517,43 @@ def apply_plan(
         return applier.apply(plan)
     except PlanNotApplicable as exc:
         raise WorkflowError(str(exc)) from None
+
+
+# How long `cancel_update` waits for the update's apply to stop what it started.
+CANCEL_WAIT_S = 60.0
+
+
+def cancel_update(session: Session, name: str, *, wait: float = CANCEL_WAIT_S) -> EndpointRow:
+    """Stop the config update of `name` in progress (the CLI's `engine cancel`, the REST
+    route, the UI's button): recorded in the state, carried out by the apply that runs the
+    update, wherever it runs (a serving host, another CLI). Returns the endpoint once that
+    apply has stopped (UPDATE_CANCELED), or as it is after `wait` seconds."""
+    store, _ = _opened(session)
+    row = store.get_endpoint(name)
+    if row is None or row.deleting:
+        raise WorkflowError(f"endpoint {name!r} does not exist")
+    if not row.in_progress or row.pending_version is None:
+        raise NothingToCancel(f"endpoint {name!r} has no config update in progress")
+    live = [i for i in store.locks() if name in i.keys or WHOLE_STATE in i.keys]
+    if not any(holder_is_alive(i, now_ms()) for i in live):
+        raise NothingToCancel(
+            f"the update of {name!r} is not running (the process that ran it is gone); "
+            "the next apply of the endpoint recovers it"
+        )
+    if store.request_cancel(name, actor=session.principal.name) is None:
+        raise NothingToCancel(f"endpoint {name!r} has no config update in progress")
+    deadline = time.monotonic() + wait
+    while True:
+        now = store.get_endpoint(name)
+        if now is None:
+            raise WorkflowError(f"endpoint {name!r} was deleted meanwhile")
+        if not now.in_progress or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
+class NothingToCancel(WorkflowError):
+    """No config update of the endpoint is running."""
 
 
 def _opened(session: Session) -> tuple[StateStore, SecretStore]:

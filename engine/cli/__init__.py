@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from engine.cli import cancel as cli_cancel
 from engine.cli import demo as cli_demo
 from engine.cli import plan as cli_plan
 from engine.cli import serve as cli_serve
@@ -35,6 +36,7 @@ cli_serve.register(app)
 cli_demo.register(app)
 cli_up.register(app)
 cli_sql.register(app)
+cli_cancel.register(app)
 app.add_typer(secrets_app)
 app.add_typer(tokens_app)
 app.add_typer(models_app)

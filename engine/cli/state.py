@@ -92,7 +92,7 @@ def state_show(name: str, state: StateOpt = None) -> None:
             "at": h.at_ms,
             "actor": h.actor,
             "action": h.action,
-            **({"summary": h.summary} if h.summary else {}),
+            **({"summary": _summary(h.summary)} if _summary(h.summary) else {}),
         }
         for h in store.history(name)
     ]
@@ -178,3 +178,9 @@ def migrate_command(
             "the same key: set ENGINE_SECRETS_KEY to its content there"
         )
     typer.echo(f"use it with --state {target} (or ENGINE_STATE)")
+
+
+def _summary(summary: dict[str, Any]) -> dict[str, Any]:
+    # The config a version began with is kept for the UI's version diff; `state show`
+    # already shows the active spec.
+    return {k: v for k, v in (summary or {}).items() if k != "config"}

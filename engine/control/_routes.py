@@ -5,6 +5,7 @@
 | GET POST      | /api/2.0/serving-endpoints (trailing slash too)               |
 | GET DELETE    | /api/2.0/serving-endpoints/{name}                             |
 | PUT           | /api/2.0/serving-endpoints/{name}/config                      |
+| POST          | /api/2.0/serving-endpoints/{name}/config/cancel (the engine's) |
 | PUT           | /api/2.0/serving-endpoints/{name}/rate-limits                 |
 | PATCH         | /api/2.0/serving-endpoints/{name}/tags                        |
 | PUT           | /api/2.0/serving-endpoints/{name}/ai-gateway                  |
@@ -154,6 +155,7 @@ class ControlPlane:
             ("GET", (), 1): self._get,
             ("DELETE", (), 1): self._delete,
             ("PUT", ("config",), 2): self._put_config,
+            ("POST", ("config",), 3): self._cancel_update,
             ("PUT", ("rate-limits",), 2): self._put_rate_limits,
             ("PATCH", ("tags",), 2): self._patch_tags,
             ("PUT", ("ai-gateway",), 2): self._put_ai_gateway,
@@ -206,6 +208,16 @@ class ControlPlane:
         body = config_body(await read_json(receive), name)
         await _thread(self._row, name, principal, "CAN_MANAGE", "update")
         await _thread(self.service.update_config, name, body, principal)
+        await send_json(send, 200, await _thread(self._detail, name, principal))
+
+    async def _cancel_update(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001
+        # The Serving UI's "Cancel update", scriptable: the platform has no REST route for it.
+        if parts[2] != "cancel":
+            raise _no_route(scope["method"], scope["path"])
+        if await read_json(receive, allow_empty=True) != {}:
+            raise ApiError(400, "INVALID_PARAMETER_VALUE", "cancel takes no body (or `{}`)")
+        await _thread(self._row, name, principal, "CAN_MANAGE", "cancel the update of")
+        await _thread(self.service.cancel, name, principal)
         await send_json(send, 200, await _thread(self._detail, name, principal))
 
     async def _put_rate_limits(self, scope, receive, send, principal, name, parts) -> None:  # noqa: ANN001

@@ -19,11 +19,13 @@ from engine.apply import ApplyEvent
 from engine.asgi import ApiError
 from engine.state import EntityRow, StateStore
 from engine.workflow import (
+    NothingToCancel,
     PlanErrored,
     Session,
     StateLocked,
     WorkflowError,
     apply_plan,
+    cancel_update,
     canonical_body,
     plan_endpoint,
     planned_and_locked,
@@ -104,6 +106,37 @@ class EndpointService:
                 doc.pop(part, None)
         self._run(doc, {}, actor, background=False)
         return doc
+
+    def preview(self, body: Any, actor: Principal) -> tuple[Plan | None, list[tuple[str, str]]]:
+        """The plan `body` (a whole endpoint) would carry out, made as `actor` and applied by
+        nothing; or, when the body breaks a spec rule, (None, [(field path, message)])."""
+        spec, diagnostics = validate_endpoint(body)
+        errors = [
+            (format_path(d.path), f"{d.message} [{d.rule}]") for d in diagnostics if d.is_error
+        ]
+        if spec is None or errors:
+            return None, errors or [("", "invalid endpoint")]
+        with self._open(actor) as session:
+            assert session.secrets is not None
+            doc, _ = canonical_body(spec, session.secrets)
+            return plan_endpoint(session, doc), []
+
+    def put(self, body: Any, actor: Principal) -> str:
+        """Create or change an endpoint as a whole (the UI's Apply): the same plan and apply
+        as create and update_config; answers once the change is pending or done."""
+        with self._open() as session:
+            doc, plaintexts = self._validated(body, session)
+        return self._run(doc, plaintexts, actor, background=True)
+
+    def cancel(self, name: str, actor: Principal) -> None:
+        """Stop the config update in progress (`cancel_update`); 409 when none runs."""
+        try:
+            with Session(self.state_path, actor) as session:
+                cancel_update(session, name)
+        except NothingToCancel as exc:
+            raise ApiError(409, "RESOURCE_CONFLICT", exc.message) from None
+        except WorkflowError as exc:
+            raise _api_error(exc) from None
 
     def delete(self, name: str, actor: Principal) -> None:
         with self._open() as session:
@@ -194,9 +227,9 @@ class EndpointService:
         return row.spec or {"name": name}
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[Session]:
+    def _open(self, principal: Principal | None = None) -> Iterator[Session]:
         try:
-            with Session(self.state_path) as session:
+            with Session(self.state_path, principal) as session:
                 yield session
         except WorkflowError as exc:
             raise _api_error(exc) from None

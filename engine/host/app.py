@@ -57,6 +57,7 @@ from engine.state import (
 from engine.state.notify import StateListener
 from engine.tables._names import tables_root
 from engine.tables.recorder import TableRecorder
+from engine.ui import ServingUi
 from providers import ExecutorRegistry
 from providers.runner import RunnerExecutor
 from schemas import now_ms
@@ -248,6 +249,7 @@ class ServingApp:
         )
         service = EndpointService(self.state_path, self._executors, drain=self.drain)
         self.extra_routes.append(ControlPlane(self, service))
+        self.extra_routes.append(ServingUi(self, service))
         # Runners of active entities start with their host (a background thread: queries to
         # external models are served meanwhile).
         if self.runner_host:

@@ -316,7 +316,10 @@ class SharedStatements:
                 "deleting = 0, stack = COALESCE(stack, ?) WHERE name = ?",
                 (dumps(desired), version, now, ConfigUpdateState.IN_PROGRESS, stack, name),
             )
-            self._history(conn, name, version, actor, "begin-update", {})
+            # The config each version began with, so that any two versions can be diffed
+            # (secrets in it are references and keyed hashes, as in the spec column).
+            begun = {"config": desired.get("config")} if "config" in desired else {}
+            self._history(conn, name, version, actor, "begin-update", begun)
         row = self.get_endpoint(name)
         assert row is not None
         return row
@@ -432,6 +435,54 @@ class SharedStatements:
                 row["pending_version"] if row else None,
                 actor,
                 "update-failed",
+                {"message": message},
+            )
+
+    def request_cancel(self, name: str, *, actor: str) -> int | None:
+        """Record that the config update in progress should stop (the pending version), or
+        None when no update is in progress. The apply running it polls `cancel_requested`."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT config_update, pending_version FROM endpoints WHERE name = ?", (name,)
+            ).fetchone()
+            if (
+                row is None
+                or row["config_update"] != ConfigUpdateState.IN_PROGRESS
+                or row["pending_version"] is None
+            ):
+                return None
+            version = int(row["pending_version"])
+            self._history(conn, name, version, actor, "cancel-requested", {})
+        return version
+
+    def cancel_requested(self, name: str) -> bool:
+        """Whether a cancel was asked for since the endpoint's latest update began."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 AS hit FROM history WHERE endpoint = ? AND action = 'cancel-requested' "
+                "AND id > COALESCE((SELECT MAX(id) FROM history WHERE endpoint = ? "
+                "AND action = 'begin-update'), 0) LIMIT 1",
+                (name, name),
+            ).fetchone()
+        return row is not None
+
+    def cancel_update(self, name: str, message: str, *, actor: str) -> None:
+        """The update stopped on request: pending dropped, the old config keeps serving."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT pending_version FROM endpoints WHERE name = ?", (name,)
+            ).fetchone()
+            conn.execute(
+                "UPDATE endpoints SET pending = NULL, pending_version = NULL, "
+                "pending_started_ms = NULL, config_update = ?, update_message = ? WHERE name = ?",
+                (ConfigUpdateState.UPDATE_CANCELED, message, name),
+            )
+            self._history(
+                conn,
+                name,
+                row["pending_version"] if row else None,
+                actor,
+                "update-canceled",
                 {"message": message},
             )
 

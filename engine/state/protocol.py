@@ -129,6 +129,18 @@ class CoreStore(Protocol):
 
     def fail_update(self, name: str, message: str, *, actor: str) -> None: ...
 
+    def request_cancel(self, name: str, *, actor: str) -> int | None:
+        """Ask the update in progress to stop; its pending version, or None if none runs."""
+        ...
+
+    def cancel_requested(self, name: str) -> bool:
+        """Whether a cancel was asked for since the endpoint's latest update began."""
+        ...
+
+    def cancel_update(self, name: str, message: str, *, actor: str) -> None:
+        """UPDATE_CANCELED: the pending config dropped, the old one keeps serving."""
+        ...
+
     def clear_interrupted(self, name: str, *, actor: str) -> None: ...
 
     def update_in_place(
