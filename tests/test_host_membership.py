@@ -148,3 +148,29 @@ def test_two_serves_started_at_once_one_wins(tmp_path: Path) -> None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.communicate(timeout=30)
+
+
+def test_the_peer_wake_route_refuses_anyone_but_a_replica(tmp_path: Path) -> None:
+    """Only a replica holding its recorded peer key may ask the runner host to start a runner:
+    no header, a forged key for the real host id, and an admin's bearer token are all 403."""
+    from engine.access.tokens import create_token
+
+    state = tmp_path / "state.db"
+    store = open_state(state)
+    _, admin = create_token(store, "admin@example.com", admin=True)
+    store.close()
+    with ServerProcess(state) as server:
+        (record,) = _hosts(state)
+        url = server.url + "/api/2.0/engine/peers/wake"
+        body = {"instance_id": 1}
+        attempts = [
+            {},
+            {"x-engine-peer": f"{record['id']}:forged-key"},
+            {"x-engine-peer": f"{record['id']}:"},
+            {"Authorization": f"Bearer {admin}"},
+        ]
+        for headers in attempts:
+            answer = httpx.post(url, json=body, headers=headers, timeout=10)
+            assert answer.status_code == 403, (headers, answer.text)
+            assert answer.json()["error_code"] == "PERMISSION_DENIED"
+        assert record["peer_hash"] and "forged-key" not in server.log.read_text()
