@@ -21,6 +21,7 @@ from engine.access.tokens import Principal
 from engine.asgi import ApiError, send_json
 from engine.gateway._errors import answer_for, token_counts, unreadable
 from engine.gateway._guardrails import (
+    GuardrailBlock,
     Guardrails,
     Judge,
     check_input,
@@ -265,7 +266,7 @@ class DataPlane:
         try:
             if guard is not None:  # None: no guardrails, nothing to do (the hot path)
                 body = await self._guard_input(
-                    guard, table, route, entity, principal, body, started
+                    guard, table, route, entity, principal, body, started, ticket, exchange
                 )
             if body.pop("stream", False) is True:
                 await self._stream(
@@ -317,16 +318,19 @@ class DataPlane:
         encoding = body.pop("encoding_format", None) if route.task == "llm/v1/embeddings" else None
         candidates = _candidates(route, entity, fallback)
         failure: ApiError | None = None
+        last = entity
         for candidate in candidates:
             try:
                 result = await self._once(route, candidate, body)
                 if encoding == "base64":
                     _encode_base64(result)
             except ProviderError as exc:
-                failure = _answer(exc, candidate)
+                failure, last = _answer(exc, candidate), candidate
                 self.metrics.upstream_errors[(route.name, candidate.name, exc.kind)] += 1
                 # Another entity may answer what this one could not (fallback_config).
                 if failure.status >= 500 or failure.status == 429:
+                    if candidate is not candidates[-1]:
+                        self._attempted(route, candidate, principal, failure, started, exchange)
                     continue
                 break
             guard = route.guardrails
@@ -354,7 +358,6 @@ class DataPlane:
         assert failure is not None
         if exchange is not None:
             exchange.response = failure.body()
-        last = candidates[-1]
         self._account(route, last, principal, failure.status, started, None, ticket, exchange)
         raise failure
 
@@ -417,6 +420,7 @@ class DataPlane:
             except _Refused as exc:
                 answer = exc.answer
                 if i + 1 < len(candidates) and (answer.status >= 500 or answer.status == 429):
+                    self._attempted(route, candidate, principal, answer, started, exchange)
                     continue
                 if exchange is not None:
                     exchange.streamed, exchange.response = False, answer.body()
@@ -560,13 +564,22 @@ class DataPlane:
         principal: Principal,
         body: dict[str, Any],
         started: float,
+        ticket: Ticket | None = None,
+        exchange: Exchange | None = None,
     ) -> dict[str, Any]:
         """The body as the upstream may see it; a block is answered (and accounted) here."""
         try:
-            return await check_input(guard, route.task, body, self._judge(table), self.metrics)
+            guarded = await check_input(guard, route.task, body, self._judge(table), self.metrics)
         except ApiError as exc:
-            self._account(route, entity, principal, exc.status, started, None)
+            if exchange is not None:
+                exchange.response = exc.body()
+                if isinstance(exc, GuardrailBlock) and exc.logged is not None:
+                    exchange.take_texts(exc.logged)
+            self._account(route, entity, principal, exc.status, started, None, ticket, exchange)
             raise
+        if exchange is not None and guarded is not body:
+            exchange.take_texts(guarded)
+        return guarded
 
     def _judge(self, table: RoutingTable) -> Judge:
         """Asks this host's guard model (the safety endpoint) about a conversation."""
@@ -607,6 +620,22 @@ class DataPlane:
         """A stream that failed before it started: answered with a status, as a call is."""
         self.metrics.upstream_errors[(route.name, entity.name, exc.kind)] += 1
         return _answer(exc, entity)
+
+    def _attempted(
+        self,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        failure: ApiError,
+        started: float,
+        exchange: Exchange | None,
+    ) -> None:
+        """A fallback attempt that failed: its own payload row (the answer comes later)."""
+        if exchange is not None and self.tables is not None:
+            elapsed = time.perf_counter() - started
+            self.tables.record_attempt(
+                route, entity, principal, failure.status, elapsed, exchange, failure.body()
+            )
 
     def _account(
         self,

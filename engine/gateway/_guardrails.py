@@ -38,7 +38,7 @@ from engine.gateway._metrics import Metrics
 from engine.gateway._pii import PiiDetector, detector, mask
 from providers.adapters._sse import DONE, event, event_data
 
-__all__ = ["Guardrails", "Judge", "Side", "compile_guardrails", "guarded_stream"]
+__all__ = ["GuardrailBlock", "Guardrails", "Judge", "Side", "compile_guardrails", "guarded_stream"]
 
 # Asks the guard model about a conversation; its answer's text.
 Judge = Callable[[list[dict[str, Any]]], Awaitable[str]]
@@ -48,6 +48,13 @@ Judge = Callable[[list[dict[str, Any]]], Awaitable[str]]
 _TAIL = 128
 _BLOCK = "BLOCK"
 _MASK = "MASK"
+
+
+class GuardrailBlock(ApiError):
+    """A guardrail refused the text: answered 400; `logged` is the request as the payload
+    table may keep it (its PII masked), when it differs from what the caller sent."""
+
+    logged: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,9 @@ class Side:
             self._detector.append(detector())
         return self._detector[0]
 
-    def blocked(self, what: str) -> ApiError:
+    def blocked(self, what: str) -> GuardrailBlock:
         noun = "request" if self.direction == "input" else "response"
-        return ApiError(
+        return GuardrailBlock(
             400,
             "BAD_REQUEST",
             f"{self.direction.capitalize()} guardrail triggered: the {noun} {what}",
@@ -277,12 +284,14 @@ async def check_input(
         def scan(text: str) -> str:
             spans = side.detector.find(text)
             found.extend(spans)
-            return mask(text, spans) if side.pii == _MASK else text
+            return mask(text, spans) if spans else text
 
         masked = rewrite_input(task, body, scan)
         if found and side.pii == _BLOCK:
             count("pii", "block")
-            raise side.blocked(f"contains PII ({_pii_types(found)})")
+            blocked = side.blocked(f"contains PII ({_pii_types(found)})")
+            blocked.logged = masked  # the payload table keeps the request without the PII
+            raise blocked
         if found:
             count("pii", "mask", len(found))
             body = masked

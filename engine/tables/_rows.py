@@ -36,6 +36,7 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 # A stream's frames are kept up to this many bytes (its merged answer is far smaller than
 # its frames; past this it is certainly over MAX_PAYLOAD_BYTES).
 _MAX_FRAME_BYTES = 16 * MAX_PAYLOAD_BYTES
+_TEXT_FIELDS = ("messages", "prompt", "input")
 _NAMESPACE = uuid.UUID("6f1d3c1e-6b0e-4c55-9d0a-5f2c8e0b7a41")
 
 
@@ -50,6 +51,30 @@ class Exchange:
     frames: list[bytes] = field(default_factory=list)  # a stream's SSE frames as sent
     frame_bytes: int = 0
     truncated: bool = False  # frames past _MAX_FRAME_BYTES were not kept
+    # A fallback attempt's row shares the request's id: `attempt_of` is the request's exchange.
+    attempt_of: Exchange | None = None
+    request_id: str | None = None  # given by the writer, once per request
+
+    def take_texts(self, guarded: dict[str, Any]) -> None:
+        """A guardrail masked the request's texts: the row keeps them as the model got them
+        (the table never holds what the guardrail kept from the model)."""
+        if not isinstance(self.body, dict):
+            return
+        body = dict(self.body)
+        for key in _TEXT_FIELDS:
+            if key in body and key in guarded:
+                body[key] = guarded[key]
+        self.body = body
+
+    def attempt(self, answered: Any) -> Exchange:
+        """An exchange for one failed fallback attempt, answered `answered` (an error body)."""
+        return Exchange(self.body, response=answered, attempt_of=self)
+
+    def shared_request_id(self) -> str:
+        owner = self.attempt_of or self
+        if owner.request_id is None:
+            owner.request_id = request_id()
+        return owner.request_id
 
     def keep_frame(self, frame: bytes) -> None:
         if self.truncated:

@@ -31,9 +31,6 @@ from engine.tables._rows import (
     response_of,
     usage_row,
 )
-from engine.tables._rows import (
-    request_id as new_request_id,
-)
 from engine.tables._schemas import (
     PAYLOAD_PARTITION,
     PAYLOAD_SCHEMA,
@@ -116,6 +113,38 @@ class TableRecorder:
         if len(pending) >= self._flush_rows:
             self._wake.set()
 
+    def record_attempt(
+        self,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        status: int,
+        elapsed: float,
+        exchange: Exchange,
+        answered: Any,
+    ) -> None:
+        """A fallback attempt that failed before another entity was tried: a payload row of
+        its own (same request id), not a usage row (it used nothing)."""
+        if route.payload_table is None or len(self._pending) >= self._capacity:
+            if route.payload_table is not None:
+                self.metrics.tables_dropped[route.name] += 1
+            return
+        self._pending.append(
+            RequestRecord(
+                time.time(),
+                elapsed,
+                route.id,
+                entity.instance_id,
+                principal.name,
+                status,
+                0,
+                0,
+                route.payload_table,
+                False,
+                exchange.attempt(answered),
+            )
+        )
+
     # -- the host's side ----------------------------------------------------------------------
 
     def start(self) -> None:
@@ -196,7 +225,7 @@ class TableRecorder:
         payloads: dict[TableName, list[dict[str, Any]]] = {}
         usage: list[dict[str, Any]] = []
         for record in batch:
-            request_id = new_request_id()
+            request_id = record.exchange.shared_request_id()
             answer = response_of(record.exchange)
             if record.payload_table is not None:
                 payloads.setdefault(record.payload_table, []).append(
