@@ -250,6 +250,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def payload_rows(work: Path, answered: int) -> str:
+    """The tables gateway's rows after its stop, against the requests wrk saw answered (wrk
+    may cut requests in flight at the end of a run: the rows can be a few more)."""
+    from deltalake import DeltaTable
+
+    root = work / "state" / "tables"
+    payload = DeltaTable(str(root / "main" / "default" / "bench_payload")).count()
+    usage = DeltaTable(str(root / "system" / "serving" / "endpoint_usage")).count()
+    return f"rows after the stop: payload {payload}, usage {usage}; answered (wrk) {answered}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -301,10 +312,12 @@ def main() -> None:
     direct_path = upstream_url + "/v1/chat/completions"
     results: dict[tuple[str, int], list[Run]] = {}
     cpu: dict[tuple[str, int], list[float]] = {}
+    answered = dict.fromkeys(series, 0)  # requests wrk saw answered, per series
     try:
-        for gw, name in series.values():  # warm-up: connections, caches
+        for s_name, (gw, name) in series.items():  # warm-up: connections, caches
             _, url, token = gateways[gw]
-            wrk(url + f"/serving-endpoints/{name}/invocations", token, 16, 1, work)
+            path = url + f"/serving-endpoints/{name}/invocations"
+            answered[s_name] += wrk(path, token, 16, 1, work).requests
         for round_no in range(args.rounds):
             # Which gateway runs first alternates between rounds: no side gets a fixed place.
             order = [(s, gateways[gw], ep) for s, (gw, ep) in series.items()]
@@ -320,13 +333,14 @@ def main() -> None:
                     run = wrk(path, token, c, args.seconds, work)
                     per_request = (cpu_seconds(proc.pid) - before) / run.requests
                     cpu.setdefault((name, c), []).append(per_request)
+                    answered[name] += run.requests
                     results.setdefault((name, c), []).append(run)
     finally:
         for proc, _, _ in gateways.values():
             proc.send_signal(signal.SIGTERM)
         upstream.send_signal(signal.SIGTERM)
         for proc, _, _ in gateways.values():
-            proc.wait(10)
+            proc.wait(60)  # a tables gateway writes what is pending before it exits
         upstream.wait(10)
 
     def med(runs: list[Run], attr: str) -> float:
@@ -398,6 +412,30 @@ def main() -> None:
                 f"{statistics.median(cpu[('gateway', c)]) * 1000:>10.3f}ms | "
                 f"{statistics.median(cpu[('pii', c)]) * 1000:>9.3f}ms"
             )
+    if args.tables:
+        print("# payload logging + usage tracking on (tables) vs off (gateway), same rounds")
+        print(
+            f"{'conc':>4} | {'off req/s':>9} | {'on req/s':>8} | {'on/off':>6} | "
+            f"{'off added p50':>13} | {'on added p50':>12} | {'off CPU/req':>11} | "
+            f"{'on CPU/req':>10}"
+        )
+        for c in levels:
+            d, n, t = (results[(k, c)] for k in ("direct", "gateway", "tables"))
+            print(
+                f"{c:>4} | {med(n, 'rps'):>9.0f} | {med(t, 'rps'):>8.0f} | "
+                f"{med(t, 'rps') / med(n, 'rps'):>6.3f} | "
+                f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
+                f"{med(t, 'p50_ms') - med(d, 'p50_ms'):>10.3f}ms | "
+                f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
+                f"{statistics.median(cpu[('tables', c)]) * 1000:>8.3f}ms"
+            )
+        if 64 in levels:
+            cost = 1 - med(results[("tables", 64)], "rps") / med(results[("gateway", 64)], "rps")
+            print(f"tables cost at c=64: {cost * 100:.1f}% of req/s (goal <= 10%)")
+        if 1 in levels:
+            extra = med(results[("tables", 1)], "p50_ms") - med(results[("gateway", 1)], "p50_ms")
+            print(f"tables added p50 at c=1: {extra:.3f} ms")
+        print(payload_rows(work / "tables", answered["tables"]))
     shutil.rmtree(work, ignore_errors=True)
 
 

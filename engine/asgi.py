@@ -73,12 +73,17 @@ async def read_body(receive: Any) -> bytes:
 
 
 async def read_json(receive: Any, *, allow_empty: bool = False) -> Any:
+    return (await read_json_raw(receive, allow_empty=allow_empty))[0]
+
+
+async def read_json_raw(receive: Any, *, allow_empty: bool = False) -> tuple[Any, bytes]:
+    """The parsed body and its bytes (kept by a payload table as they came)."""
     raw = await read_body(receive)
     if not raw.strip():
         if allow_empty:
-            return {}
+            return {}, raw
         raise ApiError(400, "INVALID_PARAMETER_VALUE", "the request body must be a JSON object")
-    return parse_json_body(raw)
+    return parse_json_body(raw), raw
 
 
 def parse_json_body(raw: bytes) -> Any:

@@ -473,17 +473,18 @@ def test_streams_merge_into_one_answer() -> None:
 
 
 def test_payloads_over_one_mib_are_not_stored() -> None:
+    from engine.tables._names import TableName
     from engine.tables._rows import (
         MAX_PAYLOAD_BYTES,
         Exchange,
         RequestRecord,
         payload_row,
-        response_of,
     )
 
     def row(exchange: Exchange) -> dict[str, Any]:
-        record = RequestRecord(1e9, 0.5, "e", 1, "bob", 200, 1, 1, None, False, exchange)
-        return payload_row(record, "id", response_of(exchange))
+        table = TableName("main", "default", "p_payload")
+        record = RequestRecord(1e9, 0.5, "e", 1, "bob", 200, 1, 1, table, False, exchange)
+        return payload_row(record)
 
     # Multi-byte characters count as bytes: 300,000 x 4 bytes is over 1 MiB in UTF-8.
     big_answer = Exchange({"prompt": "p"}, response={"choices": [{"text": "\U0001f600" * 300_000}]})

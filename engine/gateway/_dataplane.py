@@ -210,9 +210,10 @@ class DataPlane:
         entity_name: str | None = None,
         openai_route: str | None = None,
         receive: Any = None,
+        raw: bytes | None = None,
     ) -> None:
         """Answer one query; `receive` (the request's ASGI receive) lets a stream see its
-        client go away."""
+        client go away; `raw` is the body's bytes, for a payload table."""
         route = table.endpoints.get(endpoint)
         if route is None:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", f"endpoint {endpoint!r} does not exist")
@@ -259,7 +260,7 @@ class DataPlane:
         # The tables keep the body as the caller sent it (what follows works on a copy).
         exchange = None
         if self.tables is not None and (route.usage_tracking or route.payload_table is not None):
-            exchange = Exchange(body)
+            exchange = Exchange(body, raw)
         body = upstream_body(body)
         started = time.perf_counter()
         guard = route.guardrails

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.access.permissions import level_in
 from engine.access.tokens import Principal
-from engine.asgi import ApiError, read_json
+from engine.asgi import ApiError, read_json, read_json_raw
 from engine.gateway._dataplane import TASK_OF_ROUTE, DataPlane
 from engine.gateway._responses import ResponsesSend, responses_to_chat
 from engine.gateway._table import RoutingTable
@@ -48,14 +48,16 @@ class QueryRoutes:
         parts = rest.split("/")
         invoke = self.dataplane.invoke
         if rest in TASK_OF_ROUTE:
-            body = await read_json(receive)
+            body, raw = await read_json_raw(receive)
             model = body.get("model") if isinstance(body, dict) else None
             if not isinstance(model, str) or not model:
                 raise ApiError(
                     400, "INVALID_PARAMETER_VALUE", "`model` must name the serving endpoint"
                 )
             authorize_query(principal, table, model)
-            await invoke(send, table, principal, model, body, openai_route=rest, receive=receive)
+            await invoke(
+                send, table, principal, model, body, openai_route=rest, receive=receive, raw=raw
+            )
         elif rest == "responses":
             model, chat = responses_to_chat(await read_json(receive))
             authorize_query(principal, table, model)
@@ -69,14 +71,21 @@ class QueryRoutes:
                 receive=receive,
             )
         elif len(parts) == 2 and parts[1] == "invocations":
-            body = await read_json(receive)
+            body, raw = await read_json_raw(receive)
             authorize_query(principal, table, parts[0])
-            await invoke(send, table, principal, parts[0], body, receive=receive)
+            await invoke(send, table, principal, parts[0], body, receive=receive, raw=raw)
         elif len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations":
-            body = await read_json(receive)
+            body, raw = await read_json_raw(receive)
             authorize_query(principal, table, parts[0])
             await invoke(
-                send, table, principal, parts[0], body, entity_name=parts[2], receive=receive
+                send,
+                table,
+                principal,
+                parts[0],
+                body,
+                entity_name=parts[2],
+                receive=receive,
+                raw=raw,
             )
         else:
             raise ApiError(404, "ENDPOINT_NOT_FOUND", f"no API at POST {path}")

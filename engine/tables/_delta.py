@@ -9,9 +9,15 @@ import pyarrow as pa
 
 __all__ = ["Appender", "append", "is_table", "overwrite", "read_rows", "read_table"]
 
-# Small files are merged into large ones every this many appends to a table (a host appends
-# about once a second per table; a query would otherwise open one file per second served).
-COMPACT_EVERY = 1000
+# Small files are merged every this many appends to a table. Measured with deltalake 1.6:
+# an append costs about 0.17 ms more per file the table holds (1,500 rows: 10 ms with a few
+# files, 50 ms with 250), so files must not pile up; a query also opens every one of them.
+COMPACT_EVERY = 50
+# Files up to this size are merged (bounded: a compaction never rewrites a large table).
+COMPACT_TARGET_BYTES = 32 * 1024 * 1024
+# Files that compaction replaced are deleted once older than this (readers of an older
+# version, e.g. a long `engine sql`, keep theirs until then).
+VACUUM_RETENTION_HOURS = 24
 
 
 def _private_parent(path: Path) -> None:
@@ -43,18 +49,20 @@ class Appender:
     def append(
         self,
         path: Path,
-        rows: list[dict[str, Any]],
+        columns: dict[str, list[Any]],
         schema: pa.Schema,
         partition_by: list[str] | None = None,
     ) -> None:
+        """Append rows given as columns (in `schema`'s names)."""
         from deltalake import DeltaTable, write_deltalake
 
+        data = pa.Table.from_pydict(columns, schema=schema)
         table = self._open.get(path)
         if table is None:
-            append(path, rows, schema, partition_by)
+            _private_parent(path)
+            write_deltalake(str(path), data, mode="append", partition_by=partition_by)
             self._open[path] = DeltaTable(str(path))
             return
-        data = pa.Table.from_pylist(rows, schema=schema)
         try:
             write_deltalake(table, data, mode="append", partition_by=partition_by)
         except Exception:
@@ -62,7 +70,12 @@ class Appender:
             raise
         count = self._appends[path] = self._appends.get(path, 0) + 1
         if count % COMPACT_EVERY == 0:
-            table.optimize.compact()
+            table.optimize.compact(target_size=COMPACT_TARGET_BYTES)
+            table.vacuum(
+                retention_hours=VACUUM_RETENTION_HOURS,
+                dry_run=False,
+                enforce_retention_duration=False,
+            )
 
 
 def overwrite(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-import random
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "RequestRecord",
     "aggregate_stream",
+    "batch_columns",
     "TOO_LARGE",
     "payload_row",
     "request_id",
@@ -37,6 +38,8 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 # its frames; past this it is certainly over MAX_PAYLOAD_BYTES).
 _MAX_FRAME_BYTES = 16 * MAX_PAYLOAD_BYTES
 _TEXT_FIELDS = ("messages", "prompt", "input")
+# Built once: json.dumps with arguments makes a new encoder per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _NAMESPACE = uuid.UUID("6f1d3c1e-6b0e-4c55-9d0a-5f2c8e0b7a41")
 
 
@@ -46,6 +49,7 @@ class Exchange:
     that logs payloads or tracks usage). Request headers are never kept: only the body."""
 
     body: Any  # as the caller sent it; the data plane works on copies
+    raw: bytes | None = None  # the body's bytes as they came (the request column, unencoded)
     streamed: bool = False
     response: Any = None  # the answer's JSON, or the error body answered
     frames: list[bytes] = field(default_factory=list)  # a stream's SSE frames as sent
@@ -64,16 +68,17 @@ class Exchange:
         for key in _TEXT_FIELDS:
             if key in body and key in guarded:
                 body[key] = guarded[key]
-        self.body = body
+        self.body, self.raw = body, None  # the bytes sent are not what is logged any more
 
     def attempt(self, answered: Any) -> Exchange:
         """An exchange for one failed fallback attempt, answered `answered` (an error body)."""
-        return Exchange(self.body, response=answered, attempt_of=self)
+        return Exchange(self.body, self.raw, response=answered, attempt_of=self)
 
-    def shared_request_id(self) -> str:
+    def shared_request_id(self, fresh: str) -> str:
+        """The request's id: the one its first row got, else `fresh` (a new id)."""
         owner = self.attempt_of or self
         if owner.request_id is None:
-            owner.request_id = request_id()
+            owner.request_id = fresh
         return owner.request_id
 
     def keep_frame(self, frame: bytes) -> None:
@@ -105,13 +110,22 @@ class RequestRecord:
 
 
 def request_id() -> str:
-    """A random (version 4) UUID, as the platform's request ids are; cheaper than uuid4()."""
-    h = "%032x" % (random.getrandbits(128) & _V4_MASK | _V4_BITS)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID, as the platform's request ids are."""
+    return request_ids(1)[0]
 
 
-_V4_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1
-_V4_BITS = 0x4000 << 64 | 0x8000 << 48
+def request_ids(n: int) -> list[str]:
+    """`n` random (version 4) UUIDs: one urandom call for all (uuid4() costs 3 us each)."""
+    h = os.urandom(16 * n).hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
+
+
+# The variant bits (10xx) of the 17th hex digit, whatever the random digit was.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 @functools.lru_cache(maxsize=4096)  # a few instances, one id each: SHA-1 once, not per row
@@ -138,7 +152,7 @@ def _encoded(value: Any, code: str) -> tuple[str | None, str | None]:
     """(JSON text, None), or (None, `code`) when it is over the platform's size limit."""
     if value is None:
         return None, None
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODE(value)
     # Characters <= bytes <= 4 x characters in UTF-8: encode only when it could be too big.
     if len(text) > MAX_PAYLOAD_BYTES or (
         4 * len(text) > MAX_PAYLOAD_BYTES and len(text.encode()) > MAX_PAYLOAD_BYTES
@@ -211,6 +225,17 @@ def response_of(exchange: Exchange) -> Any:
     return exchange.response
 
 
+def _request_text(exchange: Exchange) -> tuple[str | None, str | None]:
+    """The request column: the body's bytes as they came (a valid UTF-8 JSON object: the
+    route parsed them), else the body encoded; or the size-limit code."""
+    raw = exchange.raw
+    if raw is None:
+        return _encoded(exchange.body, "MAX_REQUEST_SIZE_EXCEEDED")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        return None, "MAX_REQUEST_SIZE_EXCEEDED"
+    return raw.decode(), None
+
+
 def _response_text(exchange: Exchange, answer: Any) -> tuple[str | None, str | None]:
     """The response column: the bytes a plain call answered as they were sent (no second
     encoding), else the answer encoded; or the size-limit code."""
@@ -229,30 +254,10 @@ def _response_text(exchange: Exchange, answer: Any) -> tuple[str | None, str | N
 TOO_LARGE = object()
 
 
-def payload_row(record: RequestRecord, request_id: str, answer: Any) -> dict[str, Any]:
-    exchange = record.exchange
-    codes: list[str] = []
-    request, code = _encoded(exchange.body, "MAX_REQUEST_SIZE_EXCEEDED")
-    if code:
-        codes.append(code)
-    response, code = _response_text(exchange, answer)
-    if code:
-        codes.append(code)
-    start_us = round((record.end_s - record.elapsed_s) * 1_000_000)
-    return {
-        "databricks_request_id": request_id,
-        "client_request_id": _client_request_id(exchange.body),
-        "request_date": start_us // 86_400_000_000,
-        "request_time": start_us,
-        "status_code": record.status,
-        "sampling_fraction": 1.0,
-        "execution_duration_ms": round(record.elapsed_s * 1000),
-        "request": request,
-        "response": response,
-        "served_entity_id": served_entity_id(record.endpoint_id, record.instance_id),
-        "logging_error_codes": codes,
-        "requester": record.requester,
-    }
+def payload_row(record: RequestRecord) -> dict[str, Any]:
+    """One record's payload row (the batch builder's, for one record)."""
+    (columns,) = batch_columns([record], "")[0].values()
+    return {name: values[0] for name, values in columns.items()}
 
 
 def _characters(value: Any) -> int:
@@ -285,28 +290,115 @@ def _input_characters(body: Any) -> int | None:
 
 
 def _output_characters(answer: Any) -> int | None:
-    if not isinstance(answer, dict) or "choices" not in answer:
+    if type(answer) is not dict or "choices" not in answer:
         return None
-    return _characters(answer["choices"])
+    choices = answer["choices"]
+    if type(choices) is list:  # the hot shapes, without the recursion
+        total = 0
+        for choice in choices:
+            message = choice.get("message") if type(choice) is dict else None
+            if type(message) is dict and type(message.get("content")) is str:
+                total += len(message["content"])
+            elif type(choice) is dict and type(choice.get("text")) is str:
+                total += len(choice["text"])
+            else:
+                return _characters(choices)
+        return total
+    return _characters(choices)
 
 
-def usage_row(
-    record: RequestRecord, request_id: str, workspace_id: str, answer: Any
-) -> dict[str, Any]:
-    exchange = record.exchange
-    return {
-        "account_id": None,
-        "workspace_id": workspace_id,
-        "client_request_id": _client_request_id(exchange.body),
-        "databricks_request_id": request_id,
-        "requester": record.requester,
-        "status_code": record.status,
-        "request_time": round((record.end_s - record.elapsed_s) * 1_000_000),
-        "input_token_count": record.input_tokens,
-        "output_token_count": record.output_tokens,
-        "input_character_count": _input_characters(exchange.body),
-        "output_character_count": None if answer is TOO_LARGE else _output_characters(answer),
-        "usage_context": _usage_context(exchange.body),
-        "request_streaming": exchange.streamed,
-        "served_entity_id": served_entity_id(record.endpoint_id, record.instance_id),
-    }
+def usage_row(record: RequestRecord, workspace_id: str) -> dict[str, Any]:
+    """One record's usage row (the batch builder's, for one record)."""
+    columns = batch_columns([record], workspace_id)[1]
+    return {name: values[0] for name, values in columns.items()}
+
+
+# The columns of each table, in the schemas' order (engine/tables/_schemas.py).
+PAYLOAD_COLUMNS = (
+    "databricks_request_id",
+    "client_request_id",
+    "request_date",
+    "request_time",
+    "status_code",
+    "sampling_fraction",
+    "execution_duration_ms",
+    "request",
+    "response",
+    "served_entity_id",
+    "logging_error_codes",
+    "requester",
+)
+USAGE_COLUMNS = (
+    "account_id",
+    "workspace_id",
+    "client_request_id",
+    "databricks_request_id",
+    "requester",
+    "status_code",
+    "request_time",
+    "input_token_count",
+    "output_token_count",
+    "input_character_count",
+    "output_character_count",
+    "usage_context",
+    "request_streaming",
+    "served_entity_id",
+)
+
+
+def batch_columns(
+    batch: list[RequestRecord], workspace_id: str
+) -> tuple[dict[TableName, dict[str, list[Any]]], dict[str, list[Any]]]:
+    """A batch of records as columns (payload tables by name, and the usage table): one pass,
+    each record's shared values worked out once, no row dicts (Arrow takes columns)."""
+    payloads: dict[TableName, dict[str, list[Any]]] = {}
+    usage: dict[str, list[Any]] = {name: [] for name in USAGE_COLUMNS}
+    for record, fresh in zip(batch, request_ids(len(batch)), strict=True):
+        exchange = record.exchange
+        body = exchange.body
+        request_id = exchange.shared_request_id(fresh)
+        client_id = _client_request_id(body)
+        start_us = round((record.end_s - record.elapsed_s) * 1_000_000)
+        entity_id = served_entity_id(record.endpoint_id, record.instance_id)
+        answer = response_of(exchange)
+        if record.payload_table is not None:
+            columns = payloads.get(record.payload_table)
+            if columns is None:
+                columns = payloads[record.payload_table] = {n: [] for n in PAYLOAD_COLUMNS}
+            codes: list[str] = []
+            request, code = _request_text(exchange)
+            if code:
+                codes.append(code)
+            response, code = _response_text(exchange, answer)
+            if code:
+                codes.append(code)
+            columns["databricks_request_id"].append(request_id)
+            columns["client_request_id"].append(client_id)
+            columns["request_date"].append(start_us // 86_400_000_000)
+            columns["request_time"].append(start_us)
+            columns["status_code"].append(record.status)
+            columns["sampling_fraction"].append(1.0)
+            columns["execution_duration_ms"].append(round(record.elapsed_s * 1000))
+            columns["request"].append(request)
+            columns["response"].append(response)
+            columns["served_entity_id"].append(entity_id)
+            columns["logging_error_codes"].append(codes)
+            columns["requester"].append(record.requester)
+        if record.usage:
+            usage["account_id"].append(None)
+            usage["workspace_id"].append(workspace_id)
+            usage["client_request_id"].append(client_id)
+            usage["databricks_request_id"].append(request_id)
+            usage["requester"].append(record.requester)
+            usage["status_code"].append(record.status)
+            usage["request_time"].append(start_us)
+            usage["input_token_count"].append(record.input_tokens)
+            usage["output_token_count"].append(record.output_tokens)
+            usage["input_character_count"].append(_input_characters(body))
+            usage["output_character_count"].append(
+                None if answer is TOO_LARGE else _output_characters(answer)
+            )
+            usage["usage_context"].append(_usage_context(body))
+            usage["request_streaming"].append(exchange.streamed)
+            usage["served_entity_id"].append(entity_id)
+    return payloads, usage
