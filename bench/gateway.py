@@ -378,57 +378,32 @@ def main() -> None:
     if 1 in levels:
         added = med(results[("gateway", 1)], "p50_ms") - med(results[("direct", 1)], "p50_ms")
         print(f"added p50 at c=1: {added:.3f} ms (goal < 0.3 ms)")
-    if "baseline" in gateways:
-        print(f"# A/B against the baseline tree {args.baseline_tree} (same rounds)")
+
+    def compare(new: str, base: str, title: str) -> None:
+        """`new` against `base`, measured in the same rounds."""
+        print(title)
         print(
             f"{'conc':>4} | {'new req/s':>9} | {'base req/s':>10} | {'new/base':>8} | "
             f"{'new added p50':>13} | {'base added p50':>14} | {'new CPU/req':>11} | "
             f"{'base CPU/req':>12}"
         )
         for c in levels:
-            d, n, b = (results[(k, c)] for k in ("direct", "gateway", "baseline"))
+            d, n, b = (results[(k, c)] for k in ("direct", new, base))
             print(
                 f"{c:>4} | {med(n, 'rps'):>9.0f} | {med(b, 'rps'):>10.0f} | "
                 f"{med(n, 'rps') / med(b, 'rps'):>8.3f} | "
                 f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
                 f"{med(b, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
-                f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
-                f"{statistics.median(cpu[('baseline', c)]) * 1000:>10.3f}ms"
+                f"{statistics.median(cpu[(new, c)]) * 1000:>9.3f}ms | "
+                f"{statistics.median(cpu[(base, c)]) * 1000:>10.3f}ms"
             )
+
+    if "baseline" in gateways:
+        compare("gateway", "baseline", f"# A/B against the baseline tree {args.baseline_tree}")
     if args.pii:
-        print("# PII guardrails (MASK in and out) vs none, same gateway, same rounds")
-        print(
-            f"{'conc':>4} | {'none req/s':>10} | {'pii req/s':>9} | {'pii/none':>8} | "
-            f"{'none added p50':>14} | {'pii added p50':>13} | {'none CPU/req':>12} | "
-            f"{'pii CPU/req':>11}"
-        )
-        for c in levels:
-            d, n, g = (results[(k, c)] for k in ("direct", "gateway", "pii"))
-            print(
-                f"{c:>4} | {med(n, 'rps'):>10.0f} | {med(g, 'rps'):>9.0f} | "
-                f"{med(g, 'rps') / med(n, 'rps'):>8.3f} | "
-                f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>12.3f}ms | "
-                f"{med(g, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
-                f"{statistics.median(cpu[('gateway', c)]) * 1000:>10.3f}ms | "
-                f"{statistics.median(cpu[('pii', c)]) * 1000:>9.3f}ms"
-            )
+        compare("pii", "gateway", "# PII guardrails (MASK in and out: new) vs none (base)")
     if args.tables:
-        print("# payload logging + usage tracking on (tables) vs off (gateway), same rounds")
-        print(
-            f"{'conc':>4} | {'off req/s':>9} | {'on req/s':>8} | {'on/off':>6} | "
-            f"{'off added p50':>13} | {'on added p50':>12} | {'off CPU/req':>11} | "
-            f"{'on CPU/req':>10}"
-        )
-        for c in levels:
-            d, n, t = (results[(k, c)] for k in ("direct", "gateway", "tables"))
-            print(
-                f"{c:>4} | {med(n, 'rps'):>9.0f} | {med(t, 'rps'):>8.0f} | "
-                f"{med(t, 'rps') / med(n, 'rps'):>6.3f} | "
-                f"{med(n, 'p50_ms') - med(d, 'p50_ms'):>11.3f}ms | "
-                f"{med(t, 'p50_ms') - med(d, 'p50_ms'):>10.3f}ms | "
-                f"{statistics.median(cpu[('gateway', c)]) * 1000:>9.3f}ms | "
-                f"{statistics.median(cpu[('tables', c)]) * 1000:>8.3f}ms"
-            )
+        compare("tables", "gateway", "# payload logging + usage tracking on (new) vs off (base)")
         if 64 in levels:
             cost = 1 - med(results[("tables", 64)], "rps") / med(results[("gateway", 64)], "rps")
             print(f"tables cost at c=64: {cost * 100:.1f}% of req/s (goal <= 10%)")

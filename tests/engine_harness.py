@@ -104,6 +104,15 @@ class Engine:
         return plan, applier.apply(plan)
 
 
+def engine_with_openai_key(state: Path | str) -> Engine:
+    """An engine whose secret `{{secrets/scope/openai}}` holds an upstream key (what
+    serving_harness.openai_entity refers to)."""
+    engine = Engine(state)
+    engine.secrets.create_scope("scope")
+    engine.secrets.put_secret("scope", "openai", "sk-upstream-key")
+    return engine
+
+
 def _cli_env(env: dict[str, str] | None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT}", **(env or {})}
 

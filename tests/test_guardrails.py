@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from engine_harness import Engine, write_specs
+from engine_harness import engine_with_openai_key, write_specs
 from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 from serving_harness import ServerProcess, endpoint, openai_entity
 
@@ -98,9 +98,7 @@ def upstream():  # noqa: ANN201
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, upstream: MockUpstream):  # noqa: ANN201
     tmp = tmp_path_factory.mktemp("guardrails")
-    engine = Engine(tmp / "state.db")
-    engine.secrets.create_scope("scope")
-    engine.secrets.put_secret("scope", "openai", "sk-upstream-key")
+    engine = engine_with_openai_key(tmp / "state.db")
     base = upstream.url + "/v1"
     specs = write_specs(
         tmp / "specs",

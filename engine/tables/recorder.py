@@ -88,27 +88,16 @@ class TableRecorder:
         exchange: Exchange,
     ) -> None:
         """Hand one answered request over (never blocks; a full queue drops and counts)."""
-        pending = self._pending
-        if len(pending) >= self._capacity:
-            self.metrics.tables_dropped[route.name] += 1
-            return
-        pending.append(
-            RequestRecord(
-                time.time(),
-                elapsed,
-                route.id,
-                entity.instance_id,
-                principal.name,
-                status,
-                input_tokens,
-                output_tokens,
-                route.payload_table,
-                route.usage_tracking,
-                exchange,
-            )
+        self._enqueue(
+            route,
+            entity,
+            principal,
+            status,
+            elapsed,
+            (input_tokens, output_tokens),
+            route.usage_tracking,
+            exchange,
         )
-        if len(pending) >= self._flush_rows:
-            self._wake.set()
 
     def record_attempt(
         self,
@@ -122,11 +111,26 @@ class TableRecorder:
     ) -> None:
         """A fallback attempt that failed before another entity was tried: a payload row of
         its own (same request id), not a usage row (it used nothing)."""
-        if route.payload_table is None or len(self._pending) >= self._capacity:
-            if route.payload_table is not None:
-                self.metrics.tables_dropped[route.name] += 1
+        if route.payload_table is not None:
+            attempt = exchange.attempt(answered)
+            self._enqueue(route, entity, principal, status, elapsed, (0, 0), False, attempt)
+
+    def _enqueue(
+        self,
+        route: EndpointRoute,
+        entity: ServedEntity,
+        principal: Principal,
+        status: int,
+        elapsed: float,
+        tokens: tuple[int, int],
+        usage: bool,
+        exchange: Exchange,
+    ) -> None:
+        pending = self._pending
+        if len(pending) >= self._capacity:
+            self.metrics.tables_dropped[route.name] += 1
             return
-        self._pending.append(
+        pending.append(
             RequestRecord(
                 time.time(),
                 elapsed,
@@ -134,13 +138,15 @@ class TableRecorder:
                 entity.instance_id,
                 principal.name,
                 status,
-                0,
-                0,
+                tokens[0],
+                tokens[1],
                 route.payload_table,
-                False,
-                exchange.attempt(answered),
+                usage,
+                exchange,
             )
         )
+        if len(pending) >= self._flush_rows:
+            self._wake.set()
 
     # -- the host's side ----------------------------------------------------------------------
 
