@@ -15,7 +15,8 @@ from mock_http import MockUpstream
 from serving_harness import ServerProcess, endpoint, openai_entity, openai_upstream
 
 from engine.access.tokens import create_token
-from engine.state import open_state
+from engine.gateway._usage import UsageRecord, UsageRecorder, read_usage
+from engine.state import open_state, resolve_state
 
 SECRET = "sk-migrated-secret-8f7e6d5c"
 PASSWORD = "pw-never-shown-41c9"
@@ -92,6 +93,13 @@ def test_a_migrated_state_serves_the_same(
     source = open_state(state)
     snapshot, history = source.snapshot(), source.history("chat")
     source.close()
+    # Usage of the past comes along (the UI's metrics, `engine usage`).
+    past = UsageRecorder(state.parent / "usage.db")
+    past.start()
+    for i in range(3):
+        past.record(UsageRecord(1_700_000_000_000 + i, "chat", "gpt4", "alice", 200, 1.5, 3, i))
+    past.close()
+    usage = read_usage(state.parent / "usage.db")
 
     migrated = run_cli("state", "migrate", "--state", str(state), "--to", postgres_url)
     assert migrated.returncode == 0, migrated.stderr
@@ -103,6 +111,7 @@ def test_a_migrated_state_serves_the_same(
     try:
         assert target.snapshot() == snapshot and target.history("chat") == history
         assert target.hosts() == [] and target.locks() == []
+        assert read_usage(resolve_state(postgres_url)) == usage and len(usage) >= 3
     finally:
         target.close()
     upstream.requests.clear()

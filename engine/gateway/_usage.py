@@ -19,7 +19,14 @@ from typing import Any
 
 from engine.state import StateLocation, create_private_file, resolve_state
 
-__all__ = ["UsageRecord", "UsageRecorder", "read_usage", "usage_recorder_for"]
+__all__ = [
+    "USAGE_DB_NAME",
+    "UsageRecord",
+    "UsageRecorder",
+    "create_usage_table",
+    "read_usage",
+    "usage_recorder_for",
+]
 
 USAGE_DB_NAME = "usage.db"
 log = logging.getLogger("engine.gateway")
@@ -47,6 +54,13 @@ CREATE TABLE IF NOT EXISTS usage (
 """
 
 
+def create_usage_table(conn: Any) -> None:
+    """The usage table in a PostgreSQL connection whose search path is `engine_usage`."""
+    from engine.state._pgconn import pg_ddl
+
+    conn.execute(pg_ddl(_SCHEMA))
+
+
 def usage_recorder_for(state: Path | str | StateLocation) -> UsageRecorder:
     """`usage.db` beside a SQLite state; the state's own database for PostgreSQL."""
     location = resolve_state(state)
@@ -71,11 +85,9 @@ class UsageRecorder:
         if self._postgres_url is not None:
             import psycopg
 
-            from engine.state._pgconn import pg_ddl
-
             # Replicas starting at once may race to create it; the loser's error is moot.
             with self._pg() as conn, contextlib.suppress(psycopg.errors.UniqueViolation):
-                conn.execute(pg_ddl(_SCHEMA))
+                create_usage_table(conn)
         else:
             create_private_file(self.path)
             with sqlite3.connect(self.path) as conn:

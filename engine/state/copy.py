@@ -2,9 +2,9 @@
 
 What is copied, row for row with the same ids: the lineage and serial, endpoints, entities,
 history, tokens, permissions, secret scope ACLs, the model catalog, and the secret store's
-scopes and encrypted rows (still encrypted: the master key never enters a database). What is
-not: serving-host records and the lock, which describe live processes, and usage records
-(usage.db stays where it is as the record of the past).
+scopes and encrypted rows (still encrypted: the master key never enters a database), and
+the usage records of `usage.db` (the metrics and usage of the past keep showing). What is
+not: serving-host records, UI sessions and the lock, which describe live processes.
 
 Steps: refuse a target that holds anything; take the source's lock (no apply may change it
 meanwhile); create the schema; copy everything in one transaction that compares every
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.gateway._usage import USAGE_DB_NAME, create_usage_table
 from engine.state._sqlite import SqliteStateStore, StateError
 from engine.state.location import StateLocation
 
@@ -36,7 +37,8 @@ COPIED_TABLES = (
 )
 _SECRET_TABLES = ("meta", "scopes", "secrets")
 # Schemas this engine writes in a PostgreSQL state database.
-_OUR_SCHEMAS = ("public", "engine_secrets", "engine_usage")
+_USAGE_SCHEMA = "engine_usage"
+_OUR_SCHEMAS = ("public", "engine_secrets", _USAGE_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,17 @@ def copy_to_postgres(source: Path, target: StateLocation) -> CopyReport:
             secrets_db = source.parent / "secrets.db"
             if secrets_db.exists():
                 _create_secret_tables(target, secrets_db)
+            usage_db = source.parent / USAGE_DB_NAME
+            if usage_db.exists():
+                _create_usage_table(target)
             pg = PgConnection(target.url)
             try:
                 with pg.mutex:
                     conn = pg.begin()
                     try:
                         rows = _copy_rows(origin, conn, secrets_db)
+                        if usage_db.exists():
+                            rows["usage"] = _copy_usage(usage_db, conn)
                         conn.execute("COMMIT")
                     except BaseException:
                         conn.execute("ROLLBACK")
@@ -130,6 +137,25 @@ def _create_secret_tables(target: StateLocation, secrets_db: Path) -> None:
     from engine.secrets.store import KEY_FILE_NAME, SecretStore
 
     SecretStore.on_postgres(target.url, key_path=target.local_dir / KEY_FILE_NAME).close()
+
+
+def _create_usage_table(target: StateLocation) -> None:
+    from engine.state._pgconn import PgConnection
+
+    pg = PgConnection(target.url, schema=_USAGE_SCHEMA)
+    try:
+        create_usage_table(pg.live())
+    finally:
+        pg.close()
+
+
+def _copy_usage(usage_db: Path, conn: Any) -> int:
+    source = sqlite3.connect(f"file:{usage_db}?mode=ro", uri=True)
+    source.row_factory = sqlite3.Row
+    try:
+        return _copy_table(source, conn, "usage", f"{_USAGE_SCHEMA}.usage")
+    finally:
+        source.close()
 
 
 def _copy_rows(origin: SqliteStateStore, conn: Any, secrets_db: Path) -> dict[str, int]:
