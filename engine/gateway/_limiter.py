@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-from engine.gateway._ratelimit import Decision, RateLimiter
+from engine.gateway._ratelimit import DEFAULT_TOKEN_ESTIMATE, Decision, RateLimiter, Reservation
 
 if TYPE_CHECKING:
     from engine.access.tokens import Principal
@@ -76,17 +76,16 @@ class Limiter(Protocol):
 
 
 class _LocalTicket(Ticket):
-    __slots__ = ("route", "principal")
+    __slots__ = ("reservation",)
 
-    def __init__(self, route: EndpointRoute, principal: Principal) -> None:
+    def __init__(self, reservation: Reservation) -> None:
         super().__init__()
-        self.route = route
-        self.principal = principal
+        self.reservation = reservation
 
 
 class InProcessLimits:
     """The default: RateLimiter's windows in this process (token limits: room is checked
-    before a request, the real usage charged after it)."""
+    before a request and an estimate reserved, replaced by the real usage after it)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = RateLimiter(clock)
@@ -100,11 +99,12 @@ class InProcessLimits:
         rules = route.rate_rules
         if not rules:
             return ADMITTED
+        reserve = max_tokens if max_tokens and max_tokens > 0 else DEFAULT_TOKEN_ESTIMATE
         decision = self.limiter.admit(
-            route.name, rules, principal.name, principal.groups, principal.kind
+            route.name, rules, principal.name, principal.groups, principal.kind, reserve
         )
-        if decision.admitted and any(r.tokens is not None for r in rules):
-            return Decision(True, ticket=_LocalTicket(route, principal))
+        if decision.admitted and decision.ticket is not None:
+            return Decision(True, ticket=_LocalTicket(decision.ticket))
         return decision
 
     def settle(self, ticket: Ticket, tokens: int) -> None:
@@ -112,16 +112,7 @@ class InProcessLimits:
             return
         ticket.settled = True
         assert isinstance(ticket, _LocalTicket)
-        if tokens:
-            route, principal = ticket.route, ticket.principal
-            self.limiter.charge_tokens(
-                route.name,
-                route.rate_rules,
-                principal.name,
-                tokens,
-                principal.groups,
-                principal.kind,
-            )
+        self.limiter.settle(ticket.reservation, tokens)
 
     async def close(self) -> None:
         return None

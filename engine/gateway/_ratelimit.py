@@ -2,8 +2,10 @@
 
 Sliding 60-second windows: a call is admitted when every applicable limit has room, and then
 counted in all of them, with no `await` in between, so concurrent requests on the event loop
-cannot overshoot. Token limits are checked before a request (has the window room?) and charged
-after it with the real usage.
+cannot overshoot. Token limits are checked before a request (has the window room?), which then
+reserves an estimate in them (its `max_tokens`, else DEFAULT_TOKEN_ESTIMATE), so requests in
+flight count; `settle` replaces the reservation with the real usage (a failed request: 0), as
+the Redis backend does.
 
 Which limits apply to a caller:
 
@@ -27,9 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Decision", "LimitRule", "RateLimiter", "rejection", "rules_from_spec", "subjects"]
+__all__ = [
+    "DEFAULT_TOKEN_ESTIMATE",
+    "Decision",
+    "LimitRule",
+    "RateLimiter",
+    "Reservation",
+    "rejection",
+    "rules_from_spec",
+    "subjects",
+]
 
 WINDOW = 60.0
+# Tokens reserved for a request that sets no max_tokens (the Redis backend's too).
+DEFAULT_TOKEN_ESTIMATE = 256
 
 
 @dataclass(frozen=True)
@@ -107,7 +120,8 @@ class _Window:
     __slots__ = ("events", "total")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, int]] = deque()
+        # [time, amount]: a list, so that a reservation can be settled in place.
+        self.events: deque[list[Any]] = deque()
         self.total = 0
 
     def used(self, now: float) -> int:
@@ -116,9 +130,20 @@ class _Window:
             self.total -= events.popleft()[1]
         return self.total
 
-    def add(self, now: float, amount: int) -> None:
-        self.events.append((now, amount))
+    def add(self, now: float, amount: int) -> list[Any]:
+        event = [now, amount]
+        self.events.append(event)
         self.total += amount
+        return event
+
+    def settle(self, event: list[Any], amount: int, now: float) -> None:
+        """A reservation becomes `amount`; one that left the window already is charged anew
+        (a request longer than the window)."""
+        if event[0] > now - WINDOW:  # still in the window (`used` pops only older ones)
+            self.total += amount - event[1]
+            event[1] = amount
+        elif amount:
+            self.add(now, amount)
 
     def retry_after(self, now: float, limit: int) -> int:
         if limit <= 0 or not self.events:
@@ -130,6 +155,10 @@ class _Window:
             if freed >= needed:
                 return max(1, math.ceil(ts + WINDOW - now))
         return int(WINDOW)
+
+
+# The token windows a request reserved in, and what it reserved there.
+Reservation = tuple[tuple[_Window, list[Any]], ...]
 
 
 class RateLimiter:
@@ -145,11 +174,16 @@ class RateLimiter:
         caller: str,
         groups: frozenset[str] = frozenset(),
         kind: str = "user",
+        reserve: int = 0,
     ) -> Decision:
+        """Admit one call (counted in every calls window that applies) or refuse it; with
+        `reserve`, the admitted call also reserves that many tokens in its token windows
+        (the Decision's `ticket` is the Reservation, for `settle`)."""
         if not rules:
             return Decision(True)
         now = self._clock()
         windows = []
+        token_windows = []
         for i, rule, subject in subjects(rules, caller, groups, kind):
             key = (endpoint, i, subject)
             if rule.calls is not None:
@@ -161,22 +195,16 @@ class RateLimiter:
                 window = self._tokens.setdefault(key, _Window())
                 if window.used(now) >= rule.tokens:
                     return rejection(rule, "tokens", window.retry_after(now, rule.tokens))
+                token_windows.append(window)
         for window in windows:
             window.add(now, 1)
+        if reserve and token_windows:
+            held = tuple((w, w.add(now, reserve)) for w in token_windows)
+            return Decision(True, ticket=held)
         return Decision(True)
 
-    def charge_tokens(
-        self,
-        endpoint: str,
-        rules: tuple[LimitRule, ...],
-        caller: str,
-        tokens: int,
-        groups: frozenset[str] = frozenset(),
-        kind: str = "user",
-    ) -> None:
-        if not tokens or not any(r.tokens is not None for r in rules):
-            return
+    def settle(self, reservation: Reservation, tokens: int) -> None:
+        """The request's real token usage replaces what it reserved."""
         now = self._clock()
-        for i, rule, subject in subjects(rules, caller, groups, kind):
-            if rule.tokens is not None:
-                self._tokens.setdefault((endpoint, i, subject), _Window()).add(now, tokens)
+        for window, event in reservation:
+            window.settle(event, tokens, now)

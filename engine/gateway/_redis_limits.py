@@ -57,7 +57,14 @@ from engine.gateway._limiter import (
     Ticket,
     redacted,
 )
-from engine.gateway._ratelimit import WINDOW, Decision, LimitRule, rejection, subjects
+from engine.gateway._ratelimit import (
+    DEFAULT_TOKEN_ESTIMATE,
+    WINDOW,
+    Decision,
+    LimitRule,
+    rejection,
+    subjects,
+)
 
 if TYPE_CHECKING:
     from engine.access.tokens import Principal
@@ -68,8 +75,6 @@ __all__ = ["DEFAULT_TOKEN_ESTIMATE", "RedisLimits"]
 
 log = logging.getLogger("engine.gateway")
 
-# Tokens reserved for a request that sets no max_tokens.
-DEFAULT_TOKEN_ESTIMATE = 256
 # Seconds a Redis call may take before it counts as failed (loopback/LAN answers in < 1 ms).
 TIMEOUT = 1.0
 # Seconds between reconnect attempts while Redis is unreachable.
