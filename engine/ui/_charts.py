@@ -2,40 +2,26 @@
 per second, p50/p99 latency, errors and tokens per minute, ready for the page's charts.
 
 Usage records exist for endpoints with `ai_gateway.usage_tracking_config.enabled`; an endpoint
-without them gets empty series and the page says how to turn them on.
+without them gets empty series and the page says how to turn them on. The read is bounded by
+the usage table's index (endpoint, time and the columns read): it touches this endpoint's
+records of the last hours only, however many other endpoints have recorded.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from engine.gateway._usage import USAGE_DB_NAME, read_usage
+from engine.gateway._usage import query_usage
 from engine.state import StateLocation
 from schemas import now_ms
 
 __all__ = ["endpoint_series"]
 
 BUCKET_MS = 60_000
-
-
-def _rows(location: StateLocation, endpoint: str, since_ms: int) -> list[tuple[Any, ...]]:
-    """(at_ms, status, latency_ms, prompt_tokens, completion_tokens) of one endpoint."""
-    if location.is_postgres:
-        return [
-            (r.at_ms, r.status, r.latency_ms, r.prompt_tokens, r.completion_tokens)
-            for r in read_usage(location)
-            if r.endpoint == endpoint and r.at_ms >= since_ms
-        ]
-    path = location.path.parent / USAGE_DB_NAME
-    if not path.exists():
-        return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-        return conn.execute(
-            "SELECT at_ms, status, latency_ms, prompt_tokens, completion_tokens FROM usage "
-            "WHERE endpoint = ? AND at_ms >= ? ORDER BY at_ms",
-            (endpoint, since_ms),
-        ).fetchall()
+_ROWS_SQL = (
+    "SELECT at_ms, status, latency_ms, prompt_tokens, completion_tokens FROM usage "
+    "WHERE endpoint = ? AND at_ms >= ? ORDER BY at_ms"
+)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -48,7 +34,7 @@ def endpoint_series(location: StateLocation, endpoint: str, *, hours: float = 3)
     now = now_ms()
     since = now - int(hours * 3_600_000)
     buckets: dict[int, list[tuple[Any, ...]]] = {}
-    for row in _rows(location, endpoint, since):
+    for row in query_usage(location, _ROWS_SQL, (endpoint, since)):
         buckets.setdefault(row[0] // BUCKET_MS, []).append(row)
     series: dict[str, list[float]] = {k: [] for k in ("x", "rps", "p50", "p99", "errors", "tokens")}
     for bucket in range(since // BUCKET_MS, now // BUCKET_MS + 1):

@@ -47,7 +47,7 @@ from engine.ui._csrf import CSRF_FIELD, csrf_ok
 from engine.ui._http import read_form, send_html, send_redirect, send_static
 from engine.ui._render import render, static_file
 from engine.ui._session import Session, Sessions, set_cookie
-from engine.ui._views import STATE_WORDS, endpoint_page, list_page, version_diff
+from engine.ui._views import STATE_WORDS, ListCache, endpoint_page, list_page, version_diff
 from plans import render_plan_text
 
 __all__ = ["ServingUi"]
@@ -81,6 +81,7 @@ class ServingUi:
         self.host = host
         self.service = service
         self.sessions = Sessions()
+        self.listed = ListCache()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         path: str = scope["path"]
@@ -257,6 +258,7 @@ class ServingUi:
             tag=q.get("tag", ""),
             state=state,
             page=page,
+            cache=self.listed,
         )
         template = (
             "_list_table.html"
