@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from engine_harness import run_cli
-from mock_http import MockUpstream
+from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 from serving_harness import ServerProcess, endpoint, openai_upstream
 
 from engine.access.tokens import create_token
@@ -37,6 +38,49 @@ if not Path(CHROMIUM).exists():
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
 SECRET = "sk-ui-secret-value-7d41c0"
 TIMEOUT_MS = 90_000
+
+
+# The "gpt-slow" model streams its first words, then waits for the test to release the rest:
+# the page must show what arrived before the answer ends.
+RELEASE = threading.Event()
+
+
+def _chunk(model: str, **choice: Any) -> dict[str, Any]:
+    return {"id": "s", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
+
+
+def _slow_stream(model: str) -> Any:
+    yield from sse(
+        [(None, _chunk(model, index=0, delta={"role": "assistant", "content": "The first half"}))]
+    )
+    RELEASE.wait(TIMEOUT_MS / 1000)
+    usage = {"prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13}
+    yield from sse(
+        [
+            (
+                None,
+                _chunk(model, index=0, delta={"content": " and the rest."}, finish_reason="stop"),
+            ),
+            (
+                None,
+                {
+                    "id": "s",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                },
+            ),
+            (None, "[DONE]"),
+        ]
+    )
+
+
+def upstream_handler(request: RecordedRequest) -> MockResponse:
+    body = request.json() if request.body else {}
+    if body.get("model") == "gpt-slow" and body.get("stream"):
+        return MockResponse(chunks=_slow_stream("gpt-slow"))
+    return openai_upstream(request)
 
 
 def _external(
@@ -109,7 +153,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "TEST_EXECUTOR_HOLD": "slow",
     }
     with (
-        MockUpstream(openai_upstream) as upstream,
+        MockUpstream(upstream_handler) as upstream,
         ServerProcess(state, log_dir=root, env=env) as server,
     ):
         u = Ui(server, upstream, tokens)
@@ -327,13 +371,93 @@ def test_playground_compares_two_endpoints_of_the_same_task(ui: Ui, browser: Any
     page.fill("input[name=max_tokens]", "8")
     page.click("#send")
     answers = page.locator(".answer")
-    assert answers.count() == 2
+    expect(page.locator(".answer.done")).to_have_count(2)
     texts = answers.all_inner_texts()
     by_name = {t.split("\n")[0]: t for t in texts}  # side by side, in the list's order
-    assert sorted(by_name) == ["split", "team-a-ep"]
-    assert "reply from gpt-4" in by_name["team-a-ep"]
-    assert all(re.search(r"\d+ ms · \d+ prompt \+ \d+ completion tokens", t) for t in texts)
+    assert list(by_name) == ["split", "team-a-ep"]
+    assert all("Hello!" in t for t in texts)  # the mock's streamed answer, chunk by chunk
+    meta = r"\d+ ms · first token \d+ ms · 5 prompt \+ 3 completion tokens"
+    assert all(re.search(meta, t) for t in texts), texts
     shot(page, "11-playground")
+    sent = [r.json() for r in ui.upstream.requests if r.body and b"Say hello" in r.body]
+    assert len(sent) == 2 and all(b["stream"] and b["max_tokens"] == 8 for b in sent)
+
+
+def test_playground_without_script_answers_the_whole_form(ui: Ui, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    sign_in(page, ui, "alice", start="/ml/playground")
+    page.check("input[value=team-a-ep]")
+    page.fill("textarea[name=prompt]", "Say hello")
+    page.click("#send")
+    page.wait_for_selector(".answer")
+    text = page.inner_text(".answer")
+    assert "reply from gpt-4" in text
+    assert re.search(r"\d+ ms · \d+ prompt \+ \d+ completion tokens", text)
+
+
+def test_playground_streams_each_answer_as_it_arrives(ui: Ui, browser: Any) -> None:
+    with ui.api("admin") as admin:
+        spec = endpoint("slow-chat", [_external("s", "gpt-slow", ui.upstream.url + "/v1")])
+        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
+    ui.wait_state("slow-chat")
+    RELEASE.clear()
+    page = _page(browser)
+    sign_in(page, ui, "alice", start="/ml/playground")
+    try:
+        page.check("input[value=slow-chat]")
+        page.check("input[value=team-a-ep]")
+        page.fill("textarea[name=prompt]", "Tell me a story")
+        page.click("#send")
+        slow = page.locator(".answer[data-endpoint=slow-chat]")
+        # The first words are on the page while the upstream still holds the rest back.
+        expect(slow.locator(".answer-text")).to_have_text("The first half")
+        assert "streaming" in (slow.get_attribute("class") or "")
+        assert "done" not in (slow.get_attribute("class") or "")
+        expect(page.locator(".answer[data-endpoint=team-a-ep].done")).to_have_count(1)
+        shot(page, "11b-playground-streaming")
+    finally:
+        RELEASE.set()
+    expect(slow.locator(".answer-text")).to_have_text("The first half and the rest.")
+    expect(slow.locator(".answer-meta")).to_contain_text("4 prompt + 9 completion tokens")
+    assert "done" in (slow.get_attribute("class") or "")
+    shot(page, "11c-playground-streamed")
+
+
+def test_playground_stream_refuses_view_only_forged_and_hidden(ui: Ui, browser: Any) -> None:
+    form = {"endpoint": "team-a-ep", "prompt": "hi"}
+    carol = _page(browser)
+    sign_in(carol, ui, "carol", start="/ml/playground")
+    csrf = carol.locator("input[name=csrf_token]").first.get_attribute("value")
+    asked = len(ui.upstream.requests)
+    request = carol.context.request
+    answer = request.post(ui.url + "/ml/playground/stream", form={**form, "csrf_token": csrf})
+    assert answer.status == 403 and answer.json()["error_code"] == "PERMISSION_DENIED"
+    assert "CAN_QUERY is required" in answer.json()["message"]
+    alice = _page(browser)
+    sign_in(alice, ui, "alice", start="/ml/playground")
+    request = alice.context.request
+    for fields in ({}, {"csrf_token": "forged"}, {"csrf_token": csrf}):  # carol's is not hers
+        answer = request.post(ui.url + "/ml/playground/stream", form={**form, **fields})
+        assert answer.status == 403 and "CSRF token" in answer.json()["message"]
+    bob = _page(browser)
+    sign_in(bob, ui, "bob", start="/ml/playground")
+    bob_csrf = bob.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = bob.context.request.post(
+        ui.url + "/ml/playground/stream", form={**form, "csrf_token": bob_csrf}
+    )
+    assert answer.status == 404 and answer.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    alice_csrf = alice.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = request.post(
+        ui.url + "/ml/playground/stream",
+        form={**form, "csrf_token": alice_csrf, "temperature": "hot"},
+    )
+    assert answer.status == 400 and answer.json()["message"] == "temperature: not a number: 'hot'"
+    assert len(ui.upstream.requests) == asked  # nothing refused reached the upstream
+    # Not signed in: no stream, a redirect to sign-in.
+    anonymous = httpx.post(ui.url + "/ml/playground/stream", data=form)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ml/signin"
 
 
 def test_view_only_user_sees_no_edit_controls_and_forged_posts_are_refused(
