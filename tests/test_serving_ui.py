@@ -25,6 +25,7 @@ from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 from serving_harness import ServerProcess, endpoint, openai_upstream
 
 from engine.access.tokens import create_token
+from engine.catalog.models import ModelCatalog
 from engine.secrets.store import secret_store_for_state
 from engine.state import open_state
 
@@ -37,6 +38,9 @@ if not Path(CHROMIUM).exists():
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
 SECRET = "sk-ui-secret-value-7d41c0"
+# A catalog model calibrated on this host (`engine models calibrate`): seed 001's
+# provisioned-throughput controls show for it, in steps of its chunk.
+PT_MODEL, PT_CHUNK = "main.default.tiny", 980
 TIMEOUT_MS = 90_000
 
 
@@ -139,6 +143,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "carol": create_token(store, "carol@example.com", groups=["viewers"])[1],
         "bob": create_token(store, "bob@example.com", groups=["team-b"])[1],
     }
+    folder = root / "tiny-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    )
+    catalog = ModelCatalog(store)
+    catalog.register(PT_MODEL, "1", folder, "llm/v1/chat")
+    catalog.set_throughput_chunk_size(PT_MODEL, "1", PT_CHUNK)
     store.close()
     secrets = secret_store_for_state(state)
     secrets.create_scope("team")
@@ -264,6 +276,43 @@ def test_sign_in_then_create_an_external_model_endpoint_through_a_previewed_plan
             json={"messages": [{"role": "user", "content": "hi"}]},
         )
     assert answer.json()["choices"][0]["message"]["content"] == "reply from gpt-4"
+
+
+def test_provisioned_throughput_controls_of_a_calibrated_catalog_model(
+    ui: Ui, browser: Any
+) -> None:
+    page = _page(browser)
+    sign_in(page, ui, "admin", start="/ml/endpoints/new")
+    assert page.locator("select[name=e0_pt_max]").count() == 0  # no model picked yet
+    page.fill("input[name=name]", "pt-ui")
+    page.fill("input[name=e0_name]", "tiny")
+    page.select_option("select[name=e0_kind]", "catalog")
+    page.fill("input[name=e0_entity]", PT_MODEL)
+    page.fill("input[name=e0_version]", "1")
+    page.locator("input[name=e0_version]").blur()  # its change re-renders the form (HTMX)
+    up_to = page.locator("select[name=e0_pt_max]")
+    expect(up_to).to_have_count(1)
+    steps = up_to.locator("option").evaluate_all("os => os.map(o => Number(o.value))")
+    assert steps == [PT_CHUNK * n for n in range(1, 11)]  # "Up to", in chunk steps
+    assert page.locator("select[name=e0_workload]").count() == 0  # throughput replaces it
+    minimum = page.locator("select[name=e0_pt_min]")
+    assert not minimum.is_visible()  # behind "Change"
+    assert "Minimum: 0 tokens/s" in page.inner_text("fieldset.entity >> nth=0")
+    up_to.select_option(str(3 * PT_CHUNK))
+    page.click("text=Change")
+    minimum.select_option(str(PT_CHUNK))
+    assert f"Minimum: {PT_CHUNK} tokens/s" in page.inner_text("fieldset.entity >> nth=0")
+    page.fill("input[name=e0_traffic]", "100")
+    shot(page, "03b-provisioned-throughput-form")
+    page.click("#preview")
+    plan = page.inner_text("pre.plan")
+    assert "pt-ui will be created" in plan
+    assert f"served_entities[tiny].max_provisioned_throughput = {3 * PT_CHUNK}" in plan, plan
+    assert f"served_entities[tiny].min_provisioned_throughput = {PT_CHUNK}" in plan
+    # The plan's form keeps the picks (and the controls).
+    assert page.locator("select[name=e0_pt_max]").input_value() == str(3 * PT_CHUNK)
+    assert page.locator("select[name=e0_pt_min]").input_value() == str(PT_CHUNK)
+    shot(page, "03c-provisioned-throughput-plan")
 
 
 def _split_counts(ui: Ui, n: int = 300) -> Counter[str]:

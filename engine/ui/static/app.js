@@ -131,3 +131,12 @@
   }
   document.addEventListener("DOMContentLoaded", start);
 })();
+
+// Seed 001's throughput controls: the summary of the minimum ("Minimum: N tokens/s · Change")
+// follows the pick under it.
+document.addEventListener("change", function (ev) {
+  var t = ev.target;
+  if (!t.name || !/_pt_min$/.test(t.name)) return;
+  var summary = t.closest("details") && t.closest("details").querySelector("summary");
+  if (summary) summary.textContent = "Minimum: " + t.value + " tokens/s · Change";
+});
