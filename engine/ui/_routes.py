@@ -78,7 +78,7 @@ class ServingUi:
     def __init__(self, host: HostServices, service: EndpointService) -> None:
         self.host = host
         self.service = service
-        self.sessions = Sessions()
+        self.sessions = Sessions(host.store)
         self.listed = ListCache()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
@@ -145,7 +145,7 @@ class ServingUi:
             await send_redirect(send, f"{PREFIX}/endpoints")
         elif parts == ["signout"] and method == "POST":
             assert request.session is not None
-            self.sessions.end(request.session)
+            await asyncio.to_thread(self.sessions.end, request.session)
             await send_redirect(send, f"{PREFIX}/signin", [("set-cookie", set_cookie(None))])
         elif parts == ["endpoints"] and method == "GET":
             await self._list(request, send)
@@ -195,11 +195,11 @@ class ServingUi:
             return None
 
     async def _signed_in(self, request: _Request, send: Any) -> bool:
-        session = self.sessions.get(header(request.scope, b"cookie"))
+        session = await asyncio.to_thread(self.sessions.get, header(request.scope, b"cookie"))
         principal = self._principal_of(session.token) if session is not None else None
         if session is None or principal is None:
             if session is not None:
-                self.sessions.end(session)  # its token was deleted
+                await asyncio.to_thread(self.sessions.end, session)  # its token was deleted
             target = f"{PREFIX}/signin"
             if request.method == "GET" and not request.htmx:
                 target += "?next=" + quote(request.path)
@@ -233,7 +233,7 @@ class ServingUi:
                 401,
             )
             return
-        session = self.sessions.create(token)
+        session = await asyncio.to_thread(self.sessions.create, token)
         secure = request.scope.get("scheme") == "https"
         target = _local((form.get("next") or [""])[-1]) or f"{PREFIX}/endpoints"
         await send_redirect(send, target, [("set-cookie", set_cookie(session, secure=secure))])
