@@ -4,8 +4,9 @@
 A row holds the SHA-256 of the session id (the cookie's value; never the id itself) and the
 caller's bearer token sealed with a key derived from that id: whoever reads the database holds
 neither a cookie that signs in nor a token. None of it is a state change (the serial stays):
-a page view must not rebuild the routing tables. Each method is one transaction of
-`_hosts_tx()`, the stores' untracked transaction.
+a page view must not rebuild the routing tables. Each write is one transaction of
+`_hosts_tx()`, the stores' untracked transaction; the lookup of a page view is a plain read
+(on SQLite it takes no write lock, so page views never queue behind an apply).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ __all__ = ["UiSessionRecords"]
 
 
 class UiSessionRecords:
-    """Mixin: the `ui_sessions` table. A store provides `_hosts_tx()`."""
+    """Mixin: the `ui_sessions` table. A store provides `_hosts_tx()` and `_read()`."""
 
     def _hosts_tx(self) -> AbstractContextManager[Any]:  # pragma: no cover - per store
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Any]:  # pragma: no cover - per store
         raise NotImplementedError
 
     def put_ui_session(
@@ -44,7 +48,7 @@ class UiSessionRecords:
 
     def ui_session(self, id_hash: str) -> dict[str, Any] | None:
         """{sealed_token, created_ms, last_seen_ms} of a session, or None."""
-        with self._hosts_tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 "SELECT sealed_token, created_ms, last_seen_ms FROM ui_sessions WHERE id_hash = ?",
                 (id_hash,),
