@@ -43,7 +43,6 @@ class Session:
     id: str
     token: str
     csrf: str
-    last_seen: float
 
 
 def _id_hash(session_id: str) -> str:
@@ -77,7 +76,7 @@ class Sessions:
             idle_before_ms=now - self.idle_ms,
             keep=MAX_SESSIONS,
         )
-        return Session(session_id, token, _csrf_of(session_id), now / 1000)
+        return Session(session_id, token, _csrf_of(session_id))
 
     def get(self, cookie_header: str | None) -> Session | None:
         session_id = cookie_value(cookie_header, COOKIE)
@@ -97,7 +96,7 @@ class Sessions:
             return None
         if now - row["last_seen_ms"] > TOUCH_MS:
             self.store.touch_ui_session(id_hash, now)
-        return Session(session_id, token, _csrf_of(session_id), now / 1000)
+        return Session(session_id, token, _csrf_of(session_id))
 
     def end(self, session: Session) -> None:
         self.store.delete_ui_session(_id_hash(session.id))
