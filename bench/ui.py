@@ -12,9 +12,10 @@ activate: what an apply records) and the usage recorder (what the gateway writes
 | small | 10        | 1,000: half on ep-0000                                     |
 
 Each endpoint serves one external model (its key a secret reference), has a `team` tag, usage
-tracking on, and the history of one create. One `engine serve` per state; a browser session is
-signed in through /ml/signin, then each page is fetched N times in a row (one at a time, after
-warm-up) over loopback; the time is from request to the last byte, as a browser waits for it.
+tracking on, and the history of one create. One `engine serve` per state, both running; a
+browser session is signed in on each through /ml/signin, then each page is fetched N times from
+each server, interleaved (one request at a time, after warm-up), over loopback; the time is
+from request to the last byte, as a browser waits for it.
 
     python bench/ui.py                   # 200 fetches per page
     python bench/ui.py --requests 50
@@ -135,15 +136,21 @@ def sign_in(url: str, token: str) -> httpx.Client:
     return client
 
 
-def timings(client: httpx.Client, path: str, n: int, headers: dict | None = None) -> list[float]:
-    for _ in range(5):
-        assert client.get(path, headers=headers).status_code == 200
-    out = []
+def timings(
+    clients: dict[str, httpx.Client], path: str, n: int, headers: dict | None = None
+) -> dict[str, list[float]]:
+    """`n` fetches of `path` from each server, interleaved (small, big, small, ...), so a
+    machine busy with other work slows both sides alike."""
+    for client in clients.values():
+        for _ in range(5):
+            assert client.get(path, headers=headers).status_code == 200
+    out: dict[str, list[float]] = {label: [] for label in clients}
     for _ in range(n):
-        started = time.perf_counter()
-        answer = client.get(path, headers=headers)
-        out.append((time.perf_counter() - started) * 1000)
-        assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
+        for label, client in clients.items():
+            started = time.perf_counter()
+            answer = client.get(path, headers=headers)
+            out[label].append((time.perf_counter() - started) * 1000)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
     return out
 
 
@@ -172,21 +179,28 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ui-"))
     sizes = {"small": (10, 1000), "big": (args.endpoints, args.records)}
     results: dict[tuple[str, str], list[float]] = {}
-    for label, (endpoints, records) in sizes.items():
-        started = time.perf_counter()
-        (work / label).mkdir()
-        state, token = build_state(work / label, endpoints, records)
-        built = time.perf_counter() - started
-        print(f"{label}: {endpoints} endpoints, {records} usage records written in {built:.1f} s")
-        proc, url = serve(state)
-        try:
-            client = sign_in(url, token)
-            bearer = {"authorization": f"Bearer {token}"}
-            for name, path, rest in PAGES:
-                headers = bearer if rest else None
-                results[label, name] = timings(client, path, args.requests, headers)
+    servers, clients, tokens = [], {}, {}
+    try:
+        for label, (endpoints, records) in sizes.items():
+            started = time.perf_counter()
+            (work / label).mkdir()
+            state, tokens[label] = build_state(work / label, endpoints, records)
+            built = time.perf_counter() - started
+            print(f"{label}: {endpoints} endpoints, {records} usage records in {built:.1f} s")
+            proc, url = serve(state)
+            servers.append(proc)
+            clients[label] = sign_in(url, tokens[label])
+        for name, path, rest in PAGES:
+            for label, client in clients.items():
+                client.headers.pop("authorization", None)
+                if rest:
+                    client.headers["authorization"] = f"Bearer {tokens[label]}"
+            for label, values in timings(clients, path, args.requests).items():
+                results[label, name] = values
+    finally:
+        for client in clients.values():
             client.close()
-        finally:
+        for proc in servers:
             proc.terminate()
             proc.wait(timeout=30)
     print()
