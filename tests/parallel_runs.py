@@ -34,6 +34,7 @@ _LOADGROUP = "parallel_runs_loadgroup"
 LANES: dict[str, str] = {
     "test_runner_updates.py": "vllm-1",
     "test_engine_up.py": "vllm-1",
+    "test_serving_ui_vllm.py": "vllm-1",  # two runner starts, one canceled mid-load (~150 s)
     "test_runner_vllm.py": "vllm-2",
     "test_demo.py": "vllm-2",
     "test_runner_serving.py": "vllm-2",

@@ -498,6 +498,8 @@ def test_openapi_document_is_served(server: ServerProcess) -> None:
     document = httpx.get(server.url + "/openapi.json").json()
     assert document["openapi"].startswith("3.1")
     assert "/api/2.0/serving-endpoints/{name}/config" in document["paths"]
+    cancel = document["paths"]["/api/2.0/serving-endpoints/{name}/config/cancel"]["post"]
+    assert {"200", "403", "404", "409"} <= set(cancel["responses"])
 
 
 def test_secret_from_the_api_never_leaks(

@@ -105,6 +105,7 @@ def test_a_lock_held_across_the_upgrade_keeps_the_whole_state(tmp_path: Path) ->
         ALTER TABLE hosts DROP COLUMN limits;
         ALTER TABLE hosts DROP COLUMN report;
         ALTER TABLE hosts DROP COLUMN peer_hash;
+        DROP TABLE ui_sessions;
         UPDATE meta SET value = '6' WHERE key = 'schema_version';
         """
     )

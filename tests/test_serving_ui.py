@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 from engine_harness import run_cli
-from mock_http import MockUpstream
+from mock_http import MockResponse, MockUpstream, RecordedRequest, sse
 from serving_harness import ServerProcess, endpoint, openai_upstream
 
 from engine.access.tokens import create_token
+from engine.catalog.models import ModelCatalog
 from engine.secrets.store import secret_store_for_state
 from engine.state import open_state
 
@@ -36,7 +38,53 @@ if not Path(CHROMIUM).exists():
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
 SECRET = "sk-ui-secret-value-7d41c0"
+# A catalog model calibrated on this host (`engine models calibrate`): seed 001's
+# provisioned-throughput controls show for it, in steps of its chunk.
+PT_MODEL, PT_CHUNK = "main.default.tiny", 980
 TIMEOUT_MS = 90_000
+
+
+# The "gpt-slow" model streams its first words, then waits for the test to release the rest:
+# the page must show what arrived before the answer ends.
+RELEASE = threading.Event()
+
+
+def _chunk(model: str, **choice: Any) -> dict[str, Any]:
+    return {"id": "s", "object": "chat.completion.chunk", "model": model, "choices": [choice]}
+
+
+def _slow_stream(model: str) -> Any:
+    yield from sse(
+        [(None, _chunk(model, index=0, delta={"role": "assistant", "content": "The first half"}))]
+    )
+    RELEASE.wait(TIMEOUT_MS / 1000)
+    usage = {"prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13}
+    yield from sse(
+        [
+            (
+                None,
+                _chunk(model, index=0, delta={"content": " and the rest."}, finish_reason="stop"),
+            ),
+            (
+                None,
+                {
+                    "id": "s",
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                },
+            ),
+            (None, "[DONE]"),
+        ]
+    )
+
+
+def upstream_handler(request: RecordedRequest) -> MockResponse:
+    body = request.json() if request.body else {}
+    if body.get("model") == "gpt-slow" and body.get("stream"):
+        return MockResponse(chunks=_slow_stream("gpt-slow"))
+    return openai_upstream(request)
 
 
 def _external(
@@ -95,6 +143,14 @@ def ui(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "carol": create_token(store, "carol@example.com", groups=["viewers"])[1],
         "bob": create_token(store, "bob@example.com", groups=["team-b"])[1],
     }
+    folder = root / "tiny-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        '{"model_type": "llama", "architectures": ["LlamaForCausalLM"]}'
+    )
+    catalog = ModelCatalog(store)
+    catalog.register(PT_MODEL, "1", folder, "llm/v1/chat")
+    catalog.set_throughput_chunk_size(PT_MODEL, "1", PT_CHUNK)
     store.close()
     secrets = secret_store_for_state(state)
     secrets.create_scope("team")
@@ -109,7 +165,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "TEST_EXECUTOR_HOLD": "slow",
     }
     with (
-        MockUpstream(openai_upstream) as upstream,
+        MockUpstream(upstream_handler) as upstream,
         ServerProcess(state, log_dir=root, env=env) as server,
     ):
         u = Ui(server, upstream, tokens)
@@ -222,6 +278,43 @@ def test_sign_in_then_create_an_external_model_endpoint_through_a_previewed_plan
     assert answer.json()["choices"][0]["message"]["content"] == "reply from gpt-4"
 
 
+def test_provisioned_throughput_controls_of_a_calibrated_catalog_model(
+    ui: Ui, browser: Any
+) -> None:
+    page = _page(browser)
+    sign_in(page, ui, "admin", start="/ml/endpoints/new")
+    assert page.locator("select[name=e0_pt_max]").count() == 0  # no model picked yet
+    page.fill("input[name=name]", "pt-ui")
+    page.fill("input[name=e0_name]", "tiny")
+    page.select_option("select[name=e0_kind]", "catalog")
+    page.fill("input[name=e0_entity]", PT_MODEL)
+    page.fill("input[name=e0_version]", "1")
+    page.locator("input[name=e0_version]").blur()  # its change re-renders the form (HTMX)
+    up_to = page.locator("select[name=e0_pt_max]")
+    expect(up_to).to_have_count(1)
+    steps = up_to.locator("option").evaluate_all("os => os.map(o => Number(o.value))")
+    assert steps == [PT_CHUNK * n for n in range(1, 11)]  # "Up to", in chunk steps
+    assert page.locator("select[name=e0_workload]").count() == 0  # throughput replaces it
+    minimum = page.locator("select[name=e0_pt_min]")
+    assert not minimum.is_visible()  # behind "Change"
+    assert "Minimum: 0 tokens/s" in page.inner_text("fieldset.entity >> nth=0")
+    up_to.select_option(str(3 * PT_CHUNK))
+    page.click("text=Change")
+    minimum.select_option(str(PT_CHUNK))
+    assert f"Minimum: {PT_CHUNK} tokens/s" in page.inner_text("fieldset.entity >> nth=0")
+    page.fill("input[name=e0_traffic]", "100")
+    shot(page, "03b-provisioned-throughput-form")
+    page.click("#preview")
+    plan = page.inner_text("pre.plan")
+    assert "pt-ui will be created" in plan
+    assert f"served_entities[tiny].max_provisioned_throughput = {3 * PT_CHUNK}" in plan, plan
+    assert f"served_entities[tiny].min_provisioned_throughput = {PT_CHUNK}" in plan
+    # The plan's form keeps the picks (and the controls).
+    assert page.locator("select[name=e0_pt_max]").input_value() == str(3 * PT_CHUNK)
+    assert page.locator("select[name=e0_pt_min]").input_value() == str(PT_CHUNK)
+    shot(page, "03c-provisioned-throughput-plan")
+
+
 def _split_counts(ui: Ui, n: int = 300) -> Counter[str]:
     counts: Counter[str] = Counter()
     with ui.api("admin") as client:
@@ -327,13 +420,93 @@ def test_playground_compares_two_endpoints_of_the_same_task(ui: Ui, browser: Any
     page.fill("input[name=max_tokens]", "8")
     page.click("#send")
     answers = page.locator(".answer")
-    assert answers.count() == 2
+    expect(page.locator(".answer.done")).to_have_count(2)
     texts = answers.all_inner_texts()
     by_name = {t.split("\n")[0]: t for t in texts}  # side by side, in the list's order
-    assert sorted(by_name) == ["split", "team-a-ep"]
-    assert "reply from gpt-4" in by_name["team-a-ep"]
-    assert all(re.search(r"\d+ ms · \d+ prompt \+ \d+ completion tokens", t) for t in texts)
+    assert list(by_name) == ["split", "team-a-ep"]
+    assert all("Hello!" in t for t in texts)  # the mock's streamed answer, chunk by chunk
+    meta = r"\d+ ms · first token \d+ ms · 5 prompt \+ 3 completion tokens"
+    assert all(re.search(meta, t) for t in texts), texts
     shot(page, "11-playground")
+    sent = [r.json() for r in ui.upstream.requests if r.body and b"Say hello" in r.body]
+    assert len(sent) == 2 and all(b["stream"] and b["max_tokens"] == 8 for b in sent)
+
+
+def test_playground_without_script_answers_the_whole_form(ui: Ui, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    sign_in(page, ui, "alice", start="/ml/playground")
+    page.check("input[value=team-a-ep]")
+    page.fill("textarea[name=prompt]", "Say hello")
+    page.click("#send")
+    page.wait_for_selector(".answer")
+    text = page.inner_text(".answer")
+    assert "reply from gpt-4" in text
+    assert re.search(r"\d+ ms · \d+ prompt \+ \d+ completion tokens", text)
+
+
+def test_playground_streams_each_answer_as_it_arrives(ui: Ui, browser: Any) -> None:
+    with ui.api("admin") as admin:
+        spec = endpoint("slow-chat", [_external("s", "gpt-slow", ui.upstream.url + "/v1")])
+        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
+    ui.wait_state("slow-chat")
+    RELEASE.clear()
+    page = _page(browser)
+    sign_in(page, ui, "alice", start="/ml/playground")
+    try:
+        page.check("input[value=slow-chat]")
+        page.check("input[value=team-a-ep]")
+        page.fill("textarea[name=prompt]", "Tell me a story")
+        page.click("#send")
+        slow = page.locator(".answer[data-endpoint=slow-chat]")
+        # The first words are on the page while the upstream still holds the rest back.
+        expect(slow.locator(".answer-text")).to_have_text("The first half")
+        assert "streaming" in (slow.get_attribute("class") or "")
+        assert "done" not in (slow.get_attribute("class") or "")
+        expect(page.locator(".answer[data-endpoint=team-a-ep].done")).to_have_count(1)
+        shot(page, "11b-playground-streaming")
+    finally:
+        RELEASE.set()
+    expect(slow.locator(".answer-text")).to_have_text("The first half and the rest.")
+    expect(slow.locator(".answer-meta")).to_contain_text("4 prompt + 9 completion tokens")
+    assert "done" in (slow.get_attribute("class") or "")
+    shot(page, "11c-playground-streamed")
+
+
+def test_playground_stream_refuses_view_only_forged_and_hidden(ui: Ui, browser: Any) -> None:
+    form = {"endpoint": "team-a-ep", "prompt": "hi"}
+    carol = _page(browser)
+    sign_in(carol, ui, "carol", start="/ml/playground")
+    csrf = carol.locator("input[name=csrf_token]").first.get_attribute("value")
+    asked = len(ui.upstream.requests)
+    request = carol.context.request
+    answer = request.post(ui.url + "/ml/playground/stream", form={**form, "csrf_token": csrf})
+    assert answer.status == 403 and answer.json()["error_code"] == "PERMISSION_DENIED"
+    assert "CAN_QUERY is required" in answer.json()["message"]
+    alice = _page(browser)
+    sign_in(alice, ui, "alice", start="/ml/playground")
+    request = alice.context.request
+    for fields in ({}, {"csrf_token": "forged"}, {"csrf_token": csrf}):  # carol's is not hers
+        answer = request.post(ui.url + "/ml/playground/stream", form={**form, **fields})
+        assert answer.status == 403 and "CSRF token" in answer.json()["message"]
+    bob = _page(browser)
+    sign_in(bob, ui, "bob", start="/ml/playground")
+    bob_csrf = bob.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = bob.context.request.post(
+        ui.url + "/ml/playground/stream", form={**form, "csrf_token": bob_csrf}
+    )
+    assert answer.status == 404 and answer.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    alice_csrf = alice.locator("input[name=csrf_token]").first.get_attribute("value")
+    answer = request.post(
+        ui.url + "/ml/playground/stream",
+        form={**form, "csrf_token": alice_csrf, "temperature": "hot"},
+    )
+    assert answer.status == 400 and answer.json()["message"] == "temperature: not a number: 'hot'"
+    assert len(ui.upstream.requests) == asked  # nothing refused reached the upstream
+    # Not signed in: no stream, a redirect to sign-in.
+    anonymous = httpx.post(ui.url + "/ml/playground/stream", data=form)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ml/signin"
 
 
 def test_view_only_user_sees_no_edit_controls_and_forged_posts_are_refused(

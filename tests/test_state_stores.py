@@ -390,3 +390,31 @@ def test_the_store_reconnects_after_a_server_restart(
         assert isinstance(lock, LockInfo)
     finally:
         store.close()
+
+
+def test_ui_sessions_are_untracked_bounded_and_deleted(store: StateStore) -> None:
+    serial = store.serial
+    for i in range(4):
+        store.put_ui_session(
+            f"h{i}", sealed_token=f"sealed{i}", now_ms=1000 + i, idle_before_ms=0, keep=3
+        )
+    # At most `keep`: the oldest made room.
+    assert store.ui_session("h0") is None
+    assert store.ui_session("h3") == {
+        "sealed_token": "sealed3",
+        "created_ms": 1003,
+        "last_seen_ms": 1003,
+    }
+    store.touch_ui_session("h1", 5000)
+    assert store.ui_session("h1")["last_seen_ms"] == 5000  # type: ignore[index]
+    # Idle ones go at the next sign-in.
+    store.put_ui_session("h9", sealed_token="s", now_ms=6000, idle_before_ms=4000, keep=3)
+    assert [store.ui_session(h) is not None for h in ("h1", "h2", "h3", "h9")] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    store.delete_ui_session("h1")
+    assert store.ui_session("h1") is None
+    assert store.serial == serial  # a page view never rebuilds the routing tables

@@ -134,6 +134,15 @@ def _document_text() -> str:
                 requestBody=_body({"$ref": "#/components/schemas/EndpointCoreConfigInput"}),
             ),
         },
+        ep + "/{name}/config/cancel": {
+            "parameters": [_NAME],
+            "post": _op(
+                "Cancel the config update in progress (the engine's: the platform's Serving UI "
+                "only); the previous config keeps serving, the state becomes UPDATE_CANCELED",
+                _ok(endpoint, 400, 403, 409),
+                requestBody=_body({"type": "object", "maxProperties": 0}, required=False),
+            ),
+        },
         ep + "/{name}/rate-limits": {
             "parameters": [_NAME],
             "put": _op(

@@ -24,6 +24,7 @@ __all__ = [
     "UsageRecord",
     "UsageRecorder",
     "create_usage_table",
+    "query_usage",
     "read_usage",
     "usage_recorder_for",
 ]
@@ -52,13 +53,21 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL
 )
 """
+# The Serving UI's charts read one endpoint's last hours (engine/ui/_charts.py): an index that
+# holds every column they read, so the read touches only that endpoint's records, in order.
+_INDEX = (
+    "CREATE INDEX IF NOT EXISTS usage_by_endpoint ON usage "
+    "(endpoint, at_ms, status, latency_ms, prompt_tokens, completion_tokens)"
+)
 
 
 def create_usage_table(conn: Any) -> None:
-    """The usage table in a PostgreSQL connection whose search path is `engine_usage`."""
+    """The usage table (and the charts' index) in a PostgreSQL connection whose search path
+    is `engine_usage`."""
     from engine.state._pgconn import pg_ddl
 
     conn.execute(pg_ddl(_SCHEMA))
+    conn.execute(_INDEX)
 
 
 def usage_recorder_for(state: Path | str | StateLocation) -> UsageRecorder:
@@ -93,6 +102,7 @@ class UsageRecorder:
             with sqlite3.connect(self.path) as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(_SCHEMA)
+                conn.execute(_INDEX)
         self._thread.start()
 
     def _pg(self) -> Any:
@@ -173,3 +183,27 @@ def _read_usage_pg(url: str) -> list[UsageRecord]:
     finally:
         pg.close()
     return [UsageRecord(**row) for row in rows]
+
+
+def query_usage(
+    location: StateLocation, sql: str, params: tuple[Any, ...]
+) -> list[tuple[Any, ...]]:
+    """Rows of one read-only query (`?` placeholders) on a state's usage records; none yet:
+    no rows."""
+    if location.is_postgres:
+        from engine.state._pgconn import PgConnection
+
+        pg = PgConnection(location.url, schema=_PG_SCHEMA)
+        try:
+            conn = pg.live()
+            if conn.execute("SELECT to_regclass('usage') AS t").fetchone()["t"] is None:
+                return []
+            rows = conn.execute(sql.replace("?", "%s"), params).fetchall()
+        finally:
+            pg.close()
+        return [tuple(r.values()) for r in rows]
+    path = location.path.parent / USAGE_DB_NAME
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+        return conn.execute(sql, params).fetchall()

@@ -5,7 +5,10 @@ the runner host what only it may do, and the runner host waits for every replica
   may start or stop runners, and the runners' logs lie on the runner host's disk: a replica
   without the role passes such a request on unchanged (the caller's own token: the runner host
   checks who may do it) and answers what the runner host answered. It then catches up with the
-  state before answering, so read-your-writes holds on the replica that took the write.
+  state before answering, so read-your-writes holds on the replica that took the write. The
+  Serving UI's changes (create, edit, cancel) and its log tails go the same way, with the
+  session cookie and CSRF token in place of the bearer token (sessions live in the state, so
+  the runner host knows the session).
 - **Wake.** A request for a scaled-to-zero runner asks the runner host to start it
   (`POST /api/2.0/engine/peers/wake`), authenticated as a peer: each host draws a random key
   at start and records only its hash in its `hosts` row, so a caller who cannot write the state
@@ -43,13 +46,39 @@ WAKE_PATH = "/api/2.0/engine/peers/wake"
 _CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ENDPOINTS = "/api/2.0/serving-endpoints"
 _LOGS = re.compile(r"^/api/2\.0/serving-endpoints/[^/]+/served-models/[^/]+/(build-)?logs$")
+# The Serving UI's pages that change endpoints (POST) or tail a runner's logs (GET).
+_UI_CHANGES = re.compile(r"^/ml/endpoints/(new|[^/]+/(edit|cancel))$")
+_UI_LOGS = re.compile(r"^/ml/endpoints/[^/]+/logs/[^/]+$")
 # Headers passed on to the runner host and back (hop-by-hop ones and the length are not).
 _REQUEST_HEADERS = frozenset({b"authorization", b"content-type", b"accept"})
 _RESPONSE_HEADERS = frozenset({"content-type", "retry-after"})
+# ...and those of the UI's pages: its session and CSRF token, HTMX's request and answer
+# headers, a redirect, the pages' security headers.
+_UI_REQUEST_HEADERS = _REQUEST_HEADERS | {
+    b"cookie",
+    b"x-csrf-token",
+    b"hx-request",
+    b"hx-target",
+    b"hx-current-url",
+}
+_UI_RESPONSE_HEADERS = _RESPONSE_HEADERS | {
+    "location",
+    "hx-redirect",
+    "hx-refresh",
+    "cache-control",
+    "content-security-policy",
+    "x-content-type-options",
+    "referrer-policy",
+    "x-frame-options",
+}
 
 
 def needs_runner_host(method: str, path: str) -> bool:
-    """Whether only the runner host may answer this control-plane request."""
+    """Whether only the runner host may answer this control-plane (or Serving UI) request."""
+    if path.startswith("/ml/"):
+        return (method == "POST" and _UI_CHANGES.match(path) is not None) or (
+            method == "GET" and _UI_LOGS.match(path) is not None
+        )
     if not path.startswith(_ENDPOINTS):
         return False
     if method in _CHANGES:
@@ -147,7 +176,10 @@ class Peers:
         body = await read_body(receive)
         query = scope.get("query_string", b"").decode("latin-1")
         url = address + scope["path"] + (f"?{query}" if query else "")
-        headers = [(k, v) for k, v in scope["headers"] if k in _REQUEST_HEADERS]
+        ui = scope["path"].startswith("/ml/")
+        passed_in = _UI_REQUEST_HEADERS if ui else _REQUEST_HEADERS
+        passed_out = _UI_RESPONSE_HEADERS if ui else _RESPONSE_HEADERS
+        headers = [(k, v) for k, v in scope["headers"] if k in passed_in]
         headers.append((FORWARDED_HEADER, self.host_id.encode()))
         try:
             answer = await self._http().request(scope["method"], url, content=body, headers=headers)
@@ -159,7 +191,7 @@ class Peers:
         out = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in answer.headers.items()
-            if k.lower() in _RESPONSE_HEADERS
+            if k.lower() in passed_out
         ]
         out.append((b"content-length", str(len(answer.content)).encode()))
         await send({"type": "http.response.start", "status": answer.status_code, "headers": out})

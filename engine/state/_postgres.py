@@ -49,6 +49,7 @@ from engine.state._rows import (
 )
 from engine.state._sqlite import _MIGRATIONS, SCHEMA_VERSION
 from engine.state._statements import SharedStatements
+from engine.state._ui_sessions import UiSessionRecords
 from engine.state.location import StateLocation
 from engine.state.notify import STATE_CHANNEL
 from schemas import now_ms
@@ -80,7 +81,7 @@ def _overlaps(held: Sequence[str], wanted: Sequence[str]) -> bool:
     return WHOLE_STATE in (*held, *wanted) or bool(set(held) & set(wanted))
 
 
-class PostgresStateStore(HostRecords, SharedStatements):
+class PostgresStateStore(HostRecords, UiSessionRecords, SharedStatements):
     def __init__(self, location: StateLocation) -> None:
         self.location = location
         # Per-host files (runner folders, logs, the model cache) live in the local folder.

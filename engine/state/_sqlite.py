@@ -35,6 +35,7 @@ from engine.state._lock import (
 from engine.state._private import create_private_file
 from engine.state._rows import MIGRATION_STEPS as _MIGRATION_STEPS
 from engine.state._statements import SharedStatements
+from engine.state._ui_sessions import UiSessionRecords
 from engine.state.location import STATE_ENV_VAR, StateLocation
 from schemas import (
     now_ms,
@@ -42,7 +43,7 @@ from schemas import (
 
 __all__ = ["SqliteStateStore", "StateError", "resolve_state_path"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -191,6 +192,17 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE hosts ADD COLUMN report TEXT NOT NULL DEFAULT '{}';
     ALTER TABLE hosts ADD COLUMN peer_hash TEXT NOT NULL DEFAULT '';
     """,
+    # Serving UI sessions, so that any replica accepts one (engine/state/_ui_sessions.py): the
+    # hash of the session id, the bearer token sealed with a key derived from the id.
+    9: """
+    CREATE TABLE ui_sessions (
+        id_hash TEXT PRIMARY KEY,
+        sealed_token TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    );
+    CREATE INDEX ui_sessions_by_seen ON ui_sessions (last_seen_ms);
+    """,
 }
 
 
@@ -206,7 +218,7 @@ def _now_ms() -> int:
     return now_ms()
 
 
-class SqliteStateStore(HostRecords, SharedStatements):
+class SqliteStateStore(HostRecords, UiSessionRecords, SharedStatements):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.location = StateLocation(str(self.path), self.path.parent)

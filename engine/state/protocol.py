@@ -230,6 +230,17 @@ class DirectoryStore(Protocol):
 
     def remove_host(self, host_id: str) -> None: ...
 
+    # Serving UI sessions (engine/state/_ui_sessions.py): untracked, as the hosts are.
+    def put_ui_session(
+        self, id_hash: str, *, sealed_token: str, now_ms: int, idle_before_ms: int, keep: int
+    ) -> None: ...
+
+    def ui_session(self, id_hash: str) -> dict[str, Any] | None: ...
+
+    def touch_ui_session(self, id_hash: str, now_ms: int) -> None: ...
+
+    def delete_ui_session(self, id_hash: str) -> None: ...
+
 
 @runtime_checkable
 class StateStore(CoreStore, DirectoryStore, Protocol):

@@ -7,12 +7,13 @@ endpoint), and nosniff.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
 from engine.asgi import ApiError, header, read_body
 
-__all__ = ["read_form", "send_html", "send_redirect", "send_static"]
+__all__ = ["read_form", "send_html", "send_json", "send_redirect", "send_static"]
 
 _SECURITY = [
     (
@@ -47,6 +48,24 @@ async def send_html(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Any, status: int, body: dict[str, Any]) -> None:
+    """A refusal of a route that page scripts fetch: the platform's JSON error body."""
+    raw = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"x-content-type-options", b"nosniff"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw})
 
 
 async def send_redirect(

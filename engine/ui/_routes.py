@@ -14,6 +14,7 @@
 | GET POST | /ml/endpoints/{name}/edit              | CAN_MANAGE (+ CSRF)        |
 | POST     | /ml/endpoints/{name}/cancel            | CAN_MANAGE + CSRF          |
 | GET POST | /ml/playground                         | CAN_QUERY on each endpoint |
+| POST     | /ml/playground/stream                  | CAN_QUERY + CSRF (SSE)     |
 
 An endpoint the caller may not see answers the same 404 page as one that does not exist.
 Changes go through `EndpointService` (the REST API's): a form becomes an endpoint body, the
@@ -27,11 +28,8 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
-
-import httpx
 
 from engine.access.permissions import LEVELS, level_in, level_of
 from engine.access.tokens import Principal
@@ -41,13 +39,13 @@ from engine.control._service import EndpointService
 from engine.control.host_services import HostServices
 from engine.control.views import task_of
 from engine.state import EndpointRow
-from engine.ui import _forms
+from engine.ui import _forms, _playground
 from engine.ui._charts import endpoint_series
 from engine.ui._csrf import CSRF_FIELD, csrf_ok
-from engine.ui._http import read_form, send_html, send_redirect, send_static
+from engine.ui._http import read_form, send_html, send_json, send_redirect, send_static
 from engine.ui._render import render, static_file
 from engine.ui._session import Session, Sessions, set_cookie
-from engine.ui._views import STATE_WORDS, endpoint_page, list_page, version_diff
+from engine.ui._views import STATE_WORDS, ListCache, endpoint_page, list_page, version_diff
 from plans import render_plan_text
 
 __all__ = ["ServingUi"]
@@ -80,7 +78,8 @@ class ServingUi:
     def __init__(self, host: HostServices, service: EndpointService) -> None:
         self.host = host
         self.service = service
-        self.sessions = Sessions()
+        self.sessions = Sessions(host.store)
+        self.listed = ListCache()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         path: str = scope["path"]
@@ -90,7 +89,10 @@ class ServingUi:
         try:
             await self._route(request, receive, send)
         except ApiError as exc:
-            await self._error(request, send, exc)
+            if path == f"{PREFIX}/playground/stream":
+                await send_json(send, exc.status, exc.body())  # a script reads it, not a person
+            else:
+                await self._error(request, send, exc)
         return True
 
     async def _error(self, request: _Request, send: Any, exc: ApiError) -> None:
@@ -143,7 +145,7 @@ class ServingUi:
             await send_redirect(send, f"{PREFIX}/endpoints")
         elif parts == ["signout"] and method == "POST":
             assert request.session is not None
-            self.sessions.end(request.session)
+            await asyncio.to_thread(self.sessions.end, request.session)
             await send_redirect(send, f"{PREFIX}/signin", [("set-cookie", set_cookie(None))])
         elif parts == ["endpoints"] and method == "GET":
             await self._list(request, send)
@@ -153,6 +155,8 @@ class ServingUi:
             await self._endpoint(request, send, parts[1], parts[2:], flat, form)
         elif parts == ["playground"]:
             await self._playground(request, send, form)
+        elif parts == ["playground", "stream"] and method == "POST":
+            await self._stream(request, send, flat)
         else:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", "no such page")
 
@@ -191,11 +195,11 @@ class ServingUi:
             return None
 
     async def _signed_in(self, request: _Request, send: Any) -> bool:
-        session = self.sessions.get(header(request.scope, b"cookie"))
+        session = await asyncio.to_thread(self.sessions.get, header(request.scope, b"cookie"))
         principal = self._principal_of(session.token) if session is not None else None
         if session is None or principal is None:
             if session is not None:
-                self.sessions.end(session)  # its token was deleted
+                await asyncio.to_thread(self.sessions.end, session)  # its token was deleted
             target = f"{PREFIX}/signin"
             if request.method == "GET" and not request.htmx:
                 target += "?next=" + quote(request.path)
@@ -229,7 +233,7 @@ class ServingUi:
                 401,
             )
             return
-        session = self.sessions.create(token)
+        session = await asyncio.to_thread(self.sessions.create, token)
         secure = request.scope.get("scheme") == "https"
         target = _local((form.get("next") or [""])[-1]) or f"{PREFIX}/endpoints"
         await send_redirect(send, target, [("set-cookie", set_cookie(session, secure=secure))])
@@ -257,6 +261,7 @@ class ServingUi:
             tag=q.get("tag", ""),
             state=state,
             page=page,
+            cache=self.listed,
         )
         template = (
             "_list_table.html"
@@ -489,7 +494,7 @@ class ServingUi:
             picked = form.get("endpoint", [])
             ctx.update(picked=picked, v=flat)
             tasks = {e["name"]: e["task"] for e in endpoints}
-            error = _playground_error(picked, tasks, flat)
+            error = _playground.playground_error(picked, tasks, flat)
             if error:
                 ctx["error"] = error
             else:
@@ -503,106 +508,47 @@ class ServingUi:
     async def _ask(
         self, request: _Request, names: list[str], task: str, form: dict[str, str]
     ) -> list[dict[str, Any]]:
-        """Send the prompt to each endpoint through this host's own data plane (auth, limits,
-        usage records and all), at once; answers in the order picked."""
+        """Every picked endpoint's whole answer, asked at once; in the order picked."""
         assert request.session is not None
-        host, port = request.scope.get("server") or ("127.0.0.1", 80)
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        base = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        payload = _payload(task, form)
-        headers = {"authorization": f"Bearer {request.session.token}"}
-        async with httpx.AsyncClient(
-            base_url=base, headers=headers, timeout=120, trust_env=False
-        ) as client:
-            return list(await asyncio.gather(*(_one(client, n, payload, task) for n in names)))
+        body = _playground.payload(task, form)
+        async with _playground.client_for(request.scope, request.session.token) as client:
+            return list(
+                await asyncio.gather(*(_playground.ask_one(client, n, body, task) for n in names))
+            )
 
-
-def _payload(task: str, form: dict[str, str]) -> dict[str, Any]:
-    prompt = form.get("prompt", "")
-    body: dict[str, Any] = (
-        {"messages": [{"role": "user", "content": prompt}]}
-        if task == "llm/v1/chat"
-        else {"prompt": prompt}
-    )
-    for key, cast in (("temperature", float), ("max_tokens", int)):
-        if form.get(key, "").strip():
-            body[key] = cast(form[key])
-    return body
-
-
-def _playground_error(picked: list[str], tasks: dict[str, str], form: dict[str, str]) -> str:
-    if not picked:
-        return "Endpoints: pick one or more endpoints to compare"
-    unknown = [n for n in picked if n not in tasks]
-    if unknown:
-        return f"Endpoints: no endpoint {unknown[0]!r} that you may query"
-    if len({tasks[n] for n in picked}) > 1:
-        return (
-            "Endpoints: pick endpoints of the same task ("
-            + ", ".join(sorted({tasks[n] for n in picked}))
-            + ")"
-        )
-    if tasks[picked[0]] not in ("llm/v1/chat", "llm/v1/completions"):
-        return (
-            f"Endpoints: the playground sends chat or completions prompts, not {tasks[picked[0]]}"
-        )
-    if not form.get("prompt", "").strip():
-        return "Prompt: write a prompt"
-    for key, cast, low, high in (("temperature", float, 0.0, 2.0), ("max_tokens", int, 1, 100_000)):
-        raw = form.get(key, "").strip()
-        if not raw:
-            continue
+    async def _stream(self, request: _Request, send: Any, form: dict[str, str]) -> None:
+        """One endpoint's answer as it arrives (app.js fetches one of these per column).
+        Refusals are the platform's JSON body with its status, before any event is sent."""
+        assert request.session is not None
         try:
-            value = cast(raw)
-        except ValueError:
-            return f"{key}: not a number: {raw[:20]!r}"
-        if not low <= value <= high:
-            return f"{key}: must be between {low} and {high}"
-    return ""
-
-
-async def _one(
-    client: httpx.AsyncClient, name: str, payload: dict[str, Any], task: str
-) -> dict[str, Any]:
-    started = time.perf_counter()
-    try:
-        response = await client.post(f"/serving-endpoints/{quote(name)}/invocations", json=payload)
-    except httpx.HTTPError as exc:
-        return {
-            "name": name,
-            "ok": False,
-            "text": f"no answer: {type(exc).__name__}",
-            "ms": 0,
-            "usage": {},
-        }
-    ms = (time.perf_counter() - started) * 1000
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code != 200:
-        message = body.get("message") if isinstance(body, dict) else None
-        return {
-            "name": name,
-            "ok": False,
-            "text": f"{response.status_code}: {message or response.text[:300]}",
-            "ms": ms,
-            "usage": {},
-        }
-    choice = (body.get("choices") or [{}])[0]
-    text = (
-        (choice.get("message") or {}).get("content")
-        if task == "llm/v1/chat"
-        else choice.get("text")
-    )
-    return {
-        "name": name,
-        "ok": True,
-        "text": text or "",
-        "ms": ms,
-        "usage": body.get("usage") or {},
-    }
+            name = form.get("endpoint", "")
+            row, _ = await asyncio.to_thread(self._row, name, request.who, "CAN_QUERY")
+            task = task_of(row.spec or {}) or await asyncio.to_thread(
+                _runner_task, self.host.store, row
+            )
+            error = _playground.playground_error([name], {name: task}, form)
+            if error:
+                raise ApiError(400, "INVALID_PARAMETER_VALUE", error)
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body())
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        body = _playground.payload(task, form, stream=True)
+        async with _playground.client_for(request.scope, request.session.token) as client:
+            async for chunk in _playground.stream_one(client, name, body, task):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _runner_task(store: Any, row: EndpointRow) -> str:

@@ -1,9 +1,12 @@
 """Browser sessions of the Serving UI: a bearer token signed in once, an opaque cookie after.
 
-The cookie holds 32 random bytes and nothing else; the map from it to the token lives in this
-process only (a restart signs everyone out, which is what a lost map must do). The token is
-kept, not its principal, so that a token deleted with `engine tokens delete` ends its sessions
-at the next request. Each session has its own CSRF token (see `_csrf.py`).
+The cookie holds 32 random bytes and nothing else. Sessions live in the state
+(engine/state/_ui_sessions.py), so every worker and replica of `engine serve` accepts a
+session signed in on any of them, and signing out on one ends it on all. The state holds the
+SHA-256 of the id, never the id, and the token sealed (Fernet) with a key derived from the id:
+the database alone signs no one in and shows no token. The token is kept, not its principal,
+so that a token deleted with `engine tokens delete` ends its sessions at the next request.
+Each session's CSRF token (see `_csrf.py`) is derived from its id, the same on every replica.
 
 | cookie         | value                | flags                                  |
 |----------------|----------------------|----------------------------------------|
@@ -12,11 +15,17 @@ at the next request. Each session has its own CSRF token (see `_csrf.py`).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from engine.state import StateStore
+from schemas import now_ms
 
 __all__ = ["COOKIE", "Session", "Sessions"]
 
@@ -25,6 +34,8 @@ COOKIE = "engine_ui"
 IDLE_SECONDS = 8 * 3600
 # More than any one operator needs; bounds what an attacker signing in in a loop can hold.
 MAX_SESSIONS = 10_000
+# A session's last-seen time is written at most this often (not on every page view).
+TOUCH_MS = 60_000
 
 
 @dataclass
@@ -32,48 +43,63 @@ class Session:
     id: str
     token: str
     csrf: str
-    last_seen: float
+
+
+def _id_hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _sealer(session_id: str) -> Fernet:
+    key = hashlib.sha256(b"serving-engine ui seal:" + session_id.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _csrf_of(session_id: str) -> str:
+    mac = hmac.new(session_id.encode(), b"serving-engine ui csrf", hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 class Sessions:
-    def __init__(self, *, idle_seconds: float = IDLE_SECONDS) -> None:
-        self._by_id: dict[str, Session] = {}
-        self._lock = threading.Lock()
-        self.idle_seconds = idle_seconds
+    """The sessions of one state (`store`: the serving host's own store)."""
+
+    def __init__(self, store: StateStore, *, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.store = store
+        self.idle_ms = int(idle_seconds * 1000)
 
     def create(self, token: str) -> Session:
-        session = Session(
-            secrets.token_urlsafe(32), token, secrets.token_urlsafe(32), time.monotonic()
+        session_id = secrets.token_urlsafe(32)
+        now = now_ms()
+        self.store.put_ui_session(
+            _id_hash(session_id),
+            sealed_token=_sealer(session_id).encrypt(token.encode()).decode(),
+            now_ms=now,
+            idle_before_ms=now - self.idle_ms,
+            keep=MAX_SESSIONS,
         )
-        with self._lock:
-            self._expire()
-            if len(self._by_id) >= MAX_SESSIONS:
-                oldest = min(self._by_id.values(), key=lambda s: s.last_seen)
-                del self._by_id[oldest.id]
-            self._by_id[session.id] = session
-        return session
+        return Session(session_id, token, _csrf_of(session_id))
 
     def get(self, cookie_header: str | None) -> Session | None:
         session_id = cookie_value(cookie_header, COOKIE)
         if not session_id:
             return None
-        now = time.monotonic()
-        with self._lock:
-            session = self._by_id.get(session_id)
-            if session is None or now - session.last_seen > self.idle_seconds:
-                self._by_id.pop(session_id, None)
-                return None
-            session.last_seen = now
-            return session
+        id_hash = _id_hash(session_id)
+        row = self.store.ui_session(id_hash)
+        if row is None:
+            return None
+        now = now_ms()
+        if now - row["last_seen_ms"] > self.idle_ms:
+            self.store.delete_ui_session(id_hash)
+            return None
+        try:
+            token = _sealer(session_id).decrypt(row["sealed_token"].encode()).decode()
+        except InvalidToken:
+            return None
+        if now - row["last_seen_ms"] > TOUCH_MS:
+            self.store.touch_ui_session(id_hash, now)
+        return Session(session_id, token, _csrf_of(session_id))
 
     def end(self, session: Session) -> None:
-        with self._lock:
-            self._by_id.pop(session.id, None)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, s in self._by_id.items() if now - s.last_seen > self.idle_seconds]:
-            del self._by_id[key]
+        self.store.delete_ui_session(_id_hash(session.id))
 
 
 def cookie_value(header: str | None, name: str) -> str | None:
