@@ -13,6 +13,7 @@ from engine_harness import Engine, run_cli, write_specs
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
+from engine.state import open_state
 
 KEY = "sk-remote-plaintext-9d1e77"
 
@@ -117,6 +118,14 @@ def _call(remote: ServerProcess, method: str, path: str, body: Any) -> httpx.Res
     )
 
 
+def _history(remote: ServerProcess, name: str) -> list[Any]:
+    store = open_state(remote.state)
+    try:
+        return [(h.config_version, h.action) for h in store.history(name)]
+    finally:
+        store.close()
+
+
 def test_create_update_delete_converge(
     tmp_path: Path, remote: ServerProcess, local: dict[str, str]
 ) -> None:
@@ -155,7 +164,9 @@ def test_create_update_delete_converge(
     steps += [
         # limits (`calls: 0` is sent, not dropped)
         (
-            _spec("rt-life", config=config2, rate_limits=[{"calls": 0, "renewal_period": "minute"}]),
+            _spec(
+                "rt-life", config=config2, rate_limits=[{"calls": 0, "renewal_period": "minute"}]
+            ),
             ["PUT /api/2.0/serving-endpoints/rt-life/rate-limits"],
         ),
         # tags: one changed, one removed, one added
@@ -192,13 +203,26 @@ def test_create_update_delete_converge(
         _assert_converged(local, specs, url)
 
     body = _get(remote, "rt-life").json()
-    routes = {r["served_entity_name"]: r["traffic_percentage"] for r in body["config"]["traffic_config"]["routes"]}
+    routes = {
+        r["served_entity_name"]: r["traffic_percentage"]
+        for r in body["config"]["traffic_config"]["routes"]
+    }
     assert routes == {"a": 80, "b": 20}
     models = {e["name"]: e["external_model"]["name"] for e in body["config"]["served_entities"]}
     assert models == {"a": "gpt-a", "b": "gpt-b2"}
     assert {t["key"]: t.get("value") for t in body["tags"]} == {"team": "b", "cost": "42"}
     assert body["ai_gateway"]["rate_limits"][0]["calls"] == 7
     assert body["config"]["config_version"] == 3
+    # The remote's own state: the legacy limits (never returned by GET) were sent, `calls: 0`
+    # included.
+    store = open_state(remote.state)
+    try:
+        row = store.get_endpoint("rt-life")
+        assert row is not None and row.spec["rate_limits"] == [
+            {"calls": 0, "renewal_period": "minute", "key": "endpoint"}
+        ]
+    finally:
+        store.close()
 
     # Leaving the specs: deleted on the remote.
     write_specs(specs, [])
@@ -288,6 +312,7 @@ def test_e2_is_refused_before_any_call(
     write_specs(specs, [_spec("rt-e2")])
     _apply(local, specs, remote.url)
     before = _get(remote, "rt-e2").json()
+    history = _history(remote, "rt-e2")
     self_hosted = {
         "name": "rt-e2",
         "config": {
@@ -312,6 +337,7 @@ def test_e2_is_refused_before_any_call(
     after = _get(remote, "rt-e2").json()
     assert after["last_updated_timestamp"] == before["last_updated_timestamp"]
     assert after["config"]["config_version"] == before["config"]["config_version"]
+    assert _history(remote, "rt-e2") == history  # the remote recorded no change at all
     write_specs(specs, [])
     _apply(local, specs, remote.url)
 
@@ -367,7 +393,8 @@ def test_another_users_token_cannot_take_over_an_endpoint(
     after = _get(remote, "rt-owned").json()
     assert after["last_updated_timestamp"] == before["last_updated_timestamp"]
     # A wrong token is refused by the remote before anything is planned.
-    wrong = _cli({**local, "DATABRICKS_TOKEN": "not-a-token"}, "plan", str(specs), "--target", remote.url)
+    wrong_env = {**local, "DATABRICKS_TOKEN": "not-a-token"}
+    wrong = _cli(wrong_env, "plan", str(specs), "--target", remote.url)
     assert wrong.returncode == 1 and "401" in wrong.stderr
     write_specs(specs, [])
     _apply(local, specs, remote.url)
@@ -384,18 +411,22 @@ def test_a_databrickscfg_profile_works_like_the_environment(
     (tmp_path / ".databrickscfg").write_text(
         f"[remote]\nhost = {remote.url}\ntoken = {remote.admin}\n"  # type: ignore[attr-defined]
     )
-    for env in (profile_env, {**profile_env, "DATABRICKS_CONFIG_FILE": str(tmp_path / ".databrickscfg")}):
+    cfg = str(tmp_path / ".databrickscfg")
+    for env in (profile_env, {**profile_env, "DATABRICKS_CONFIG_FILE": cfg}):
         profile_plan = _cli(env, "plan", str(specs), "--target", "remote", "--json")
         assert profile_plan.returncode == 0, profile_plan.stderr
         a, b = json.loads(env_plan.stdout), json.loads(profile_plan.stdout)
-        assert a["calls"] == b["calls"] == [
-            {"endpoint": "rt-profile", "method": "POST", "path": "/api/2.0/serving-endpoints"}
-        ]
+        assert (
+            a["calls"]
+            == b["calls"]
+            == [{"endpoint": "rt-profile", "method": "POST", "path": "/api/2.0/serving-endpoints"}]
+        )
         assert a["changes"] == b["changes"]
     _apply(profile_env, specs, "remote")
     _assert_converged(local, specs, "env")
     _assert_converged(profile_env, specs, "remote")
     unknown = _cli(profile_env, "plan", str(specs), "--target", "nope")
-    assert unknown.returncode == 1 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
     write_specs(specs, [])
     _apply(profile_env, specs, "remote")

@@ -157,8 +157,9 @@ def remote_plan(
             except OSError as exc:
                 fail(f"cannot write plan file {out}: {exc.strerror}")
             if not as_json:
-                typer.echo(f"Saved the plan to {out}. Apply it with: engine apply {out} "
-                           f"--target {target}")
+                typer.echo(
+                    f"Saved the plan to {out}. Apply it with: engine apply {out} --target {target}"
+                )
     if rplan.plan.errored:
         raise typer.Exit(EXIT_ERROR)
     if detailed_exitcode and (rplan.plan.has_changes or rplan.drift):

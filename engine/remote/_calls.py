@@ -93,7 +93,9 @@ def _part_body(part: str, doc: dict[str, Any], change: EndpointChange) -> Any:
         wanted = {t["key"] for t in value or []}
         # Diff paths of tags are `tags[KEY]...`: a key the spec no longer has is deleted.
         mentioned = {
-            f.path[len("tags[") : f.path.index("]")] for f in change.fields if f.path.startswith("tags[")
+            f.path[len("tags[") : f.path.index("]")]
+            for f in change.fields
+            if f.path.startswith("tags[")
         }
         removed = sorted(mentioned - wanted)
         body: dict[str, Any] = {"add_tags": value or []}

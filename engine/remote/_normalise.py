@@ -4,12 +4,13 @@ One table says everything the server does to a body between create and read, so 
 made right after an apply is empty (no perpetual diff). Each row: where, which field, what kind
 of server behaviour, and why.
 
-| kind            | what the normaliser does                                                 |
-|-----------------|---------------------------------------------------------------------------|
-| read-only       | dropped: status the server adds (ids, timestamps, states, echoes)        |
-| server default  | dropped when it has the default value (or any, for `ANY`) and the spec does not set the field |
-| not comparable  | the spec's value is taken when the condition holds (the read-back means nothing) |
-| write-only      | never returned: compared by keyed hash in the target's record            |
+| kind           | what the normaliser does                                              |
+|----------------|-----------------------------------------------------------------------|
+| read-only      | dropped: status the server adds (ids, timestamps, states, echoes)     |
+| server default | dropped when the spec does not set the field and the server's value   |
+|                | is the default (any value, for `ANY`)                                 |
+| not comparable | the spec's value is taken when the condition holds                    |
+| write-only     | never returned: compared by keyed hash in the target's record         |
 
 Fields the spec does not have at all (a newer server's additions) are read-only too. Then the
 same order rules as the local canonical form: entities by name (kept when fallback is on,

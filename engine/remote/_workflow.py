@@ -172,9 +172,7 @@ def plan_remote(
             if changes:
                 drift[name] = changes
     snapshot = StateSnapshot(record.lineage, record.serial, endpoints)
-    plan = make_plan(
-        docs, snapshot, stack=stack, allow_replace=allow_replace, destroy=destroy
-    )
+    plan = make_plan(docs, snapshot, stack=stack, allow_replace=allow_replace, destroy=destroy)
     plan.basis = {c.endpoint: remote_basis(details.get(c.endpoint)) for c in plan.actionable}
     return RemotePlan(plan, drift, plaintexts)
 
@@ -183,7 +181,8 @@ def _get(session: RemoteSession, name: str) -> dict[str, Any] | None:
     try:
         return session.client.get_endpoint(name)
     except RemoteError as exc:
-        raise WorkflowError(f"{session.target.host}: cannot read endpoint {name!r}: {exc}") from None
+        where = session.target.host
+        raise WorkflowError(f"{where}: cannot read endpoint {name!r}: {exc}") from None
 
 
 def _actual(
@@ -232,9 +231,7 @@ def _field_changes(before: Canonical, after: Canonical) -> list[FieldChange]:
 # -- saved plans ---------------------------------------------------------------------------------
 
 
-def reload_remote_saved(
-    session: RemoteSession, plan: Plan, sources: list[str]
-) -> dict[str, str]:
+def reload_remote_saved(session: RemoteSession, plan: Plan, sources: list[str]) -> dict[str, str]:
     """The plaintexts of a saved plan's specs; refuse a plan of another record or whose specs
     changed since."""
     if plan.state_lineage != session.record.lineage:
@@ -332,7 +329,9 @@ def _apply_endpoint(
             session.client.request(call.method, call.path, body)
         except RemoteError as exc:
             # Said with the call, so the summary shows which call the apply stopped at.
-            raise RemoteError(exc.status, exc.error_code, f"{call.describe()}: {exc.message}")
+            raise RemoteError(
+                exc.status, exc.error_code, f"{call.describe()}: {exc.message}"
+            ) from None
         report.calls_made.append(f"{name}: {call.describe()}")
         say(f"{name}: {call.describe()}: done")
         if call.starts_update:
@@ -355,14 +354,14 @@ def _wait_idle(
         if detail is None or state != ConfigUpdateState.IN_PROGRESS:
             return detail
         now = time.monotonic()
+        if said is None or now - said >= _PROGRESS_EVERY_S:
+            say(f"{name}: waiting for NOT_UPDATING before {before} ({now - start:.0f}s, {state})")
+            said = now
         if now - start > session.wait_timeout:
             raise _WaitTimeout(
                 f"timed out after {session.wait_timeout:.0f}s waiting for endpoint {name!r} to "
                 f"reach NOT_UPDATING (before {before}); it is still {state}"
             )
-        if said is None or now - said >= _PROGRESS_EVERY_S:
-            say(f"{name}: waiting for NOT_UPDATING before {before} ({now - start:.0f}s, {state})")
-            said = now
         session.sleep(_POLL_S)
 
 
