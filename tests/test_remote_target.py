@@ -430,3 +430,34 @@ def test_a_databrickscfg_profile_works_like_the_environment(
     assert "Traceback" not in unknown.stderr
     write_specs(specs, [])
     _apply(profile_env, specs, "remote")
+
+
+def test_other_stacks_are_refused_and_out_of_band_deletes_are_drift(
+    tmp_path: Path, remote: ServerProcess, local: dict[str, str]
+) -> None:
+    team_a, team_b = tmp_path / "team-a", tmp_path / "team-b"
+    write_specs(team_a, [_spec("rt-stacks")])
+    write_specs(team_b, [_spec("rt-stacks", (90, 10))])
+    _apply(local, team_a, remote.url)
+    before = _get(remote, "rt-stacks").json()
+    plan = _cli(local, "plan", str(team_b), "--target", remote.url)
+    assert plan.returncode == 1 and "[O1]" in plan.stdout and "stack 'team-a'" in plan.stdout
+    destroyed = _cli(local, "destroy", str(team_b), "--target", remote.url, "--auto-approve")
+    assert destroyed.returncode == 0
+    assert (
+        _get(remote, "rt-stacks").json()["last_updated_timestamp"]
+        == (before["last_updated_timestamp"])
+    )
+
+    gone = _call(remote, "DELETE", "rt-stacks", None)
+    assert gone.status_code == 200, gone.text
+    plan = _cli(local, "plan", str(team_a), "--target", remote.url, "--detailed-exitcode")
+    assert plan.returncode == 2
+    assert "Drift: rt-stacks" in plan.stdout and "the endpoint was deleted" in plan.stdout
+    assert "rt-stacks will be created" in plan.stdout
+    refreshed = _cli(local, "refresh", "--target", remote.url)
+    assert "the endpoint was deleted" in refreshed.stdout
+    _apply(local, team_a, remote.url)
+    _assert_converged(local, team_a, remote.url)
+    write_specs(team_a, [])
+    _apply(local, team_a, remote.url)

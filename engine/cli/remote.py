@@ -162,7 +162,9 @@ def remote_plan(
                 )
     if rplan.plan.errored:
         raise typer.Exit(EXIT_ERROR)
-    if detailed_exitcode and (rplan.plan.has_changes or rplan.drift):
+    # Drift alone is no change to apply (an endpoint deleted out of band and gone from the
+    # specs too): 2 means apply would make calls.
+    if detailed_exitcode and rplan.plan.has_changes:
         raise typer.Exit(EXIT_CHANGES)
     raise typer.Exit(EXIT_OK)
 
@@ -246,6 +248,8 @@ def remote_show(target: str, *, state: str | None, as_json: bool) -> None:
         for item in session.client.list_endpoints():
             name = item.get("name")
             entry = session.record.endpoints.get(name)
+            # The list's config summary has no version; the endpoint's own GET does.
+            item = session.client.get_endpoint(name) or item
             rows.append(
                 {
                     "name": name,

@@ -396,14 +396,16 @@ def refresh_remote(session: RemoteSession) -> dict[str, list[FieldChange]]:
     drift: dict[str, list[FieldChange]] = {}
     for name, entry in sorted(session.record.endpoints.items()):
         detail = _get(session, name)
-        if entry.applied is None:
-            continue
         if detail is None:
-            live: Canonical = {}
-            changes = [FieldChange("name", name, None)]
-        else:
-            live = _actual(session, detail, entry.applied, entry)
-            changes = _field_changes(entry.applied, live)
+            # Deleted out of band: reported once, then forgotten (nothing left to manage; a
+            # spec that still has it plans a create).
+            drift[name] = [FieldChange("name", name, None)]
+            del session.record.endpoints[name]
+            continue
+        if entry.applied is None:
+            continue  # imported, never applied: nothing to compare with yet
+        live = _actual(session, detail, entry.applied, entry)
+        changes = _field_changes(entry.applied, live)
         entry.observed = live if changes else None
         entry.observed_at_ms = now_ms() if changes else None
         if changes:
