@@ -457,3 +457,23 @@ def test_a_wait_that_times_out_says_what_it_waited_for(
         message = report.failed["c3"]
         assert "NOT_UPDATING" in message and "c3" in message and "IN_PROGRESS" in message
         assert report.calls_made == []  # it never sent the PUT into a running update
+
+
+def test_the_record_is_private_and_held_by_one_command_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.remote import RecordError, TargetRecord, _record
+
+    first = TargetRecord.open(tmp_path / "targets", "host-1", "https://host")
+    first.save()
+    assert (tmp_path / "targets" / "host-1.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "targets" / "host-1.key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(_record, "LOCK_WAIT_S", 0.2)
+    with pytest.raises(RecordError, match="another engine command"):
+        TargetRecord.open(tmp_path / "targets", "host-1", "https://host")
+    first.close()
+    again = TargetRecord.open(tmp_path / "targets", "host-1", "https://host")
+    assert again.lineage == first.lineage and again.serial == 1
+    # The same key: a hash made before reads the same after.
+    assert again.digest("x") == first.digest("x") != again.digest("y")
+    again.close()

@@ -22,11 +22,13 @@ a short key could be guessed offline without a key that only this record holds.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,8 @@ from typing import Any
 __all__ = ["TargetRecord", "EndpointEntry", "RecordError"]
 
 _FORMAT = 1
+# How long a command waits for another engine command on the same record to finish.
+LOCK_WAIT_S = 60.0
 
 
 class RecordError(Exception):
@@ -67,12 +71,30 @@ class TargetRecord:
     serial: int = 0
     endpoints: dict[str, EndpointEntry] = field(default_factory=dict)
     _key: bytes = b""
+    _lock_fd: int | None = None
 
     @classmethod
     def open(cls, directory: Path, key: str, host: str) -> TargetRecord:
-        """The record of one target (a new, empty one when there is none yet)."""
+        """The record of one target (a new, empty one when there is none yet), held under an
+        exclusive file lock until `close`: two commands on one target never lose each
+        other's writes."""
         path = directory / f"{key}.json"
         record = cls(path, host, lineage=str(uuid.uuid4()))
+        record._lock_fd = _lock(path.with_suffix(".lock"))
+        try:
+            record._load()
+        except BaseException:
+            record.close()
+            raise
+        return record
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _load(self) -> None:
+        path, record = self.path, self
         if path.exists():
             try:
                 body = json.loads(path.read_text(encoding="utf-8"))
@@ -93,7 +115,6 @@ class TargetRecord:
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise RecordError(f"{path}: damaged target record ({exc})") from None
         record._key = _key_file(path.with_suffix(".key"))
-        return record
 
     def digest(self, value: str) -> str:
         """Keyed hash of a secret value, as the canonical document's `$sensitive` marker."""
@@ -120,6 +141,24 @@ class TargetRecord:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)  # whole or not at all
+
+
+def _lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RecordError(
+                    f"another engine command is using {path.with_suffix('.json')}; "
+                    "retry when it finishes"
+                ) from None
+            time.sleep(0.1)
 
 
 def _key_file(path: Path) -> bytes:

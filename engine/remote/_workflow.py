@@ -77,6 +77,7 @@ class RemoteSession:
 
     def close(self) -> None:
         self.client.close()
+        self.record.close()
 
     def __enter__(self) -> RemoteSession:
         return self
