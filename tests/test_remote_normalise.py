@@ -477,3 +477,33 @@ def test_the_record_is_private_and_held_by_one_command_at_a_time(
     # The same key: a hash made before reads the same after.
     assert again.digest("x") == first.digest("x") != again.digest("y")
     again.close()
+
+
+def test_the_cli_reports_update_failed_and_the_calls_it_made(
+    platform: FakePlatform, tmp_path: Path
+) -> None:
+    from engine_harness import run_cli
+
+    _, spec, readback = CORPUS[3]  # with a plaintext key: it must never be printed
+    platform.bodies["c4"] = copy.deepcopy(readback)
+    platform.fail_update = "Served entity a failed to deploy: quota exceeded"
+    specs = tmp_path / "stack"
+    specs.mkdir()
+    (specs / "c4.yaml").write_text(yaml.safe_dump(spec))
+    env = {
+        "ENGINE_STATE": str(tmp_path / "local" / "state.db"),
+        "DATABRICKS_TOKEN": "platform-token",
+        "DATABRICKS_CONFIG_FILE": str(tmp_path / "none"),
+        "HOME": str(tmp_path),
+    }
+    url = platform.url  # type: ignore[attr-defined]
+    result = run_cli("apply", str(specs), "--target", url, "--auto-approve", env=env)
+    assert result.returncode == 1
+    assert "quota exceeded" in result.stderr and "c4" in result.stderr
+    assert "Calls made: 1\n  c4: POST /api/2.0/serving-endpoints" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    # The create did make the endpoint: it is this stack's to fix, not someone else's (O1).
+    platform.fail_update = None
+    again = run_cli("plan", str(specs), "--target", url, env=env)
+    assert again.returncode == 0 and "[O1]" not in again.stdout

@@ -48,6 +48,8 @@ class Call:
     body: Any = None
     # A config change: apply waits for NOT_UPDATING after it and fails on UPDATE_FAILED.
     starts_update: bool = False
+    # The top-level parts of the document it sends (what the target holds once it succeeded).
+    parts: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.method} {self.path}"
@@ -61,7 +63,9 @@ def calls_for(change: EndpointChange) -> list[Call]:
     name, doc = change.endpoint, change.desired or {}
     if change.action is Action.DELETE:
         return [Call(name, "DELETE", endpoint_path(name))]
-    create = Call(name, "POST", API, copy.deepcopy(doc), starts_update="config" in doc)
+    create = Call(
+        name, "POST", API, copy.deepcopy(doc), starts_update="config" in doc, parts=tuple(doc)
+    )
     if change.action is Action.CREATE:
         return [create]
     if change.action is Action.REPLACE:
@@ -78,6 +82,7 @@ def calls_for(change: EndpointChange) -> list[Call]:
                 endpoint_path(name, route),
                 _part_body(part, doc, change),
                 starts_update=part == "config",
+                parts=(part,),
             )
         )
     return calls

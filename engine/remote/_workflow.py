@@ -293,12 +293,13 @@ def apply_remote(
     try:
         for change in plan.actionable:
             own = [c for c in calls if c.endpoint == change.endpoint]
+            sent: set[str] = set()
             try:
-                _apply_endpoint(session, change.endpoint, own, rplan.plaintexts, report, say)
+                _apply_endpoint(session, change.endpoint, own, rplan.plaintexts, report, say, sent)
             except (RemoteError, MissingPlaintext, _UpdateFailed, _WaitTimeout) as exc:
                 report.failed[change.endpoint] = str(exc)
                 say(f"{change.endpoint}: failed: {exc}")
-                _adopt_if_created(session, change.endpoint, plan.stack)
+                _record_partial(session, change.endpoint, change.desired, plan.stack, sent)
                 continue
             _record_applied(session, change.endpoint, change.desired, plan.stack)
     finally:
@@ -321,6 +322,7 @@ def _apply_endpoint(
     plaintexts: dict[str, str],
     report: RemoteReport,
     say: Callable[[str], None],
+    sent: set[str],
 ) -> None:
     for call in calls:
         if call.method != "POST":
@@ -334,6 +336,7 @@ def _apply_endpoint(
                 exc.status, exc.error_code, f"{call.describe()}: {exc.message}"
             ) from None
         report.calls_made.append(f"{name}: {call.describe()}")
+        sent.update(call.parts)
         say(f"{name}: {call.describe()}: done")
         if call.starts_update:
             detail = _wait_idle(session, name, say, before="the config update to finish")
@@ -377,16 +380,24 @@ def _record_applied(
     record.endpoints[name] = EndpointEntry(stack=stack, applied=desired, write_only=hashes)
 
 
-def _adopt_if_created(session: RemoteSession, name: str, stack: str) -> None:
-    """A create whose update failed still made an endpoint: it is this stack's to fix."""
-    if name in session.record.endpoints:
-        return
-    try:
-        exists = session.client.get_endpoint(name) is not None
-    except RemoteError:
-        exists = False
-    if exists:
-        session.record.endpoints[name] = EndpointEntry(stack=stack)
+def _record_partial(
+    session: RemoteSession, name: str, desired: Canonical | None, stack: str, sent: set[str]
+) -> None:
+    """After a failed apply: what the calls that did succeed put on the target. A create whose
+    update failed still made an endpoint, and it is this stack's to fix (not an O1)."""
+    record = session.record
+    entry = record.endpoints.get(name)
+    if entry is None:
+        try:
+            exists = session.client.get_endpoint(name) is not None
+        except RemoteError:
+            exists = False
+        if not exists:
+            return
+        entry = record.endpoints[name] = EndpointEntry(stack=stack)
+    for rendered, (path, value) in write_only_paths(desired or {}).items():
+        if path[0] in sent:
+            entry.write_only[rendered] = record.hash_value(value)
 
 
 # -- refresh and import --------------------------------------------------------------------------
