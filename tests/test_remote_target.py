@@ -267,6 +267,11 @@ def test_drift_refresh_and_stale_plan(
     made = _cli(local, "plan", str(specs), "--target", url, "-out", str(planfile))
     assert made.returncode == 0, made.stderr
     assert KEY not in planfile.read_text()
+    shown = _cli(local, "show", str(planfile))
+    assert (
+        shown.returncode == 0
+        and "1. rt-drift: PUT /api/2.0/serving-endpoints/rt-drift/config" in (shown.stdout)
+    )
     before = _get(remote, "rt-drift").json()
     patched = _call(remote, "PATCH", "rt-drift/tags", {"add_tags": [{"key": "oob", "value": "1"}]})
     assert patched.status_code == 200, patched.text

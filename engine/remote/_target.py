@@ -22,7 +22,7 @@ __all__ = ["Target", "TargetError", "resolve_target", "ENV_TARGET"]
 # `--target env`: only the environment variables, as the SDK reads them.
 ENV_TARGET = "env"
 # How long the SDK may retry while resolving the host (its default is minutes).
-_RESOLVE_TIMEOUT_S = 30
+_RESOLVE_TIMEOUT_S = 10
 
 
 class TargetError(Exception):
