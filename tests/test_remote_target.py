@@ -194,6 +194,21 @@ def test_create_update_delete_converge(
             ["PUT /api/2.0/serving-endpoints/rt-life/ai-gateway"],
         ),
     ]
+    gateway_step = steps[-1][0]
+    steps.append(
+        # notifications and telemetry, each with its own PATCH
+        (
+            {
+                **gateway_step,
+                "email_notifications": {"on_update_failure": ["oncall@example.com"]},
+                "telemetry_config": {"telemetry_profile_id": "p1"},
+            },
+            [
+                "PATCH /api/2.0/serving-endpoints/rt-life/notifications",
+                "PATCH /api/2.0/serving-endpoints/rt-life/telemetry-config",
+            ],
+        )
+    )
     for spec, expected in steps:
         write_specs(specs, [spec])
         out = _apply(local, specs, url)
@@ -213,6 +228,8 @@ def test_create_update_delete_converge(
     assert {t["key"]: t.get("value") for t in body["tags"]} == {"team": "b", "cost": "42"}
     assert body["ai_gateway"]["rate_limits"][0]["calls"] == 7
     assert body["config"]["config_version"] == 3
+    assert body["email_notifications"] == {"on_update_failure": ["oncall@example.com"]}
+    assert body["telemetry_config"] == {"telemetry_profile_id": "p1"}
     # The remote's own state: the legacy limits (never returned by GET) were sent, `calls: 0`
     # included.
     store = open_state(remote.state)

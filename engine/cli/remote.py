@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -177,7 +177,7 @@ def remote_apply(
     stack: str | None,
     auto_approve: bool,
     allow_replace: bool,
-    confirm: object,
+    confirm: Callable[[bool, str], None],
 ) -> None:
     with reported():
         saved = read_saved_plan(paths)
@@ -202,7 +202,7 @@ def remote_apply(
                 raise typer.Exit(EXIT_ERROR)
             if not rplan.plan.has_changes:
                 raise typer.Exit(EXIT_OK)
-            confirm(auto_approve, "apply")  # type: ignore[operator]
+            confirm(auto_approve, "apply")
         report = apply_remote(session, rplan, on_event=_on_event)
         _print_report(report, rplan.plan)
 
@@ -213,7 +213,7 @@ def remote_destroy(
     *,
     state: str | None,
     auto_approve: bool,
-    confirm: object,
+    confirm: Callable[[bool, str], None],
 ) -> None:
     with _session(target, state) as session:
         rplan = plan_remote(session, None, stack=stack, destroy=True)
@@ -222,7 +222,7 @@ def remote_destroy(
             raise typer.Exit(EXIT_ERROR)
         if not rplan.plan.has_changes:
             raise typer.Exit(EXIT_OK)
-        confirm(auto_approve, "destroy")  # type: ignore[operator]
+        confirm(auto_approve, "destroy")
         report = apply_remote(session, rplan, on_event=_on_event)
         _print_report(report, rplan.plan)
 

@@ -110,8 +110,10 @@ def _part_body(part: str, doc: dict[str, Any], change: EndpointChange) -> Any:
     if part == "rate_limits":
         return {"rate_limits": value or []}
     if part == "email_notifications":
-        return {"email_notifications": value or {}}
-    return value or {}
+        return {"email_notifications": value} if value else {}
+    if part == "telemetry_config":
+        return {"telemetry_config": value} if value else {}  # absent: removed
+    raise AssertionError(f"no call updates {part!r}")
 
 
 class MissingPlaintext(Exception):
