@@ -33,6 +33,8 @@ class PlanFile:
     plan: Plan
     sources: list[str]
     allow_replace: bool = False
+    # The remote host the plan was made against (`--target`); None: the local state.
+    target: str | None = None
 
 
 def write_plan_file(path: Path, planfile: PlanFile) -> None:
@@ -42,6 +44,7 @@ def write_plan_file(path: Path, planfile: PlanFile) -> None:
         "format_version": FORMAT_VERSION,
         "sources": planfile.sources,
         "allow_replace": planfile.allow_replace,
+        "target": planfile.target,
         "stack": plan.stack,
         "destroy": plan.destroy,
         "state": {"lineage": plan.state_lineage, "serial": plan.state_serial},
@@ -78,7 +81,13 @@ def read_plan_file(path: Path) -> PlanFile:
             changes=[_change(c) for c in body["changes"]],
             basis={str(k): None if v is None else str(v) for k, v in body["basis"].items()},
         )
-        return PlanFile(plan, list(body["sources"]), bool(body.get("allow_replace")))
+        target = body.get("target")
+        return PlanFile(
+            plan,
+            list(body["sources"]),
+            bool(body.get("allow_replace")),
+            None if target is None else str(target),
+        )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PlanFileError(f"{path}: damaged plan file ({exc})") from None
 

@@ -11,7 +11,9 @@ from typing import Annotated
 import typer
 
 from engine.apply import ApplyEvent, ApplyReport
+from engine.cli import remote as cli_remote
 from engine.cli.output import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, EXIT_USAGE, fail, reported
+from engine.cli.remote import TargetOpt
 from engine.executors import cli_executors
 from engine.specs.loader import LoadResult
 from engine.state import EntityRow
@@ -96,8 +98,21 @@ def plan_command(
     ] = False,
     allow_replace: AllowReplaceOpt = False,
     destroy: Annotated[bool, typer.Option("--destroy", help="Plan to destroy the stack.")] = False,
+    target: TargetOpt = None,
 ) -> None:
     """Show what apply would change to make the endpoints match the specs."""
+    if target is not None:
+        cli_remote.remote_plan(
+            target,
+            paths,
+            state=state,
+            stack=stack,
+            as_json=as_json,
+            out=out,
+            detailed_exitcode=detailed_exitcode,
+            allow_replace=allow_replace,
+            destroy=destroy,
+        )
     with reported(), Session(state) as session:
         loaded = load_specs_reporting(paths) if paths else None
         plan, _ = plan_stack(
@@ -133,10 +148,24 @@ def apply_command(
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
     allow_replace: AllowReplaceOpt = False,
+    target: TargetOpt = None,
 ) -> None:
     """Apply a saved plan, or plan the specs, show the plan, confirm, and apply it."""
+    if target is not None:
+        cli_remote.remote_apply(
+            target,
+            paths,
+            state=state,
+            stack=stack,
+            auto_approve=auto_approve,
+            allow_replace=allow_replace,
+            confirm=_confirm,
+        )
+        return
     with reported():
         saved = read_saved_plan(paths)
+        if saved is not None and saved.target is not None:
+            fail(f"the plan was made for {saved.target}; apply it with --target")
         loaded = load_specs_reporting(paths) if saved is None else None
     with reported(), Session(state) as session:
         assert session.store is not None and session.secrets is not None
@@ -181,6 +210,7 @@ def destroy_command(
     stack: StackOpt = None,
     auto_approve: Annotated[bool, typer.Option("--auto-approve")] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    target: TargetOpt = None,
 ) -> None:
     """Delete every endpoint of a stack (and stop what serves them)."""
     if not paths and not stack:
@@ -188,6 +218,11 @@ def destroy_command(
             "name the stack: `engine destroy PATH...` or `engine destroy --stack NAME`", EXIT_USAGE
         )
     stack_name = stack or default_stack(paths or [])
+    if target is not None:
+        cli_remote.remote_destroy(
+            target, stack_name, state=state, auto_approve=auto_approve, confirm=_confirm
+        )
+        return
     with reported(), Session(state) as session:
         assert session.store is not None
 
@@ -208,14 +243,20 @@ def show_command(
     planfile: Annotated[Path | None, typer.Argument(help="A saved plan file.")] = None,
     state: StateOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    target: TargetOpt = None,
 ) -> None:
-    """Show a saved plan, or the endpoints in the state."""
+    """Show a saved plan, or the endpoints in the state (or on --target)."""
     if planfile is not None:
         try:
             saved = read_plan_file(planfile)
         except PlanFileError as exc:
             fail(str(exc))
         print_plan(saved.plan, as_json)
+        if saved.target is not None and not as_json:
+            cli_remote.print_calls(saved.plan, saved.target)
+        return
+    if target is not None:
+        cli_remote.remote_show(target, state=state, as_json=as_json)
         return
     from engine.cli.state import print_state_list
 

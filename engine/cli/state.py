@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.cli import remote as cli_remote
 from engine.cli.output import fail
+from engine.cli.remote import TargetOpt
 from engine.control.views import endpoint_detail
 from engine.executors import cli_executors
 from engine.state import EndpointRow, StateError, StateStore, open_state, resolve_state
@@ -99,8 +101,12 @@ def state_show(name: str, state: StateOpt = None) -> None:
     typer.echo(json.dumps(view, indent=2))
 
 
-def refresh_command(state: StateOpt = None) -> None:
-    """Ask the executors for each entity's live status and record drift."""
+def refresh_command(state: StateOpt = None, target: TargetOpt = None) -> None:
+    """Ask the executors for each entity's live status and record drift (with --target: read
+    the target's endpoints and record what changed there outside the engine)."""
+    if target is not None:
+        cli_remote.remote_refresh(target, state=state)
+        return
     store = _open(state)
     # Runners are asked too (by their pid files), so a dead one shows as FAILED until the
     # host's reconciler restarts it (RECOVERING, then READY).
@@ -139,8 +145,12 @@ def import_command(
     name: str,
     stack: Annotated[str, typer.Option("--stack", help="The stack that will manage it.")],
     state: StateOpt = None,
+    target: TargetOpt = None,
 ) -> None:
     """Adopt an existing endpoint into a stack, so plans for that stack manage it."""
+    if target is not None:
+        cli_remote.remote_import(target, name, stack, state=state)
+        return
     store = _open(state)
     row = store.get_endpoint(name)
     if row is None:
