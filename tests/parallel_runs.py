@@ -34,6 +34,8 @@ _LOADGROUP = "parallel_runs_loadgroup"
 LANES: dict[str, str] = {
     "test_runner_updates.py": "vllm-1",
     "test_engine_up.py": "vllm-1",
+    # One Ray cluster (a session fixture) for the whole file, and one vLLM actor.
+    "test_ray_runners.py": "vllm-1",
     "test_runner_vllm.py": "vllm-2",
     "test_demo.py": "vllm-2",
     "test_runner_serving.py": "vllm-2",

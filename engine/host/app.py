@@ -377,6 +377,12 @@ class ServingApp:
             if self.autoscaler is not None:
                 self.meter.elsewhere = await asyncio.to_thread(self.peers.rates, self.store)
                 self.autoscaler.step(self.table)
+            if self.runners is not None and self.runners.backend == "ray":
+                # A lost head is reported as such (entity messages say it too).
+                up = await asyncio.to_thread(self.runners.head_up)
+                if not up and self.metrics.ray_head_up is not False:
+                    log.error("the Ray cluster's head does not answer; Ray runners are unmanaged")
+                self.metrics.ray_head_up = up
             # Kept so that shutdown waits for a pass in progress before stopping runners.
             self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
             try:

@@ -17,6 +17,7 @@ from providers.runner.executor import replica_bounds
 __all__ = ["RAY_SETTINGS_ENV", "cluster_capacity", "ray_settings_from_env"]
 
 RAY_SETTINGS_ENV = "ENGINE_RAY_SETTINGS"
+_THROUGHPUT_FIELDS = ("min_provisioned_throughput", "max_provisioned_throughput")
 
 
 def ray_settings_from_env() -> Any:
@@ -42,7 +43,7 @@ def cluster_capacity(catalog: ModelCatalog) -> ClusterCapacity | None:
 
     def demand(entity: Mapping[str, Any]) -> tuple[Mapping[str, float], int]:
         entry = None
-        if any(entity.get(f) is not None for f in ("min_provisioned_throughput", "max_provisioned_throughput")):
+        if any(entity.get(f) is not None for f in _THROUGHPUT_FIELDS):
             entry = catalog.get(entity.get("entity_name", ""), entity.get("entity_version", ""))
         chunk = entry.throughput_chunk_size if entry is not None else None
         return replica_resources(entity, settings), replica_bounds(dict(entity), chunk)[0]

@@ -319,6 +319,10 @@ class RunnerExecutor(Executor):
             )
         return EntityStatus(DeploymentState.READY)
 
+    def head_up(self) -> bool:
+        """Whether the runtime that places runners answers (always, for this machine)."""
+        return True
+
     def logs(self, deployment: Deployment, handle: dict[str, Any] | None) -> list[str]:
         """The server log lines of each replica (the logs route shows them)."""
         lines: list[str] = []

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -115,14 +116,48 @@ def _ray() -> Any:
 
 
 _init_lock = threading.Lock()
+# A driver whose head stays away longer than Ray's reconnect timeout (60 s) exits: the serving
+# host, with its local runners and the gateway, must not. Ray calls are guarded by head_up().
+_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+_RECONNECT_FOREVER = str(10 * 365 * 86400)
+
+
+def gcs_address(ray: Any) -> str | None:
+    """HOST:PORT of the head's GCS this process is connected to (None when not connected)."""
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def head_answers(address: str | None, timeout: float = 2.0) -> bool:
+    """A TCP connect to the head's GCS port: Ray's own calls block while it is away."""
+    if not address or ":" not in address:
+        return False
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def connect(settings: RaySettings) -> Any:
-    """ray, connected to the cluster as a driver in the state's namespace (once per process)."""
+    """ray, connected to the cluster as a driver in the state's namespace (once per process).
+    Raises ExecutorError (temporary) when the head is unreachable."""
     ray = _ray()
     with _init_lock:
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            address = gcs_address(ray)
+            if not head_answers(address):
+                raise ExecutorError(
+                    f"the Ray head at {address} does not answer (lost?); Ray runners are "
+                    "neither checked nor restarted until it is back",
+                    permanent=False,
+                )
+        else:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault(_RECONNECT_ENV, _RECONNECT_FOREVER)
             try:
                 ray.init(
                     address=settings.address,
@@ -364,6 +399,13 @@ class RayRunnerExecutor(RunnerExecutor):
             except Exception as exc:  # noqa: BLE001
                 lines.append(f"(Ray actor {replica.get('actor')} does not answer: {exc})")
         return lines
+
+    def head_up(self) -> bool:
+        try:
+            connect(self.settings)
+        except ExecutorError:
+            return False
+        return True
 
     def stop_all(self) -> None:
         """Nothing: the actors are the cluster's and outlive this host (a new host adopts
