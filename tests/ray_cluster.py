@@ -119,11 +119,13 @@ class RayCluster:
         (node,) = [n for n in self.nodes() if WORKER_RESOURCE in n["Resources"]]
         return node["NodeID"]
 
-    def start(self) -> RayCluster:
+    def start(self, *, worker: bool = True) -> RayCluster:
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         self._start("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"])
         self._wait_nodes(1)
+        if not worker:
+            return self
         self._start(
             "worker",
             [
@@ -184,10 +186,11 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster() -> Iterator[RayCluster]:
+def ray_cluster(*, worker: bool = True) -> Iterator[RayCluster]:
+    """The cluster (head only with `worker=False`), stopped on exit."""
     # A short folder: Ray's and vLLM's unix socket paths must stay under 108 bytes.
     cluster = RayCluster(Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp")))
     try:
-        yield cluster.start()
+        yield cluster.start(worker=worker)
     finally:
         cluster.stop()

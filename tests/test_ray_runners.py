@@ -197,6 +197,43 @@ def test_more_than_the_cluster_has_is_a_plan_error(tmp_path: Path, cluster: RayC
     engine.close()
 
 
+def _head_up(client: httpx.Client) -> str | None:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("engine_ray_head_up "):
+            return line.split()[1]
+    return None
+
+
+def test_a_lost_head_is_reported_and_the_host_keeps_serving(tmp_path: Path) -> None:
+    """A cluster of its own (the head is killed): /metrics says so, and the host outlives
+    Ray's 60 s reconnect timeout, still answering."""
+    pytest.importorskip("ray", reason="needs Ray (pip install -e '.[ray]')")
+    engine = Engine(tmp_path / "state" / "state.db")
+    headers = _admin(engine)
+    with ray_cluster(worker=False) as lone:
+        server = _host(engine, lone).__enter__()
+        client = httpx.Client(base_url=server.url, headers=headers, timeout=60)
+        try:
+            deadline = time.monotonic() + 120
+            while _head_up(client) != "1" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _head_up(client) == "1", server.log.read_text()[-3000:]
+            lone.stop()
+            deadline = time.monotonic() + 60
+            while _head_up(client) != "0" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _head_up(client) == "0"
+            time.sleep(75)  # past Ray's reconnect timeout: a plain Ray driver exits here
+            assert server.process.poll() is None, server.log.read_text()[-3000:]
+            assert client.get("/health").status_code == 200
+            assert _head_up(client) == "0"
+            assert "does not answer" in server.log.read_text()
+        finally:
+            client.close()
+            server.__exit__(None, None, None)
+    engine.close()
+
+
 def _wait_state(client: httpx.Client, name: str, timeout: float = 300) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}

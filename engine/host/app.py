@@ -60,7 +60,7 @@ from engine.tables.recorder import TableRecorder
 from engine.ui import ServingUi
 from providers import Deployment, ExecutorError, ExecutorRegistry
 from providers.runner import RunnerExecutor
-from providers.runner.ray_executor import RaySettings
+from providers.runner.ray_executor import RayRunnerExecutor, RaySettings
 from schemas import now_ms
 
 # Names the endpoint that answers `safety` guardrails (`engine serve --safety-endpoint`).
@@ -352,6 +352,8 @@ class ServingApp:
         """One reconcile pass; an endpoint whose update holds its lock is left to that update."""
         store = open_state(self.state_path)
         try:
+            if self.runners is not None and self.runners.backend == "ray":
+                self._sweep_actors(store)
             busy = self.autoscaler.busy if self.autoscaler is not None else (lambda _: False)
             restart_runners(
                 store,
@@ -389,6 +391,16 @@ class ServingApp:
                 await self._reconciling
             except Exception:  # noqa: BLE001 - keep reconciling
                 log.exception("reconcile pass failed")
+
+    def _sweep_actors(self, store: StateStore) -> None:
+        """Ray actors of instances gone from the state are stopped (see RayRunnerExecutor)."""
+        assert isinstance(self.runners, RayRunnerExecutor)
+        try:
+            stopped = self.runners.sweep({e.id for e in store.entities()})
+        except ExecutorError:
+            return  # the head is away: reported by head_up
+        for name in stopped:
+            log.warning("stopped Ray actor %s: its entity is no longer in the state", name)
 
     def _runner_task(self, entity: dict[str, Any]) -> str | None:
         entry = self._catalog_entry(entity)

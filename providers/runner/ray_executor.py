@@ -156,6 +156,13 @@ def connect(settings: RaySettings) -> Any:
                     permanent=False,
                 )
         else:
+            address = settings.address.removeprefix("ray://")
+            if address != "auto" and not head_answers(address):
+                # ray.init would wait for it (Ray's reconnect timeout is lifted below).
+                raise ExecutorError(
+                    f"cannot reach the Ray cluster at {settings.address}: nothing answers there",
+                    permanent=False,
+                )
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             os.environ.setdefault(_RECONNECT_ENV, _RECONNECT_FOREVER)
             try:
@@ -406,6 +413,22 @@ class RayRunnerExecutor(RunnerExecutor):
         except ExecutorError:
             return False
         return True
+
+    def sweep(self, known: set[int]) -> list[str]:
+        """Stop the actors of instances the state no longer has (an endpoint deleted by a
+        command that could not reach Ray); returns their names. An instance's row exists
+        before its actor starts, so a starting one is never taken for an orphan."""
+        ray = connect(self.settings)
+        orphans = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = str(entry.get("name", ""))
+            if entry.get("namespace") != self.settings.namespace or not name.startswith("runner:"):
+                continue
+            instance = name.rsplit(":", 2)[-2]
+            if instance.isdigit() and int(instance) not in known:
+                self._kill_name(name)
+                orphans.append(name)
+        return orphans
 
     def stop_all(self) -> None:
         """Nothing: the actors are the cluster's and outlive this host (a new host adopts
