@@ -124,8 +124,14 @@ class RayCluster:
         self.address = f"127.0.0.1:{port}"
         self._start("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"])
         self._wait_nodes(1)
-        if not worker:
-            return self
+        if worker:
+            self.add_worker()
+        return self
+
+    def add_worker(self) -> str:
+        """Start a worker node (again): a node with `worker_node: 1` joins the cluster; returns
+        its node id once it is live (a node killed before may still count as alive a while)."""
+        before = {n["NodeID"] for n in self.nodes()}
         self._start(
             "worker",
             [
@@ -134,14 +140,26 @@ class RayCluster:
                 f'--resources={{"{WORKER_RESOURCE}": 1}}',
             ],
         )
-        self._wait_nodes(2)
-        return self
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            for node in self.nodes():
+                if WORKER_RESOURCE in node["Resources"] and node["NodeID"] not in before:
+                    return str(node["NodeID"])
+            time.sleep(1)
+        raise RuntimeError(f"the worker node did not join: {self.logs()}")
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker node's process group (raylet, its workers, the actors on it): a
+        node that leaves the cluster without saying so."""
+        worker = self.processes.pop()
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
     def _wait_nodes(self, count: int, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for process in self.processes:
-                if process.poll() is not None:
+                if process.poll() is not None and process.returncode != -signal.SIGKILL:
                     raise RuntimeError(f"ray start exited: {self.logs()}")
             if len(self.nodes()) >= count:
                 return

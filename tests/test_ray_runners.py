@@ -329,6 +329,38 @@ def test_a_chat_entity_runs_on_the_node_its_spec_asks_for(
         )
         assert again.status_code == 200, again.text
 
+        # The worker node leaves (its raylet and actor killed): its vLLM server stops with the
+        # actor, the reconciler notices, and places the entity again once a node that has
+        # `worker_node` is back.
+        recovered = entity.handle
+        cluster.kill_worker()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            (entity,) = engine.store.entities("ray-chat")
+            if entity.deployment != "DEPLOYMENT_READY":
+                break
+            time.sleep(0.5)
+        assert entity.deployment != "DEPLOYMENT_READY", "the node's loss went unnoticed"
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{recovered['pid']}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not Path(f"/proc/{recovered['pid']}").exists(), "vLLM outlived its actor"
+        rejoined = cluster.add_worker()
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            (entity,) = engine.store.entities("ray-chat")
+            if entity.deployment == "DEPLOYMENT_READY" and entity.handle["node_id"] == rejoined:
+                break
+            time.sleep(1)
+        assert entity.deployment == "DEPLOYMENT_READY", (entity.message, server.log.read_text())
+        assert entity.handle["node_id"] == rejoined != worker
+        time.sleep(1)
+        placed_again = client.post(
+            "/serving-endpoints/ray-chat/invocations",
+            json={"messages": [{"role": "user", "content": "back"}], "max_tokens": 3},
+        )
+        assert placed_again.status_code == 200, placed_again.text
+
         # Delete: no actor and no vLLM process left.
         deleted = client.delete("/api/2.0/serving-endpoints/ray-chat")
         assert deleted.status_code == 200, deleted.text
