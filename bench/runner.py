@@ -21,6 +21,12 @@ CPU seconds of `engine serve` and of the runner's process group come from /proc 
     python bench/runner.py                        # 5 rounds x 4 s per point, json+stream, c=1,16
     python bench/runner.py --seconds 3 --rounds 1 --modes json
     python bench/runner.py --model /path/to/hf-model --max-tokens 256 --json
+    python bench/runner.py --runners ray          # the runner is a Ray actor (see below)
+
+`--runners ray`: `engine serve --runners ray`, the entity asking for the worker node's custom
+resource; without `--ray-address` the bench starts a two-node Ray cluster on this machine
+(tests/ray_cluster.py: head + worker with `worker_node`, one CPU each) and stops it after.
+"direct" is then the actor's vLLM server at its node address, the same server the gateway uses.
 
 The Python that runs this needs vLLM (the runner is started with the same interpreter).
 """
@@ -104,7 +110,14 @@ def prepare_state(work: Path, model: Path) -> tuple[Path, str]:
     return state, token
 
 
-def start_host(work: Path, state: Path, token: str, ready_timeout: float) -> Host:
+def start_host(
+    work: Path,
+    state: Path,
+    token: str,
+    ready_timeout: float,
+    ray_address: str | None = None,
+    ray_env: dict[str, str] | None = None,
+) -> Host:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
@@ -121,22 +134,23 @@ def start_host(work: Path, state: Path, token: str, ready_timeout: float) -> Hos
                 str(port),
                 "--log-level",
                 "warning",
+                *(["--runners", "ray", "--ray-address", ray_address] if ray_address else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(ray_env or {})},
         )
     host = Host(process, url, token, "", 0, log)
     try:
-        _create_endpoint(host, state, ready_timeout)
+        _create_endpoint(host, state, ready_timeout, on_ray=ray_address is not None)
     except BaseException:
         stop_host(host)
         raise
     return host
 
 
-def _create_endpoint(host: Host, state: Path, ready_timeout: float) -> None:
+def _create_endpoint(host: Host, state: Path, ready_timeout: float, *, on_ray: bool) -> None:
     deadline = time.monotonic() + 30
     while True:
         if host.process.poll() is not None:
@@ -163,6 +177,10 @@ def _create_endpoint(host: Host, state: Path, ready_timeout: float) -> None:
             ]
         },
     }
+    if on_ray:
+        body["config"]["served_entities"][0]["environment_vars"] = {
+            "ENGINE_RAY_RESOURCES": json.dumps({"worker_node": 1})
+        }
     headers = {"Authorization": f"Bearer {host.token}"}
     with httpx.Client(base_url=host.url, headers=headers, timeout=120) as client:
         created = client.post("/api/2.0/serving-endpoints", json=body)
@@ -206,8 +224,19 @@ def _create_endpoint(host: Host, state: Path, ready_timeout: float) -> None:
     )
 
 
-def stop_host(host: Host) -> list[int]:
-    """SIGTERM `engine serve` (it stops its runners); returns runner processes left (killed)."""
+def stop_host(host: Host, *, on_ray: bool = False) -> list[int]:
+    """SIGTERM `engine serve` (it stops its runners); returns runner processes left (killed).
+    Ray actors outlive their host: the endpoint is deleted first, which stops its actor."""
+    if on_ray and host.process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.delete(
+                f"{host.url}/api/2.0/serving-endpoints/{ENDPOINT}",
+                headers={"Authorization": f"Bearer {host.token}"},
+                timeout=120,
+            )
+        deadline = time.monotonic() + 30
+        while host.runner_pid and group_members(host.runner_pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
     if host.process.poll() is None:
         host.process.send_signal(signal.SIGTERM)
         try:
@@ -493,7 +522,7 @@ def print_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     print(
         f"# {meta['vllm']}; model {meta['model']}; {meta['rounds']} interleaved rounds x "
         f"{meta['seconds']}s; max_tokens {meta['max_tokens']} (ignore_eos); gateway route "
-        f"{meta['route']}; medians"
+        f"{meta['route']}; runners {meta.get('runners', 'local')}; medians"
     )
     print(f"# load average before {meta['load_before']}, after {meta['load_after']}")
     header = (
@@ -537,6 +566,8 @@ def main() -> None:
     parser.add_argument("--modes", default="json,stream", help="json, stream or both")
     parser.add_argument("--route", choices=("openai", "invocations"), default="openai")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--runners", choices=("local", "ray"), default="local")
+    parser.add_argument("--ray-address", help="an existing Ray cluster (default: start one)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
@@ -547,6 +578,39 @@ def main() -> None:
 
     load_before = loadavg()
     work = Path(tempfile.mkdtemp(prefix="bench-runner-"))
+    on_ray = args.runners == "ray"
+    cluster_cm: Any = contextlib.nullcontext()
+    if on_ray and not args.ray_address:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from ray_cluster import ray_cluster
+
+        cluster_cm = ray_cluster()
+    with cluster_cm as cluster:
+        ray_address = (args.ray_address or cluster.address) if on_ray else None
+        ray_env = {"RAY_USAGE_STATS_ENABLED": "0"} if on_ray else None
+        host, left, results, model_label = _run(args, work, levels, modes, ray_address, ray_env)
+    if on_ray and host is not None and host.runner_pid:
+        left = left or group_members(host.runner_pid)
+    meta_extra = {"runners": args.runners}
+    _report(
+        args,
+        rows_of=(results, levels, modes),
+        meta_extra=meta_extra,
+        left=left,
+        load_before=load_before,
+        model_label=model_label,
+    )
+
+
+def _run(
+    args: argparse.Namespace,
+    work: Path,
+    levels: list[int],
+    modes: list[str],
+    ray_address: str | None,
+    ray_env: dict[str, str] | None,
+) -> tuple[Host | None, list[int], dict[tuple[str, int, str], list[Run]], str]:
+    """Start the host and its runner, measure, stop them."""
     host: Host | None = None
     left: list[int] = []
     try:
@@ -557,7 +621,7 @@ def main() -> None:
             model, model_label = args.model.resolve(), str(args.model)
         state, token = prepare_state(work, model)
         started = time.monotonic()
-        host = start_host(work, state, token, args.ready_timeout)
+        host = start_host(work, state, token, args.ready_timeout, ray_address, ray_env)
         if not args.json:
             print(
                 f"endpoint READY in {time.monotonic() - started:.0f} s; runner {host.runner_url} "
@@ -567,12 +631,24 @@ def main() -> None:
         results = asyncio.run(measure(host, args, levels, modes))
     finally:
         if host is not None:
-            left = stop_host(host)
+            left = stop_host(host, on_ray=ray_address is not None)
             if left:
                 print(f"WARNING: runner processes left: {left} (killed)", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return host, left, results, model_label
 
+
+def _report(
+    args: argparse.Namespace,
+    *,
+    rows_of: tuple[dict[tuple[str, int, str], list[Run]], list[int], list[str]],
+    meta_extra: dict[str, Any],
+    left: list[int],
+    load_before: str,
+    model_label: str,
+) -> None:
+    results, levels, modes = rows_of
     meta = {
         "host": platform.node(),
         "cores": os.cpu_count(),
@@ -587,6 +663,7 @@ def main() -> None:
         "load_before": load_before,
         "load_after": loadavg(),
         "runner_processes_left": left,
+        **meta_extra,
     }
     rows = summarise(results, levels, modes)
     if args.json:

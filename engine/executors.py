@@ -15,6 +15,7 @@ instances go through.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from pathlib import Path
@@ -75,11 +76,45 @@ class StopOnlyRunnerExecutor(RunnerExecutor):
         raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
 
 
+def _stop_only_ray(location: StateLocation) -> RunnerExecutor | None:
+    """With $ENGINE_RUNNERS=ray: a Ray runner executor that stops this state's actors (in its
+    namespace) and starts none. (Without it, the host's reconciler stops the actors of deleted
+    entities on its next pass.)"""
+    from engine.host.capacity import ray_settings_from_env
+    from engine.state import open_state
+    from providers.runner.ray_executor import RayRunnerExecutor
+
+    settings = ray_settings_from_env()
+    if settings is None:
+        return None
+    store = open_state(location)
+    try:
+        lineage = store.lineage
+    finally:
+        store.close()
+    settings = dataclasses.replace(settings, namespace=f"{settings.namespace}-{lineage[:12]}")
+
+    class StopOnlyRayRunnerExecutor(RayRunnerExecutor):
+        start_refusal = START_HINT
+
+        def prepare(self, deployment: Deployment, resolve: SecretResolver) -> NoReturn:
+            raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
+
+        def start(self, deployment: Deployment) -> NoReturn:
+            raise ExecutorUnavailable(f"{deployment.label}: {START_HINT}")
+
+    return StopOnlyRayRunnerExecutor(settings, _no_model, cpu_fallback=False)
+
+
 def cli_executors(state: Path | StateLocation) -> ExecutorRegistry:
     """The executors of a CLI command: the built-in ones and plugins, plus (unless a plugin
-    provides one) a runner executor that can stop the runners of this state but not start any."""
+    provides one) a runner executor that can stop the runners of this state but not start any
+    (Ray actors with $ENGINE_RUNNERS=ray, else local processes by pid file)."""
     registry = build_executors()
     if not registry.has("self_hosted"):
-        root = resolve_state(state).local_dir / "runners"
-        registry.register("self_hosted", StopOnlyRunnerExecutor(root))
+        location = resolve_state(state)
+        ray = _stop_only_ray(location)
+        registry.register(
+            "self_hosted", ray or StopOnlyRunnerExecutor(location.local_dir / "runners")
+        )
     return registry

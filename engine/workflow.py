@@ -24,6 +24,7 @@ from engine.access.secret_acls import CreatorAccess, operator_principal, secret_
 from engine.access.tokens import Principal, TokenIndex
 from engine.apply import Applier, ApplyEvent, ApplyReport, PlanNotApplicable
 from engine.catalog.models import ModelCatalog
+from engine.host.capacity import cluster_capacity
 from engine.host.inventory import entity_checker
 from engine.secrets.store import SecretStore, SecretStoreError, secret_store_for_state
 from engine.specs.loader import LoadResult, SpecUsageError, load_specs
@@ -326,6 +327,7 @@ def plan_stack(
         secret_exists=secrets.has,
         entity_check=entity_checker(ModelCatalog(store)),
         secret_access=secret_access(store, session.principal),
+        capacity=cluster_capacity(ModelCatalog(store)),
     )
     return plan, desired
 
@@ -356,6 +358,7 @@ def plan_endpoint(
         secret_exists=secrets.has,
         entity_check=entity_checker(ModelCatalog(store)),
         secret_access=secret_access(store, session.principal),
+        capacity=cluster_capacity(ModelCatalog(store)),
     )
 
 

@@ -4,6 +4,7 @@ No I/O here beyond reading and writing a plan file.
 """
 
 from ._canonical import SENSITIVE, Canonical, Digest, canonical_endpoint, is_sensitive
+from ._capacity import ClusterCapacity, NodeCapacity, capacity_errors
 from ._diff import FieldDiff, diff_documents, render_path
 from ._model import (
     Action,
@@ -38,6 +39,9 @@ __all__ = [
     "write_plan_file",
     "Action",
     "Canonical",
+    "ClusterCapacity",
+    "NodeCapacity",
+    "capacity_errors",
     "ChangeClass",
     "Digest",
     "EndpointChange",

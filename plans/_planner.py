@@ -13,6 +13,7 @@ from schemas import (
 )
 
 from ._canonical import Canonical, is_sensitive
+from ._capacity import ClusterCapacity, capacity_errors
 from ._diff import FieldDiff, diff_documents, render_path
 from ._model import (
     Action,
@@ -58,12 +59,14 @@ def make_plan(
     secret_exists: SecretExists | None = None,
     entity_check: EntityCheck | None = None,
     secret_access: SecretAccess | None = None,
+    capacity: ClusterCapacity | None = None,
 ) -> Plan:
     """Plan the changes that make `state` equal `desired` for the endpoints of `stack`.
 
     Only endpoints of `stack` that left the specs are deleted, never others. With `destroy`,
     every endpoint of the stack is deleted. `stack=None` plans single-endpoint changes made
     through the REST API: any endpoint may change (its stack will see drift), none is deleted.
+    `capacity`: the runner cluster's nodes (Ray backend); self-hosted entities must fit (C1, C2).
     """
     plan = Plan(
         stack=stack or "", state_lineage=state.lineage, state_serial=state.serial, destroy=destroy
@@ -86,6 +89,9 @@ def make_plan(
             for entity in doc.get("config", {}).get("served_entities") or []:
                 path = render_path(("config", "served_entities", ("name", entity.get("name"))))
                 change.errors += [PlanError(r, path, m) for r, m in entity_check(entity)]
+        if capacity is not None and change.action is not Action.NO_OP:
+            record = state.endpoints.get(name)
+            change.errors += capacity_errors(doc, record.spec if record else None, capacity)
         plan.changes.append(change)
     for name in sorted(state.endpoints):
         record = state.endpoints[name]

@@ -14,6 +14,7 @@ and plan files keep the same bytes.
 | E2, L1, L4, R7, R8, O1, SEC1 | the planner (`plans._planner`): a spec against the state    |
 | SEC2                         | the planner, with the workflow's secret scope ACL check     |
 | M1, G1, E13                  | the serving host's environment (`engine.host.inventory`)    |
+| C1, C2                       | the planner, with the Ray cluster's capacity (`plans._capacity`) |
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class RuleId(StrEnum):
     # -- the serving host's environment
     M1 = "M1"  # the model version is not in the catalog
     G1 = "G1"  # a GPU workload type on a host without GPUs
+    C1 = "C1"  # no node of the runner cluster can hold a replica (Ray backend)
+    C2 = "C2"  # the new replicas fit only once the old version's have stopped (Ray backend)
     # -- loading files
     F1 = "F1"  # the file cannot be read or parsed
     F2 = "F2"  # duplicate key in a mapping

@@ -35,6 +35,8 @@ LANES: dict[str, str] = {
     "test_runner_updates.py": "vllm-1",
     "test_engine_up.py": "vllm-1",
     "test_serving_ui_vllm.py": "vllm-1",  # two runner starts, one canceled mid-load (~150 s)
+    # One Ray cluster (a session fixture) for the whole file, and one vLLM actor (~250 s).
+    "test_ray_runners.py": "vllm-2",
     "test_runner_vllm.py": "vllm-2",
     "test_demo.py": "vllm-2",
     "test_runner_serving.py": "vllm-2",

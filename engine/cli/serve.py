@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -166,6 +167,74 @@ def claim_or_fail(
         fail(exc.message)
 
 
+class RunnerBackend(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+RunnersOpt = Annotated[
+    RunnerBackend,
+    typer.Option(
+        "--runners",
+        envvar="ENGINE_RUNNERS",
+        show_envvar=True,
+        help="Where self-hosted entities run: vLLM processes on this machine (local), or Ray "
+        "actors placed on a Ray cluster (ray; needs the `ray` extra).",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        show_envvar=True,
+        help="The Ray cluster of --runners ray: HOST:PORT of its head, or `auto` (a cluster "
+        "already running on this machine; the default).",
+    ),
+]
+
+
+def ray_settings(
+    runners: RunnerBackend,
+    address: str | None,
+    cpus: float,
+    memory_gib: float,
+    resources: str | None,
+) -> Any:
+    """The Ray backend's settings (None for local runners); bad values exit 2 naming the flag.
+    Also exported as $ENGINE_RUNNERS / $RAY_ADDRESS: plans made in this process (the REST API)
+    then read the cluster's capacity."""
+    if runners is RunnerBackend.LOCAL:
+        if resources:
+            fail("--ray-resources: only with --runners ray", EXIT_USAGE)
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        fail("--runners ray needs Ray: pip install 'serving-engine[ray]'", EXIT_USAGE)
+    from engine.host.capacity import RAY_SETTINGS_ENV
+    from providers.runner.ray_executor import SPEC_RESOURCES_ENV, RaySettings, spec_resources
+
+    custom: dict[str, float] = {}
+    if resources:
+        try:
+            custom = spec_resources({"environment_vars": {SPEC_RESOURCES_ENV: resources}})
+        except ValueError as exc:
+            fail(f"--ray-resources: {str(exc).split(': ', 1)[1]}", EXIT_USAGE)
+    settings = RaySettings(
+        address=address or "auto",
+        cpus=cpus,
+        memory_bytes=int(memory_gib * 2**30),
+        resources=custom,
+    )
+    os.environ["ENGINE_RUNNERS"] = "ray"
+    os.environ["RAY_ADDRESS"] = settings.address
+    os.environ[RAY_SETTINGS_ENV] = json.dumps(
+        {"cpus": cpus, "memory_bytes": settings.memory_bytes, "resources": custom}
+    )
+    return settings
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
@@ -210,6 +279,25 @@ def serve_command(
         ),
     ] = None,
     tables_root: TablesRootOpt = None,
+    runners: RunnersOpt = RunnerBackend.LOCAL,
+    ray_address: RayAddressOpt = None,
+    ray_cpus: Annotated[
+        float,
+        typer.Option("--ray-cpus", min=0, help="CPUs each Ray runner replica asks for."),
+    ] = 1.0,
+    ray_memory: Annotated[
+        float,
+        typer.Option("--ray-memory", min=0, help="GiB of memory each Ray runner replica asks for."),
+    ] = 2.0,
+    ray_resources: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-resources",
+            help="Custom Ray resources every runner replica asks for, as JSON "
+            "('{\"gpu_node\": 1}'); an entity adds its own with environment_vars."
+            "ENGINE_RAY_RESOURCES.",
+        ),
+    ] = None,
 ) -> None:
     """Serve every applied endpoint: queries, metrics and the control-plane API."""
     import uvicorn
@@ -223,7 +311,10 @@ def serve_command(
     settings = uvicorn_settings(timeout)
     state_path = resolve_state(state)
     limits = checked_limits(limits)
+    ray = ray_settings(runners, ray_address, ray_cpus, ray_memory, ray_resources)
     if workers > 1:
+        if ray is not None:
+            fail("--runners ray: serve with one worker (--workers 1)", EXIT_USAGE)
         if not limits:
             fail(
                 f"--workers {workers}: each worker is a replica that would count rate limits "
@@ -260,6 +351,7 @@ def serve_command(
         replica=replica or "",
         safety_endpoint=safety_endpoint,
         tables_root=tables_root,
+        ray=ray,
     )
     try:
         store = open_state(state_path)

@@ -52,6 +52,8 @@ class Metrics:
         self.replica = replica
         # Whether this replica runs the state's runners (None: not a serving host).
         self.runner_host: bool | None = None
+        # Whether the Ray cluster's head answers (None: runners are local processes).
+        self.ray_head_up: bool | None = None
         self.requests: defaultdict[tuple[str, str, str], int] = defaultdict(int)
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.latency_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
@@ -176,6 +178,12 @@ class Metrics:
                 "# HELP engine_replica_runner_host Whether this replica runs the runners.",
                 "# TYPE engine_replica_runner_host gauge",
                 f"engine_replica_runner_host {int(self.runner_host)}",
+            ]
+        if self.ray_head_up is not None:
+            lines += [
+                "# HELP engine_ray_head_up Whether the Ray cluster of --runners ray answers.",
+                "# TYPE engine_ray_head_up gauge",
+                f"engine_ray_head_up {int(self.ray_head_up)}",
             ]
         if self.replica:
             lines = list(_with_replica(lines, self.replica))

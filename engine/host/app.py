@@ -58,8 +58,9 @@ from engine.state.notify import StateListener
 from engine.tables._names import tables_root
 from engine.tables.recorder import TableRecorder
 from engine.ui import ServingUi
-from providers import ExecutorRegistry
+from providers import Deployment, ExecutorError, ExecutorRegistry
 from providers.runner import RunnerExecutor
+from providers.runner.ray_executor import RayRunnerExecutor, RaySettings
 from schemas import now_ms
 
 # Names the endpoint that answers `safety` guardrails (`engine serve --safety-endpoint`).
@@ -102,8 +103,11 @@ class ServingApp:
         peer_listen: tuple[str, type | str] | None = None,
         safety_endpoint: str | None = None,
         tables_root: str | None = None,
+        ray: RaySettings | None = None,
     ) -> None:
         self.state_path = resolve_state(state_path)
+        # `--runners ray`: self-hosted entities are Ray actors on this cluster.
+        self.ray = ray
         # The guard model (an endpoint of this host) that `safety` guardrails ask.
         self.safety_endpoint = safety_endpoint or os.environ.get(SAFETY_ENDPOINT_ENV) or None
         # `--tables-root`: where the payload and usage tables go (engine/tables/_names.py).
@@ -227,7 +231,7 @@ class ServingApp:
             tables=self.tables,
         )
         self.queries = QueryRoutes(self.dataplane, lambda: self.table, self.authenticate)
-        self.runners = make_runner_executor(self.state_path)
+        self.runners = make_runner_executor(self.state_path, self.ray, lineage=self._store.lineage)
         self.scaler = ScaleToZero(
             self.state_path,
             self.runners,
@@ -348,6 +352,8 @@ class ServingApp:
         """One reconcile pass; an endpoint whose update holds its lock is left to that update."""
         store = open_state(self.state_path)
         try:
+            if self.runners is not None and self.runners.backend == "ray":
+                self._sweep_actors(store)
             busy = self.autoscaler.busy if self.autoscaler is not None else (lambda _: False)
             restart_runners(
                 store,
@@ -373,12 +379,28 @@ class ServingApp:
             if self.autoscaler is not None:
                 self.meter.elsewhere = await asyncio.to_thread(self.peers.rates, self.store)
                 self.autoscaler.step(self.table)
+            if self.runners is not None and self.runners.backend == "ray":
+                # A lost head is reported as such (entity messages say it too).
+                up = await asyncio.to_thread(self.runners.head_up)
+                if not up and self.metrics.ray_head_up is not False:
+                    log.error("the Ray cluster's head does not answer; Ray runners are unmanaged")
+                self.metrics.ray_head_up = up
             # Kept so that shutdown waits for a pass in progress before stopping runners.
             self._reconciling = asyncio.ensure_future(asyncio.to_thread(self._restart_runners))
             try:
                 await self._reconciling
             except Exception:  # noqa: BLE001 - keep reconciling
                 log.exception("reconcile pass failed")
+
+    def _sweep_actors(self, store: StateStore) -> None:
+        """Ray actors of instances gone from the state are stopped (see RayRunnerExecutor)."""
+        assert isinstance(self.runners, RayRunnerExecutor)
+        try:
+            stopped = self.runners.sweep({e.id for e in store.entities()})
+        except ExecutorError:
+            return  # the head is away: reported by head_up
+        for name in stopped:
+            log.warning("stopped Ray actor %s: its entity is no longer in the state", name)
 
     def _runner_task(self, entity: dict[str, Any]) -> str | None:
         entry = self._catalog_entry(entity)
@@ -644,6 +666,15 @@ class ServingApp:
             raise ApiError(503, "TEMPORARILY_UNAVAILABLE", exc.message) from None
         await send_json(send, 200, {})
 
+    def _runner_logs(self, instance: EntityRow) -> list[str]:
+        """The runner's own log: a local file, or read through its Ray actor."""
+        runners = self.runners or make_runner_executor(self.state_path)
+        deployment = Deployment(instance.endpoint, instance.name, instance.id, instance.config)
+        try:
+            return runners.logs(deployment, instance.handle)
+        except ExecutorError as exc:
+            return [f"(the runner's log cannot be read: {exc.message})"]
+
     def entity_logs(self, row: EndpointRow, entity: str, build: bool) -> str | None:
         """Log lines of a served entity: its lifecycle from the state, and the runner's log."""
         assert self._store is not None
@@ -662,13 +693,8 @@ class ServingApp:
                 f"{what} instance {instance.id} ({instance.role}): {instance.deployment}"
                 + (f": {instance.message}" if instance.message else "")
             )
-            log_file = (instance.handle or {}).get("log_file")
-            if log_file:
-                try:
-                    with open(log_file, encoding="utf-8", errors="replace") as f:
-                        lines += f.read()[-65536:].splitlines()
-                except OSError:
-                    lines.append(f"(log file {log_file} is gone)")
+            if not model and instance.handle:
+                lines += self._runner_logs(instance)
         for item in self._store.history(row.name)[-50:]:
             lines.append(
                 f"{item.at_ms} {item.actor} {item.action} config_version={item.config_version}"

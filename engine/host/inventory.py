@@ -64,7 +64,9 @@ def entity_checker(
         if entry is not None:
             problems += _throughput_problems(entity, entry)
         workload = entity.get("workload_type") or "CPU"
-        if workload.startswith(_GPU_TYPES) and gpus == 0 and not fallback:
+        # With Ray runners the cluster's GPUs count, not this host's (plans._capacity, C1).
+        on_ray = os.environ.get("ENGINE_RUNNERS") == "ray"
+        if workload.startswith(_GPU_TYPES) and gpus == 0 and not fallback and not on_ray:
             problems.append(
                 (
                     RuleId.G1,

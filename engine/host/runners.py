@@ -8,6 +8,7 @@ on shutdown it stops them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -24,6 +25,7 @@ from engine.state import (
 )
 from providers import Deployment, ExecutorError
 from providers.runner import ModelInfo, RunnerExecutor
+from providers.runner.ray_executor import RayRunnerExecutor, RaySettings
 from schemas import DeploymentState, EntityRole
 
 __all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
@@ -31,7 +33,12 @@ __all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
 log = logging.getLogger("engine.runners")
 
 
-def make_runner_executor(state_path: StateLocation) -> RunnerExecutor:
+def make_runner_executor(
+    state_path: StateLocation, ray: RaySettings | None = None, *, lineage: str = ""
+) -> RunnerExecutor:
+    """The host's runner executor: local vLLM processes, or Ray actors when `ray` is given
+    (in a namespace of this state's own, so that two states share a cluster safely)."""
+
     def resolve(entity: dict[str, Any]) -> ModelInfo:
         store = open_state(state_path)
         try:
@@ -51,6 +58,10 @@ def make_runner_executor(state_path: StateLocation) -> RunnerExecutor:
             entry.throughput_chunk_size,
         )
 
+    if ray is not None:
+        if lineage:
+            ray = dataclasses.replace(ray, namespace=f"{ray.namespace}-{lineage[:12]}")
+        return RayRunnerExecutor(ray, resolve, cpu_fallback=cpu_fallback_allowed())
     return RunnerExecutor(
         state_path.local_dir / "runners",
         resolve,
@@ -70,7 +81,10 @@ def _self_hosted(store: StateStore, endpoint: str | None = None) -> list[Any]:
 
 
 def stop_runners(store: StateStore, executor: RunnerExecutor) -> None:
-    """The host is stopping: its runners stop with it, and the state says so."""
+    """The host is stopping: its runners stop with it, and the state says so (runners placed
+    on a cluster keep serving: the next host adopts them)."""
+    if executor.outlives_host:
+        return
     for entity in _self_hosted(store):
         deployment = Deployment(entity.endpoint, entity.name, entity.id, entity.config)
         try:

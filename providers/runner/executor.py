@@ -108,6 +108,9 @@ def _safe_name(text: str) -> str:
 
 class RunnerExecutor(Executor):
     kind = "self_hosted"
+    backend = "local"
+    # Local runners never outlive their host; runners on a cluster (Ray) do.
+    outlives_host = False
 
     def __init__(
         self,
@@ -315,6 +318,24 @@ class RunnerExecutor(Executor):
                 f"{reason}\n--- last lines of the server log ---\n{log_tail(server.log_file)}",
             )
         return EntityStatus(DeploymentState.READY)
+
+    def head_up(self) -> bool:
+        """Whether the runtime that places runners answers (always, for this machine)."""
+        return True
+
+    def logs(self, deployment: Deployment, handle: dict[str, Any] | None) -> list[str]:
+        """The server log lines of each replica (the logs route shows them)."""
+        lines: list[str] = []
+        for replica in replicas_of(handle):
+            log_file = replica.get("log_file")
+            if not log_file:
+                continue
+            try:
+                with open(log_file, encoding="utf-8", errors="replace") as f:
+                    lines += f.read()[-65536:].splitlines()
+            except OSError:
+                lines.append(f"(log file {log_file} is gone)")
+        return lines
 
     def stop_all(self) -> None:
         """Stop every server this process started and has not stopped: the host is going, and

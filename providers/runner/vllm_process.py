@@ -82,6 +82,9 @@ class VllmServerSpec:
     kv_cache_bytes: int = _DEFAULT_KV_CACHE_BYTES
     python: str = sys.executable
     extra_args: tuple[str, ...] = ()
+    # The interface the server listens on: loopback for a local runner; a Ray node's own
+    # address for a runner placed by Ray (the gateway reaches it from another machine).
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -97,7 +100,7 @@ class VllmServerSpec:
             "--served-model-name",
             self.served_model_name,
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(port),
             "--tensor-parallel-size",
@@ -113,10 +116,10 @@ class VllmServerSpec:
         return [*args, *self.extra_args]
 
 
-def _free_port() -> int:
-    # The OS picks a free loopback port; the short window before vLLM binds it is accepted.
+def _free_port(host: str = "127.0.0.1") -> int:
+    # The OS picks a free port; the short window before vLLM binds it is accepted.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -203,10 +206,11 @@ class RunningServer:
     served_model_name: str
     start_ticks: int  # /proc start time: tells our process from a later one with the same pid
     process: subprocess.Popen[bytes] | None = None  # None when re-attached from the pid file
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     @property
     def log_file(self) -> Path:
@@ -234,6 +238,7 @@ class RunningServer:
             task=record.get("task", "llm/v1/chat"),
             served_model_name=record.get("served_model_name", ""),
             start_ticks=record["start_ticks"],
+            host=record.get("host", "127.0.0.1"),
         )
 
     def _leader_is_ours(self) -> bool:
@@ -261,7 +266,7 @@ class RunningServer:
     def health(self, timeout: float = 2.0) -> bool:
         try:
             with httpx.Client(trust_env=False, timeout=timeout) as client:
-                return client.get(f"http://127.0.0.1:{self.port}/health").status_code == 200
+                return client.get(f"http://{self.host}:{self.port}/health").status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -347,11 +352,22 @@ def _read_pidfile(workdir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "pid" in record else None
 
 
-def launch(spec: VllmServerSpec, workdir: Path) -> RunningServer:
-    """Start the server in the background; call `wait_ready` on the result."""
+def _die_with_parent() -> None:
+    # In the child before exec: SIGTERM when the process that started it dies (a Ray actor
+    # killed with its node), so the server stops its engine processes instead of lingering.
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def launch(spec: VllmServerSpec, workdir: Path, *, die_with_parent: bool = False) -> RunningServer:
+    """Start the server in the background; call `wait_ready` on the result.
+
+    `die_with_parent`: the server gets SIGTERM when the calling process dies (Linux only).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = _free_port(spec.host)
     env = _environment(spec, workdir)
     with open(workdir / LOG_FILE, "ab") as log:
         process = subprocess.Popen(
@@ -362,6 +378,7 @@ def launch(spec: VllmServerSpec, workdir: Path) -> RunningServer:
             env=env,
             cwd=workdir,
             start_new_session=True,  # own session and process group: one signal stops it all
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     stat = process_stat(process.pid)
     server = RunningServer(
@@ -372,6 +389,7 @@ def launch(spec: VllmServerSpec, workdir: Path) -> RunningServer:
         served_model_name=spec.served_model_name,
         start_ticks=stat.start_ticks if stat is not None else 0,
         process=process,
+        host=spec.host,
     )
     # No environment in the pid file: it may hold resolved secrets.
     record = {
@@ -379,6 +397,7 @@ def launch(spec: VllmServerSpec, workdir: Path) -> RunningServer:
         "pgid": process.pid,
         "start_ticks": server.start_ticks,
         "port": port,
+        "host": spec.host,
         "task": spec.task,
         "served_model_name": spec.served_model_name,
         "model": str(spec.model),
