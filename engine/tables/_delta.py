@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["Appender", "append", "is_table", "overwrite", "read_rows", "read_table"]
+__all__ = ["Appender", "is_table", "overwrite", "read_rows", "read_table"]
 
 # Small files are merged every this many appends to a table. Measured with deltalake 1.6:
 # an append costs about 0.17 ms more per file the table holds (1,500 rows: 10 ms with a few
@@ -23,19 +23,6 @@ VACUUM_RETENTION_HOURS = 24
 def _private_parent(path: Path) -> None:
     # The tables hold what callers sent and got: their folders are the owner's alone.
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-
-
-def append(
-    path: Path,
-    rows: list[dict[str, Any]],
-    schema: pa.Schema,
-    partition_by: list[str] | None = None,
-) -> None:
-    from deltalake import write_deltalake
-
-    _private_parent(path)
-    table = pa.Table.from_pylist(rows, schema=schema)
-    write_deltalake(str(path), table, mode="append", partition_by=partition_by)
 
 
 class Appender:

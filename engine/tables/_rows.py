@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.tables._names import TableName
+from engine.tables._schemas import PAYLOAD_SCHEMA, USAGE_SCHEMA
 
 __all__ = [
     "Exchange",
@@ -25,10 +26,9 @@ __all__ = [
     "batch_columns",
     "TOO_LARGE",
     "payload_row",
-    "request_id",
+    "request_ids",
     "response_of",
     "served_entity_id",
-    "usage_row",
 ]
 
 # The platform stores neither a request nor a response over 1 MiB; the row is kept, the
@@ -107,11 +107,6 @@ class RequestRecord:
     payload_table: TableName | None
     usage: bool
     exchange: Exchange
-
-
-def request_id() -> str:
-    """A random (version 4) UUID, as the platform's request ids are."""
-    return request_ids(1)[0]
 
 
 def request_ids(n: int) -> list[str]:
@@ -307,43 +302,9 @@ def _output_characters(answer: Any) -> int | None:
     return _characters(choices)
 
 
-def usage_row(record: RequestRecord, workspace_id: str) -> dict[str, Any]:
-    """One record's usage row (the batch builder's, for one record)."""
-    columns = batch_columns([record], workspace_id)[1]
-    return {name: values[0] for name, values in columns.items()}
-
-
-# The columns of each table, in the schemas' order (engine/tables/_schemas.py).
-PAYLOAD_COLUMNS = (
-    "databricks_request_id",
-    "client_request_id",
-    "request_date",
-    "request_time",
-    "status_code",
-    "sampling_fraction",
-    "execution_duration_ms",
-    "request",
-    "response",
-    "served_entity_id",
-    "logging_error_codes",
-    "requester",
-)
-USAGE_COLUMNS = (
-    "account_id",
-    "workspace_id",
-    "client_request_id",
-    "databricks_request_id",
-    "requester",
-    "status_code",
-    "request_time",
-    "input_token_count",
-    "output_token_count",
-    "input_character_count",
-    "output_character_count",
-    "usage_context",
-    "request_streaming",
-    "served_entity_id",
-)
+# The columns of each table, in the schemas' order (their one owner: _schemas.py).
+PAYLOAD_COLUMNS = tuple(PAYLOAD_SCHEMA.names)
+USAGE_COLUMNS = tuple(USAGE_SCHEMA.names)
 
 
 def batch_columns(
@@ -357,12 +318,10 @@ def batch_columns(
     by_table: dict[TableName, list[int]] = {}
     for i, record in enumerate(batch):
         exchange = record.exchange
-        body = exchange.body
-        client_id = body.get("client_request_id") if type(body) is dict else None
         common.append(
             (
                 exchange.shared_request_id(ids[i]),
-                client_id if type(client_id) is str else None,
+                _client_request_id(exchange.body),
                 round((record.end_s - record.elapsed_s) * 1_000_000),
                 served_entity_id(record.endpoint_id, record.instance_id),
                 response_of(exchange),
