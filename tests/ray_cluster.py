@@ -10,6 +10,7 @@ sessions' too). Ray's dashboard and usage stats are off; each node has one CPU.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,13 +21,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serving_harness import ROOT, TESTS, free_port
+
+from providers.runner.ray_executor import head_answers
 
 __all__ = ["RayCluster", "WORKER_RESOURCE", "ray_cluster"]
 
 WORKER_RESOURCE = "worker_node"
 _RAY = str(Path(sys.executable).with_name("ray"))
+_RESULT = "RESULT "
 
 
 def _ports(count: int) -> list[int]:
@@ -95,25 +100,38 @@ class RayCluster:
             )
         )
 
-    def nodes(self) -> list[dict]:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import json, ray; ray.init(address='auto', logging_level='error'); "
-                "print(json.dumps([n for n in ray.nodes() if n['Alive']]))",
-            ],
-            capture_output=True,
-            text=True,
-            env={**self.env, "RAY_ADDRESS": self.address},
-            timeout=120,
-            check=False,
+    def query(self, code: str, timeout: float = 60.0) -> Any:
+        """Run `code` (which sets `result`) in a fresh Ray driver of this cluster; returns
+        `result`, or None when the driver failed or hung. The result travels on a marked line:
+        the driver's stdout also carries lines Ray's workers forward to it."""
+        script = (
+            "import json, ray\n"
+            "ray.init(address='auto', logging_level='error', log_to_driver=False)\n"
+            f"{code}\n"
+            f"print({_RESULT!r} + json.dumps(result))\n"
         )
-        if out.returncode != 0:
-            return []
-        import json
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", script],
+                capture_output=True,
+                text=True,
+                env={**self.env, "RAY_ADDRESS": self.address},
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        for line in reversed(out.stdout.splitlines()):
+            if line.startswith(_RESULT):
+                return json.loads(line[len(_RESULT) :])
+        return None
 
-        return json.loads(out.stdout.strip().splitlines()[-1])
+    def nodes(self) -> list[dict]:
+        """The live nodes, or [] while the head is not answering yet. A driver started before
+        the GCS listens can hang for minutes (Ray >= 2.60), so wait for the port first."""
+        if not head_answers(self.address):
+            return []
+        return self.query("result = [n for n in ray.nodes() if n['Alive']]") or []
 
     def worker_node_id(self) -> str:
         (node,) = [n for n in self.nodes() if WORKER_RESOURCE in n["Resources"]]

@@ -99,21 +99,9 @@ def cluster() -> Iterator[RayCluster]:
 
 def _ray_query(cluster: RayCluster, code: str) -> Any:
     """Run `code` (which sets `result`) in a fresh Ray driver; returns `result`."""
-    script = (
-        "import json, ray\n"
-        "ray.init(address='auto', logging_level='error')\n"
-        f"{code}\n"
-        "print(json.dumps(result))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={**cluster.env, "RAY_ADDRESS": cluster.address},
-        timeout=120,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = cluster.query(code, timeout=120)
+    assert result is not None, f"the Ray driver failed: {code}"
+    return result
 
 
 def _named_actors(cluster: RayCluster) -> list[str]:
