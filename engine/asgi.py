@@ -170,10 +170,21 @@ def _too_deep() -> ApiError:
     return _invalid(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
+def json_bytes(payload: Any) -> bytes:
+    """A response body as `send_json` encodes it."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 async def send_json(
     send: Any, status: int, payload: Any, headers: Iterable[tuple[str, str]] = ()
 ) -> None:
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    await send_json_bytes(send, status, json_bytes(payload), headers)
+
+
+async def send_json_bytes(
+    send: Any, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()
+) -> None:
+    """An encoded JSON body (`json_bytes`) sent as the response."""
     raw_headers: Headers = [_JSON, (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
