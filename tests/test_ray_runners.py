@@ -1,6 +1,12 @@
 """Runners placed by Ray: a real two-node Ray cluster on this machine (tests/ray_cluster.py), an
 `engine serve --runners ray` host, and a chat entity whose spec asks for the worker node's
-custom resource. Capacity errors are plan errors that name the missing resource."""
+custom resource. Capacity errors are plan errors that name the missing resource.
+
+The chat entity's lifecycle on Ray, with one vLLM model for all of it (each start costs 75-110 s
+here): placed on the worker node, chat and streaming, the logs route; kill -9 of its server and
+the worker node's loss -> placed again; a zero-downtime update while 4 clients query (the new
+actor serves before the old one drains and stops); scale to zero (the idle actor and its server
+stop, the next request starts a new actor through Ray); delete -> no actor and no server left."""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from engine_harness import Engine
+from query_clients import Clients
 from ray_cluster import WORKER_RESOURCE, RayCluster, ray_cluster
 from serving_harness import ROOT, TESTS, ServerProcess
 
@@ -24,10 +31,12 @@ from engine.access.tokens import create_token
 from engine.catalog.models import ModelCatalog
 from plans import ClusterCapacity, NodeCapacity, capacity_errors
 from providers.runner.ray_executor import RaySettings, replica_resources
+from schemas import EntityRole
 
 pytestmark = pytest.mark.ray
 
 GIB = 2**30
+WORKER_HALF = {WORKER_RESOURCE: 0.5}
 
 
 # -- the planner's capacity check, on data (no cluster) -------------------------------------------
@@ -113,29 +122,33 @@ def _named_actors(cluster: RayCluster) -> list[str]:
 
 
 def _host(engine: Engine, cluster: RayCluster) -> ServerProcess:
+    # Half a CPU per replica: an update's new actor starts next to the old one on a node of one
+    # CPU. A scale-to-zero entity stops after 8 idle seconds; a cold start may take minutes.
     return ServerProcess(
         engine.state,
-        args=("--runners", "ray", "--ray-address", cluster.address),
-        env={"RAY_USAGE_STATS_ENABLED": "0", "ENGINE_STATE_POLL_INTERVAL": "0.2"},
+        args=("--runners", "ray", "--ray-address", cluster.address, "--ray-cpus", "0.5"),
+        env={
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "ENGINE_STATE_POLL_INTERVAL": "0.2",
+            "ENGINE_SCALE_TO_ZERO_AFTER": "8",
+            "ENGINE_COLD_START_WAIT": "300",
+        },
     )
 
 
-def _chat_spec(resources: dict[str, float]) -> dict[str, Any]:
+def _chat_entity(resources: dict[str, float], *, scale_to_zero: bool = False) -> dict[str, Any]:
     return {
-        "name": "ray-chat",
-        "config": {
-            "served_entities": [
-                {
-                    "name": "tiny",
-                    "entity_name": "main.default.tiny",
-                    "entity_version": "1",
-                    "workload_size": "Small",
-                    "scale_to_zero_enabled": False,
-                    "environment_vars": {"ENGINE_RAY_RESOURCES": json.dumps(resources)},
-                }
-            ]
-        },
+        "name": "tiny",
+        "entity_name": "main.default.tiny",
+        "entity_version": "1",
+        "workload_size": "Small",
+        "scale_to_zero_enabled": scale_to_zero,
+        "environment_vars": {"ENGINE_RAY_RESOURCES": json.dumps(resources)},
     }
+
+
+def _chat_spec(resources: dict[str, float]) -> dict[str, Any]:
+    return {"name": "ray-chat", "config": {"served_entities": [_chat_entity(resources)]}}
 
 
 def _admin(engine: Engine) -> dict[str, str]:
@@ -259,7 +272,9 @@ def test_a_chat_entity_runs_on_the_node_its_spec_asks_for(
         _host(engine, cluster) as server,
         httpx.Client(base_url=server.url, headers=headers, timeout=120) as client,
     ):
-        created = client.post("/api/2.0/serving-endpoints", json=_chat_spec({WORKER_RESOURCE: 1}))
+        # Half the worker node's `worker_node` (and, with --ray-cpus 0.5, half its CPU): the
+        # update below starts a new actor on that node while the old one still serves.
+        created = client.post("/api/2.0/serving-endpoints", json=_chat_spec(WORKER_HALF))
         assert created.status_code == 200, created.text
         state = _wait_state(client, "ray-chat")
         assert state["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}, (
@@ -348,6 +363,76 @@ def test_a_chat_entity_runs_on_the_node_its_spec_asks_for(
             json={"messages": [{"role": "user", "content": "back"}], "max_tokens": 3},
         )
         assert placed_again.status_code == 200, placed_again.text
+
+        # A zero-downtime update while 4 clients query: the same entity, now with scale to zero.
+        # Its new actor starts next to the old one on the node that has `worker_node`; the old
+        # one drains, then stops (its vLLM server with it).
+        old = entity.handle
+        changed = {"served_entities": [_chat_entity(WORKER_HALF, scale_to_zero=True)]}
+        with Clients(server.url, headers, "ray-chat", 4) as clients:
+            time.sleep(3)
+            put = client.put("/api/2.0/serving-endpoints/ray-chat/config", json=changed)
+            assert put.status_code == 200, put.text
+            state = _wait_state(client, "ray-chat", timeout=600)
+            switched = time.monotonic()
+            assert state["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}, (
+                state,
+                server.log.read_text()[-3000:],
+            )
+            (updated,) = engine.store.entities("ray-chat", role=EntityRole.ACTIVE)
+            # Looked at while the clients go on: they keep the new runner from idling to zero.
+            deadline = time.monotonic() + 120
+            while Path(f"/proc/{old['pid']}").exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                actors = _named_actors(cluster)
+                if actors == [(updated.handle or {}).get("actor")]:
+                    break
+                time.sleep(1)
+            time.sleep(2)
+        assert clients.failures == [], clients.failures[:5]
+        assert sum(clients.served_since(0).values()) > sum(clients.served_since(switched).values())
+        assert sum(clients.served_since(switched).values()) > 0
+        assert updated.config["scale_to_zero_enabled"] is True
+        assert updated.handle["backend"] == "ray" and updated.handle["node_id"] == rejoined
+        assert updated.handle["actor"] != old["actor"] and updated.handle["pid"] != old["pid"]
+        assert not Path(f"/proc/{old['pid']}").exists(), "the old vLLM server outlived the drain"
+        assert actors == [updated.handle["actor"]]
+
+        # Scale to zero: idle for ENGINE_SCALE_TO_ZERO_AFTER (8 s), the actor and its server
+        # stop; the next request starts a new actor through Ray and waits for it.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            (parked,) = engine.store.entities("ray-chat", role=EntityRole.ACTIVE)
+            if (parked.handle or {}).get("scaled_to_zero"):
+                break
+            time.sleep(1)
+        assert parked.handle.get("scaled_to_zero"), (parked.message, server.log.read_text())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (_named_actors(cluster) or _vllm_servers(cluster)):
+            time.sleep(1)
+        assert _named_actors(cluster) == []
+        assert _vllm_servers(cluster) == []
+        assert not Path(f"/proc/{updated.handle['pid']}").exists()
+        body = client.get("/api/2.0/serving-endpoints/ray-chat").json()
+        served = body["config"]["served_entities"][0]
+        assert "scaled to zero" in served["state"]["deployment_state_message"], served
+        cold = client.post(
+            "/serving-endpoints/ray-chat/invocations",
+            json={"messages": [{"role": "user", "content": "wake up"}], "max_tokens": 3},
+            timeout=400,
+        )
+        assert cold.status_code == 200, (cold.text, server.log.read_text()[-3000:])
+        with Clients(server.url, headers, "ray-chat", 1) as awake:  # not idle while looked at
+            (woken,) = engine.store.entities("ray-chat", role=EntityRole.ACTIVE)
+            actors = _named_actors(cluster)
+        assert awake.failures == [], awake.failures[:5]
+        assert woken.id == updated.id and not woken.handle.get("scaled_to_zero")
+        assert woken.handle["backend"] == "ray" and woken.handle["node_id"] == rejoined
+        assert actors == [woken.handle["actor"]]
+        assert woken.handle["pid"] != updated.handle["pid"]
+        assert woken.handle["actor_pid"] != updated.handle["actor_pid"]
 
         # Delete: no actor and no vLLM process left.
         deleted = client.delete("/api/2.0/serving-endpoints/ray-chat")

