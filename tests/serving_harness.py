@@ -66,7 +66,9 @@ class ServerProcess:
             cwd=ROOT,
             start_new_session=self.new_session,
         )
-        deadline = time.monotonic() + 120
+        # Generous: with two vLLM lanes and other workers on two cores, a start that takes
+        # 3 s alone has taken over 120 s (CI, load average 11).
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"engine serve exited: {self.log.read_text()}")

@@ -239,7 +239,10 @@ def test_updates_failures_and_scale_to_zero_on_real_runners(tmp_path: Path) -> N
         body = _wait_update(client, "pt")
         assert body["state"]["ready"] == "READY", body
         assert len(_replicas(state, "pt")) == 1
-        with Clients(server.url, headers, "pt", 8) as clients:
+        # 8 output tokens a request (ignore_eos: a random model may stop at once): with 2, a
+        # loaded machine's latency kept 8 clients under the 20 tokens/s that add a replica.
+        busy = CHAT | {"max_tokens": 8, "ignore_eos": True}
+        with Clients(server.url, headers, "pt", 8, busy) as clients:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and len(_replicas(state, "pt")) < 2:
                 time.sleep(1)
