@@ -18,7 +18,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from engine.access.tokens import Principal
-from engine.asgi import ApiError, json_bytes, send_json, send_json_bytes
+from engine.asgi import ApiError, json_bytes, send_json_bytes
 from engine.gateway._errors import answer_for, token_counts, unreadable
 from engine.gateway._guardrails import (
     GuardrailBlock,
@@ -348,17 +348,13 @@ class DataPlane:
                     )
                     raise
             usage = result.get("usage")
-            headers = [("served-model-name", candidate.name)]
-            if exchange is None:
-                self._account(route, candidate, principal, 200, started, usage, ticket)
-                await send_json(send, 200, result, headers)
-                return
-            # The bytes sent are the response column, the dict gives the character count.
             encoded = json_bytes(result)
-            exchange.response = result
-            exchange.keep_frame(encoded)
+            if exchange is not None:
+                # The bytes sent are the response column, the dict gives the character count.
+                exchange.response = result
+                exchange.keep_frame(encoded)
             self._account(route, candidate, principal, 200, started, usage, ticket, exchange)
-            await send_json_bytes(send, 200, encoded, headers)
+            await send_json_bytes(send, 200, encoded, [("served-model-name", candidate.name)])
             return
         assert failure is not None
         if exchange is not None:

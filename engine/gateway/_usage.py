@@ -10,7 +10,6 @@ replica is in one place.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import sqlite3
 import threading
@@ -88,7 +87,6 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
     return max(1, min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS, 1000))
 
 
-@functools.lru_cache(maxsize=8)  # a few chunk sizes: the full one and a batch's remainder
 def _insert_rows(n: int) -> str:
     row = "(" + ", ".join("?" * _COLUMNS) + ")"
     return "INSERT INTO usage VALUES " + ", ".join([row] * n)
