@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,30 @@ def test_a_killed_host_does_not_block_the_next(tmp_path: Path) -> None:
 
 def test_a_host_on_another_machine_blocks_while_its_heartbeat_is_fresh(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
-    store = open_state(state)
+    # The remote host beats while the second serve starts, as a live one does: on a loaded
+    # machine that start can outlast HEARTBEAT_FRESH_MS, and one beat would go stale.
+    beating = threading.Event()
+
+    def beat() -> None:
+        store = open_state(state)
+        try:
+            while True:
+                store.heartbeat("remote", pid=os.getpid(), hostname="elsewhere.invalid", address="")
+                beating.set()
+                if stop.wait(1.0):
+                    return
+        finally:
+            store.close()
+
+    stop = threading.Event()
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
     try:
-        store.heartbeat("remote", pid=os.getpid(), hostname="elsewhere.invalid", address="")
+        assert beating.wait(30)
+        _assert_refused(_second_serve(state), f"pid {os.getpid()} on elsewhere.invalid")
     finally:
-        store.close()
-    _assert_refused(_second_serve(state), f"pid {os.getpid()} on elsewhere.invalid")
+        stop.set()
+        beater.join(30)
     # Its heartbeat stops (the machine is gone): a minute later it no longer counts.
     with sqlite3.connect(state) as conn:
         conn.execute("UPDATE hosts SET last_seen_ms = last_seen_ms - 60000 WHERE id = 'remote'")

@@ -259,7 +259,9 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path, state_url: str) -> Non
         "ENGINE_STATE": str(state),
         "ENGINE_EXECUTOR_PLUGINS": "executor_fixture:register",
         "TEST_EXECUTOR_DIR": str(tmp_path / "run"),
-        "TEST_EXECUTOR_DELAY": "4",
+        # The first apply holds its entity until the second has answered (a fixed delay was
+        # outlasted by the second CLI's start on a loaded machine).
+        "TEST_EXECUTOR_HOLD": "a",
     }
     specs = write_specs(tmp_path / "specs", [self_hosted("ep", {"a": 100})])
 
@@ -278,6 +280,7 @@ def test_concurrent_applies_one_waits_out(tmp_path: Path, state_url: str) -> Non
     # before that update is recorded, by the lock, named with its holder.
     held = f"pid {first.pid}" in second.stderr and lock.id in second.stderr
     assert held or "[L1]" in second.stdout, second.stdout + second.stderr
+    (tmp_path / "run" / "release-a").touch()
     out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     assert store.get_endpoint("ep").config_version == 1
