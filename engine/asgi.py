@@ -5,11 +5,12 @@ Errors always have the platform's body `{"error_code": ..., "message": ...}`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 __all__ = [
     "ApiError",
@@ -22,7 +23,10 @@ __all__ = [
     "read_json",
     "send_error",
     "send_json",
+    "unless_disconnected",
 ]
+
+T = TypeVar("T")
 
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY = 32 * 1024 * 1024
@@ -230,3 +234,35 @@ async def serve_lifespan(
             await shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+async def unless_disconnected(relay: Coroutine[Any, Any, T], receive: Any) -> T | None:
+    """`relay`'s result, or None when the client goes away first (the body already read).
+
+    uvicorn drops writes to a closed connection silently, so only `receive` tells; the relay
+    is then cancelled, which stops the upstream call and closes its connection (read to the
+    end, abandoned streams would hold the pool's connections and the upstream's work).
+    """
+    if receive is None:
+        return await relay
+    relaying = asyncio.ensure_future(relay)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((relaying, gone), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request is cancelled itself (server shutdown): stop both
+        relaying.cancel()
+        gone.cancel()
+        raise
+    gone.cancel()
+    if relaying.done():
+        return relaying.result()
+    relaying.cancel()
+    await asyncio.wait((relaying,))
+    if not relaying.cancelled():
+        relaying.exception()  # retrieved: a failure while stopping is no one's to answer now
+    return None
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

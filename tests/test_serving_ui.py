@@ -80,10 +80,23 @@ def _slow_stream(model: str) -> Any:
     )
 
 
+def _endless_stream(model: str) -> Any:
+    """A word every 0.2 s until the reader goes away (the mock then counts the stream as
+    abandoned) or a minute passes: an answer that only a cancel can stop in time."""
+    deadline = time.monotonic() + 60
+    yield from sse([(None, _chunk(model, index=0, delta={"role": "assistant", "content": "On"}))])
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        yield from sse([(None, _chunk(model, index=0, delta={"content": " and on"}))])
+    yield from sse([(None, "[DONE]")])
+
+
 def upstream_handler(request: RecordedRequest) -> MockResponse:
     body = request.json() if request.body else {}
     if body.get("model") == "gpt-slow" and body.get("stream"):
         return MockResponse(chunks=_slow_stream("gpt-slow"))
+    if body.get("model") == "gpt-endless" and body.get("stream"):
+        return MockResponse(chunks=_endless_stream("gpt-endless"))
     return openai_upstream(request)
 
 
@@ -472,6 +485,36 @@ def test_playground_streams_each_answer_as_it_arrives(ui: Ui, browser: Any) -> N
     expect(slow.locator(".answer-meta")).to_contain_text("4 prompt + 9 completion tokens")
     assert "done" in (slow.get_attribute("class") or "")
     shot(page, "11c-playground-streamed")
+
+
+def _wait_abandoned(ui: Ui, count: int, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while ui.upstream.streams_abandoned < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ui.upstream.streams_abandoned >= count, what
+
+
+def test_playground_stops_answers_nobody_reads(ui: Ui, browser: Any) -> None:
+    with ui.api("admin") as admin:
+        spec = endpoint("endless-chat", [_external("e", "gpt-endless", ui.upstream.url + "/v1")])
+        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
+    ui.wait_state("endless-chat")
+    page = _page(browser)
+    sign_in(page, ui, "alice", start="/ml/playground")
+    answer = page.locator(".answer[data-endpoint=endless-chat] .answer-text")
+    page.check("input[value=endless-chat]")
+    page.fill("textarea[name=prompt]", "Go on")
+    before = ui.upstream.streams_abandoned
+    page.click("#send")
+    expect(answer).to_contain_text("On and on")
+    # A second prompt replaces the answers: the first one's stream stops, upstream too.
+    page.click("#send")
+    _wait_abandoned(ui, before + 1, "the replaced answer still streams upstream")
+    expect(answer).to_contain_text("On and on")
+    # Leaving the page stops the one it was showing.
+    page.goto(ui.url + "/ml/endpoints")
+    _wait_abandoned(ui, before + 2, "the answer of a page left behind still streams upstream")
+    page.close()
 
 
 def test_playground_stream_refuses_view_only_forged_and_hidden(ui: Ui, browser: Any) -> None:

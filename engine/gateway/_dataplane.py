@@ -7,18 +7,17 @@ and the tables (one `TableRecorder.record` per answered request, when the endpoi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from engine.access.tokens import Principal
-from engine.asgi import ApiError, json_bytes, send_json_bytes
+from engine.asgi import ApiError, json_bytes, send_json_bytes, unless_disconnected
 from engine.gateway._errors import answer_for, token_counts, unreadable
 from engine.gateway._guardrails import (
     GuardrailBlock,
@@ -475,7 +474,7 @@ class DataPlane:
                 return frames
 
             relay = self._relay(send, route, entity, open_frames, _provider(adapter))
-            status = await _unless_gone(relay, receive)
+            status = await unless_disconnected(relay, receive)
             if status is not None:
                 await send({"type": "http.response.body", "body": b""})
         except _Refused:
@@ -745,35 +744,3 @@ def _error_type(status: int) -> str:
 
 def _event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-async def _unless_gone(relay: Coroutine[Any, Any, int], receive: Any) -> int | None:
-    """`relay`'s result, or None when the client goes away first.
-
-    uvicorn drops writes to a closed connection silently, so only `receive` tells; the relay
-    is then cancelled, which stops the upstream call and closes its connection (read to the
-    end, abandoned streams would hold the pool's connections and the upstream's work).
-    """
-    if receive is None:
-        return await relay
-    relaying = asyncio.ensure_future(relay)
-    gone = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((relaying, gone), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request is cancelled itself (server shutdown): stop both
-        relaying.cancel()
-        gone.cancel()
-        raise
-    gone.cancel()
-    if relaying.done():
-        return relaying.result()
-    relaying.cancel()
-    await asyncio.wait((relaying,))
-    if not relaying.cancelled():
-        relaying.exception()  # retrieved: a failure while stopping is no one's to answer now
-    return None
-
-
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, quote, unquote
 
 from engine.access.permissions import LEVELS, level_in, level_of
 from engine.access.tokens import Principal
-from engine.asgi import ApiError, header
+from engine.asgi import ApiError, header, unless_disconnected
 from engine.catalog.models import ModelCatalog
 from engine.control._service import EndpointService
 from engine.control.host_services import HostServices
@@ -156,7 +156,7 @@ class ServingUi:
         elif parts == ["playground"]:
             await self._playground(request, send, form)
         elif parts == ["playground", "stream"] and method == "POST":
-            await self._stream(request, send, flat)
+            await self._stream(request, receive, send, flat)
         else:
             raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", "no such page")
 
@@ -516,7 +516,9 @@ class ServingUi:
                 await asyncio.gather(*(_playground.ask_one(client, n, body, task) for n in names))
             )
 
-    async def _stream(self, request: _Request, send: Any, form: dict[str, str]) -> None:
+    async def _stream(
+        self, request: _Request, receive: Any, send: Any, form: dict[str, str]
+    ) -> None:
         """One endpoint's answer as it arrives (app.js fetches one of these per column).
         Refusals are the platform's JSON body with its status, before any event is sent."""
         assert request.session is not None
@@ -545,10 +547,17 @@ class ServingUi:
             }
         )
         body = _playground.payload(task, form, stream=True)
-        async with _playground.client_for(request.scope, request.session.token) as client:
-            async for chunk in _playground.stream_one(client, name, body, task):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+        token = request.session.token
+
+        async def relay() -> None:
+            async with _playground.client_for(request.scope, token) as client:
+                async for chunk in _playground.stream_one(client, name, body, task):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+
+        # A page that is left (or sends a new prompt) closes its fetch: the answer it no
+        # longer reads is stopped, upstream included, instead of read to its end.
+        await unless_disconnected(relay(), receive)
 
 
 def _runner_task(store: Any, row: EndpointRow) -> str:

@@ -26,9 +26,15 @@
 // The playground: with script, each picked endpoint's answer streams into its own column as it
 // arrives (POST /ml/playground/stream, one fetch per endpoint, read as server-sent events);
 // latency and token counts show at the end. Without script the form posts and the page shows
-// every answer at once.
+// every answer at once. A new prompt, or leaving the page, aborts the answers still streaming:
+// the server then stops them upstream too.
 (function () {
   "use strict";
+  var inFlight = null;  // the AbortController of the answers on the page
+  function abortAll() {
+    if (inFlight) inFlight.abort();
+    inFlight = null;
+  }
   function el(tag, cls, text) {
     var e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -70,11 +76,11 @@
       finish(col, data);
     }
   }
-  function ask(form, name, col) {
+  function ask(form, name, col, signal) {
     var body = new URLSearchParams();
     new FormData(form).forEach(function (v, k) { if (k !== "endpoint") body.append(k, v); });
     body.append("endpoint", name);
-    fetch("/ml/playground/stream", { method: "POST", body: body, credentials: "same-origin" })
+    fetch("/ml/playground/stream", { method: "POST", body: body, credentials: "same-origin", signal: signal })
       .then(function (response) {
         var kind = response.headers.get("content-type") || "";
         if (!response.ok || kind.indexOf("text/event-stream") !== 0) {
@@ -106,7 +112,10 @@
         }
         return pump();
       })
-      .catch(function (err) { finish(col, { error: "no answer: " + err }); });
+      .catch(function (err) {
+        if (signal && signal.aborted) return;  // replaced or left: nobody reads this column
+        finish(col, { error: "no answer: " + err });
+      });
   }
   function start() {
     var form = document.getElementById("playground");
@@ -116,6 +125,9 @@
         form.querySelectorAll("input[name=endpoint]:checked"), function (e) { return e.value; });
       if (!picked.length) return;  // the server names the missing field
       ev.preventDefault();
+      abortAll();
+      inFlight = window.AbortController ? new AbortController() : null;
+      var signal = inFlight ? inFlight.signal : undefined;
       var old = document.getElementById("answers");
       var answers = el("div", "answers");
       answers.id = "answers";
@@ -125,9 +137,10 @@
       picked.forEach(function (name) {
         var col = column(name);
         answers.appendChild(col.card);
-        ask(form, name, col);
+        ask(form, name, col, signal);
       });
     });
+    window.addEventListener("pagehide", abortAll);
   }
   document.addEventListener("DOMContentLoaded", start);
 })();
