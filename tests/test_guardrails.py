@@ -317,6 +317,29 @@ def test_detector_covers_the_documented_types() -> None:
     assert mask("hi", []) == "hi"
 
 
+def test_gated_recognizers_find_what_presidio_finds() -> None:
+    """The detector runs the IP and SSN recognizers only where a cheap gate says they could
+    match: on each text, the same IP and SSN spans as Presidio's own recognizers, ungated."""
+    from presidio_analyzer.predefined_recognizers import IpRecognizer, UsSsnRecognizer
+
+    texts = [
+        "abcd::ef and fe80::1%eth0 and :: alone",  # IPv6 without a decimal digit
+        "mapped ::ffff:10.0.0.1/96, embedded 64:ff9b::192.0.2.33, full 1:2:3:4:5:6:7:8",
+        "net 10.1.2.0/24, 256.1.1.1, 1.2.3, 01.02.03.04, at 12:30:45 on 2024-07-15",
+        "Note: see A:B: and dead:beef:: for details; v4 8.8.8.8.",
+        "ssn 078-05-1121, 078 05 1121, 078.05.1121, 123456789, 12345-6789, 000-00-0000",
+        "In 2024 revenue grew 12.5% to $48.2 million; order 5521 shipped, 7 of 9 sites.",
+    ]
+    for text in texts:
+        for entity, recognizer in (("IP_ADDRESS", IpRecognizer()), ("US_SSN", UsSsnRecognizer())):
+            ungated = {
+                (r.start, r.end) for r in recognizer.analyze(text, [entity]) if r.score >= 0.4
+            }
+            got = {(s.start, s.end) for s in detector().find(text) if s.entity_type == entity}
+            assert got == ungated, (text, entity)
+    assert {s.entity_type for s in detector().find("abcd::ef")} == {"IP_ADDRESS"}
+
+
 def test_no_guardrails_compile_to_nothing() -> None:
     assert compile_guardrails("e", None) is None
     assert compile_guardrails("e", {"input": {"pii": {"behavior": "NONE"}}}) is None

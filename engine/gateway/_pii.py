@@ -13,8 +13,8 @@
 Presidio's AnalyzerEngine needs a spaCy model (not installable here, and a model per language
 is not what a gateway should load); the recognizers above work on the text alone. Matches
 scoring under 0.4 (Presidio's "very weak" SSN patterns: nine bare digits) are left out: without
-context words they flag every order number. Overlapping matches keep the higher score (an SSN
-is also a plausible phone number).
+context words they flag every order number (so those patterns are not run at all). Overlapping
+matches keep the higher score (an SSN is also a plausible phone number).
 
 Importing Presidio imports spaCy (seconds): done once, when the first endpoint with a PII
 guardrail is compiled, never by a host that has none.
@@ -34,6 +34,12 @@ _MIN_SCORE = 0.4
 _PHONE_REGIONS = ("US", "GB", "DE", "FR", "IN")
 # Cheap gates: a recognizer runs only on text that could hold what it looks for.
 _DIGIT = re.compile(r"\d")
+# Presidio's IPv6 regex tries a long alternation at every position (about 2 ms for 4 KB of
+# prose with numbers on a slow core). Every IPv6-family pattern (IPv6, `::`, IPv4-mapped and
+# -embedded) has two colons at most 4 hex digits apart, and IPv4 needs four dotted groups:
+# each half runs only where its gate matches.
+_IPV6_GATE = re.compile(r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:")
+_IPV4_GATE = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 # Runs that could be phone numbers (7+ digits with separators). libphonenumber's matcher parses
 # every number it sees (a year, a price: 5-7 ms a region for 4 KB of prose); it is given
 # these runs alone, so a prompt costs what its phone-like runs cost.
@@ -84,12 +90,17 @@ class PiiDetector:
                 return offline(pattern_text).fqdn != ""
 
         self._email = OfflineEmail()
-        # Behind the digit gate: every other recognizer needs at least one digit.
+        ipv4 = [p for p in IpRecognizer.PATTERNS if p.name == "IPv4"]
+        self._ipv4 = IpRecognizer(patterns=ipv4)
+        self._ipv6 = IpRecognizer(patterns=[p for p in IpRecognizer.PATTERNS if p not in ipv4])
+        # Behind the digit gate: cards, IBANs and SSNs need digits. Only the SSN patterns
+        # that score _MIN_SCORE or more (UsSsnRecognizer validates nothing up, so its "very
+        # weak" ones never would): each pattern is one more pass over the text.
+        ssn = [p for p in UsSsnRecognizer.PATTERNS if p.score >= _MIN_SCORE]
         self._digits: list[Any] = [
             CreditCardRecognizer(),
             IbanRecognizer(),
-            IpRecognizer(),
-            UsSsnRecognizer(),
+            UsSsnRecognizer(patterns=ssn),
         ]
         self._phone = PhoneRecognizer(supported_regions=_PHONE_REGIONS)
 
@@ -98,7 +109,11 @@ class PiiDetector:
         found: list[Any] = []
         if "@" in text:
             found += self._email.analyze(text, self._email.supported_entities)
+        if ":" in text and _IPV6_GATE.search(text) is not None:
+            found += self._ipv6.analyze(text, self._ipv6.supported_entities)
         if _DIGIT.search(text) is not None:
+            if _IPV4_GATE.search(text) is not None:
+                found += self._ipv4.analyze(text, self._ipv4.supported_entities)
             for recognizer in self._digits:
                 found += recognizer.analyze(text, recognizer.supported_entities)
             found += self._phones(text, [(r.start, r.end) for r in found])
