@@ -32,6 +32,7 @@ __all__ = ["RayCluster", "WORKER_RESOURCE", "ray_cluster"]
 WORKER_RESOURCE = "worker_node"
 _RAY = str(Path(sys.executable).with_name("ray"))
 _RESULT = "RESULT "
+WORKER_PORTS = 40
 
 
 def _ports(count: int) -> list[int]:
@@ -39,6 +40,15 @@ def _ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
+
+
+def _worker_range(taken: set[int], width: int = WORKER_PORTS) -> int:
+    """The first port of `width + 1` free-looking ports that hold none of `taken`: `ray start`
+    refuses a worker range that holds another of its ports (a CI run hit that once)."""
+    while True:
+        base = free_port()
+        if base + width <= 65535 and not any(base <= p <= base + width for p in taken):
+            return base
 
 
 @dataclass
@@ -60,8 +70,10 @@ class RayCluster:
 
     def _start(self, name: str, args: list[str]) -> None:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        agent, grpc, runtime, metrics, manager, objects, client, dash = _ports(8)
-        base = free_port()
+        ports = _ports(8)
+        agent, grpc, runtime, metrics, manager, objects, client, dash = ports
+        gcs = int(self.address.rsplit(":", 1)[1]) if self.address else 0
+        base = _worker_range({*ports, gcs})
         command = [
             _RAY,
             "start",
@@ -77,7 +89,7 @@ class RayCluster:
             f"--object-manager-port={objects}",
             # Worker processes take ports from a small range of their own.
             f"--min-worker-port={base}",
-            f"--max-worker-port={base + 40}",
+            f"--max-worker-port={base + WORKER_PORTS}",
             "--object-store-memory=200000000",
             *args,
         ]
