@@ -220,6 +220,20 @@ def test_handle_shape_and_no_secret_outside_the_server(
     assert SECRET not in (Path(handle["workdir"]) / "server.pid").read_text()
 
 
+def test_servers_share_one_cache_folder(
+    chat: tuple[Deployment, dict[str, Any]], executor: RunnerExecutor
+) -> None:
+    """vLLM's model inspection lands in the executor's shared cache (root/.cache), not in the
+    server's own folder: the next start of any server there skips a Python process that
+    imports torch and vLLM only to inspect the model class."""
+    _, handle = chat
+    assert executor.cache_dir == executor.root / ".cache"
+    inspected = list((executor.cache_dir / "vllm" / "modelinfos").glob("*LlamaForCausalLM.json"))
+    assert inspected, sorted(p.name for p in executor.cache_dir.rglob("*"))[:20]
+    assert not (Path(handle["workdir"]) / "cache").exists()
+    assert f"VLLM_CACHE_ROOT={executor.cache_dir / 'vllm'}" in _proc_text(handle["pid"], "environ")
+
+
 def test_chat_completion(chat: tuple[Deployment, dict[str, Any]]) -> None:
     deployment, handle = chat
     body = {

