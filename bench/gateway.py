@@ -142,9 +142,20 @@ TABLES = """
 
 
 def start_gateway(
-    work: Path, upstream: str, root: Path = ROOT, *, pii: bool = False, tables: bool = False
+    work: Path,
+    upstream: str,
+    root: Path = ROOT,
+    *,
+    pii: bool = False,
+    tables: bool = False,
+    spec_extra: str = "",
+    serve_args: tuple[str, ...] = (),
+    wrap: list[str] | None = None,
+    health_timeout: float = 120,
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    """`engine serve` of the checkout at `root` (its own state under `work`)."""
+    """`engine serve` of the checkout at `root` (its own state under `work`): the `bench`
+    endpoint (an OpenAI model at `upstream`, plus `spec_extra`'s top-level YAML), `serve_args`
+    on its command line, under `wrap` (e.g. valgrind) if given."""
     env = {
         **os.environ,
         "ENGINE_STATE": str(work / "state" / "state.db"),
@@ -168,6 +179,7 @@ def start_gateway(
                       openai_api_base: {upstream}/v1
             """
         )
+        + textwrap.dedent(spec_extra)
         + (textwrap.dedent(TABLES) if tables else "")
     )
     if pii:
@@ -190,14 +202,34 @@ def start_gateway(
     ).stdout.strip()
     port = free_port()
     proc = subprocess.Popen(
-        [*engine, "serve", "--port", str(port), "--log-level", "warning"],
+        [*(wrap or []), *engine, "serve", "--port", str(port), "--log-level", "warning"]
+        + list(serve_args),
         env=env,
         cwd=root,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", timeout=120)  # a PII guardrail loads Presidio first
+    wait_http(url + "/health", timeout=health_timeout)  # a PII guardrail loads Presidio first
     return proc, url, token
+
+
+def print_run_header(name: str, kind: str, rounds: int, seconds: float, loads: tuple) -> None:
+    """The lines every bench table starts with: machine, date, method, load averages."""
+    before, after = loads
+    print(
+        f"# {name} bench: {platform.node()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(
+        f"# upstream: {kind}; wrk -t1; {rounds} interleaved rounds x {seconds}s; "
+        "medians; 2 windows per admission (endpoint + user)"
+    )
+    print(
+        "# load average before "
+        + " ".join(f"{x:.2f}" for x in before)
+        + ", after "
+        + " ".join(f"{x:.2f}" for x in after)
+    )
 
 
 @dataclass

@@ -30,12 +30,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
+import gateway
 import httpx
-from gateway import REQUEST, ROOT, Run, cpu_seconds, free_port, start_upstream, wait_http, wrk
+from gateway import REQUEST, Run, cpu_seconds, free_port, print_run_header, start_upstream, wrk
 
 GOAL_RATIO = 0.85  # Redis limits cost <= 15% of req/s
 
@@ -60,6 +60,16 @@ def start_redis(work: Path, wrap: list[str] | None = None) -> tuple[subprocess.P
     raise RuntimeError("redis-server did not start")
 
 
+# Two rate-limit windows per admission (the endpoint's and the user's), too large to bind.
+LIMITS_SPEC = """
+rate_limits:
+  - {calls: 1000000000, key: endpoint, renewal_period: minute}
+ai_gateway:
+  rate_limits:
+    - {calls: 1000000000, key: user, renewal_period: minute}
+"""
+
+
 def start_gateway(
     work: Path,
     upstream: str,
@@ -67,62 +77,15 @@ def start_gateway(
     wrap: list[str] | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {
-        **os.environ,
-        "ENGINE_STATE": str(work / "state" / "state.db"),
-        "PYTHONPATH": str(ROOT),
-    }
-    specs = work / "specs"
-    specs.mkdir(parents=True)
-    (specs / "bench.yaml").write_text(
-        textwrap.dedent(
-            f"""
-            name: bench
-            config:
-              served_entities:
-                - name: m
-                  external_model:
-                    name: m
-                    provider: openai
-                    task: llm/v1/chat
-                    openai_config:
-                      openai_api_key_plaintext: sk-bench
-                      openai_api_base: {upstream}/v1
-            rate_limits:
-              - {{calls: 1000000000, key: endpoint, renewal_period: minute}}
-            ai_gateway:
-              rate_limits:
-                - {{calls: 1000000000, key: user, renewal_period: minute}}
-            """
-        )
+    """The bench endpoint with two rate-limit windows, counted by `limits` (None: in-process)."""
+    return gateway.start_gateway(
+        work,
+        upstream,
+        spec_extra=LIMITS_SPEC,
+        serve_args=(*(["--limits", limits] if limits else []), *extra_args),
+        wrap=wrap,
+        health_timeout=900 if wrap else 30,
     )
-    engine = [sys.executable, "-m", "engine.cli"]
-    subprocess.run(
-        [*engine, "apply", str(specs), "--auto-approve"],
-        env=env,
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-    )
-    token = subprocess.run(
-        [*engine, "tokens", "create", "--user", "bench"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
-    port = free_port()
-    extra = [*(["--limits", limits] if limits else []), *extra_args]
-    proc = subprocess.Popen(
-        [*(wrap or []), *engine, "serve", "--port", str(port), "--log-level", "warning", *extra],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health", timeout=900 if wrap else 30)
-    return proc, url, token
 
 
 def _callgrind(out: Path) -> list[str]:
@@ -280,20 +243,7 @@ def main() -> None:
     def med(runs: list[Run], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs)
 
-    print(
-        f"# limits bench: {platform.node()}, {os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
-    print(
-        f"# upstream: {kind}; wrk -t1; {args.rounds} interleaved rounds x {args.seconds}s; "
-        "medians; 2 windows per admission (endpoint + user)"
-    )
-    print(
-        "# load average before "
-        + " ".join(f"{x:.2f}" for x in load_before)
-        + ", after "
-        + " ".join(f"{x:.2f}" for x in load_after)
-    )
+    print_run_header("limits", kind, args.rounds, args.seconds, (load_before, load_after))
     header = (
         f"{'conc':>4} | {'local req/s':>11} | {'redis req/s':>11} | {'ratio':>5} | "
         f"{'local p50':>9} | {'redis p50':>9} | {'added p50':>9} | {'local p99':>9} | "

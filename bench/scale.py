@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from gateway import Run, cpu_seconds, start_upstream, wrk
+from gateway import Run, cpu_seconds, print_run_header, start_upstream, wrk
 from limits import start_gateway, start_redis
 
 SCALE_GOAL = 1.7  # 2 workers >= 1.7x one
@@ -109,20 +107,7 @@ def main() -> None:
     def med(name: str, c: int, attr: str = "rps") -> float:
         return statistics.median(getattr(r, attr) for r in results[(name, c)])
 
-    print(
-        f"# scale bench: {platform.node()}, {os.cpu_count()} cores, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
-    print(
-        f"# upstream: {kind}; wrk -t1; {args.rounds} interleaved rounds x {args.seconds}s; "
-        "medians; 2 windows per admission (endpoint + user)"
-    )
-    print(
-        "# load average before "
-        + " ".join(f"{x:.2f}" for x in load_before)
-        + ", after "
-        + " ".join(f"{x:.2f}" for x in load_after)
-    )
+    print_run_header("scale", kind, args.rounds, args.seconds, (load_before, load_after))
     names = list(gateways)
     header = (
         f"{'conc':>4} | "
