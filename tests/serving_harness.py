@@ -101,7 +101,7 @@ class ServerProcess:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=15)
+            self.process.wait(timeout=60)  # stopping its runners takes a while on a loaded machine
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

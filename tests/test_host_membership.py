@@ -22,7 +22,7 @@ from engine.state import open_state
 
 
 def _second_serve(state: Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("serve", "--state", str(state), "--port", str(free_port()), timeout=60)
+    return run_cli("serve", "--state", str(state), "--port", str(free_port()), timeout=240)
 
 
 def _assert_refused(result: subprocess.CompletedProcess[str], where: str) -> None:
@@ -150,13 +150,13 @@ def test_two_serves_started_at_once_one_wins(tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     both = [_popen("serve", "--state", str(state), "--port", str(p)) for p in ports]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while all(p.poll() is None for p in both):
             assert time.monotonic() < deadline, "neither was refused"
             time.sleep(0.1)
         (loser,) = [p for p in both if p.poll() is not None]
         (winner,) = [p for p in both if p.poll() is None]
-        output = loser.communicate(timeout=10)[0]
+        output = loser.communicate(timeout=60)[0]
         assert loser.returncode == 1 and "already running on this state" in output, output
         url = f"http://127.0.0.1:{ports[both.index(winner)]}"
         while not _healthy(url):

@@ -393,7 +393,7 @@ def test_kill_9_reports_failed_and_stop_without_handle_cleans_up(
     pgid = handle["pid"]
     assert len(group_members(pgid)) >= 2  # API server + engine core (+ worker)
     os.kill(handle["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while executor.status(deployment, handle).deployment != "DEPLOYMENT_FAILED":
         assert time.monotonic() < deadline, "status still READY after kill -9"
         time.sleep(0.2)
@@ -420,7 +420,7 @@ def test_stop_leaves_no_process(
     assert group_members(pgid) == []
     # Our child, the API server, is reaped by stop(); its children are init's to reap.
     assert not Path(f"/proc/{pgid}").exists()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while any(Path(f"/proc/{pid}").exists() for pid in members):
         assert time.monotonic() < deadline, "zombies of the server are not reaped"
         time.sleep(0.1)

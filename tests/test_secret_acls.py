@@ -338,7 +338,7 @@ def test_a_revoked_read_stops_the_creators_endpoint(
 
     api.ok("alice", "secrets/acls/delete", scope="team_a", principal="team-a")
     before = len(upstream.requests)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     answer = _query(server, "carol", "carol-chat")
     while answer.status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -349,7 +349,7 @@ def test_a_revoked_read_stops_the_creators_endpoint(
     assert len(upstream.requests) == before
 
     api.ok("alice", "secrets/acls/put", scope="team_a", principal="team-a", permission="READ")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while _query(server, "carol", "carol-chat").status_code != 200:
         assert time.monotonic() < deadline, "the endpoint did not serve again"
         time.sleep(0.1)
