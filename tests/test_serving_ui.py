@@ -132,6 +132,13 @@ class Ui:
             base_url=self.url, headers={"authorization": f"Bearer {self.tokens[who]}"}, timeout=60
         )
 
+    def create_external(self, name: str, entity: str, model: str) -> None:
+        """An endpoint of one external model on the mock upstream, created by admin, ready."""
+        with self.api("admin") as admin:
+            spec = endpoint(name, [_external(entity, model, self.upstream.url + "/v1")])
+            assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
+        self.wait_state(name)
+
     def wait_state(
         self, name: str, done: tuple[str, ...] = ("NOT_UPDATING",), timeout: float = 120
     ) -> dict[str, Any]:
@@ -376,10 +383,7 @@ def test_edit_a_90_10_split_to_50_50_and_queries_follow(ui: Ui, browser: Any) ->
 def test_cancel_an_update_in_progress(ui: Ui, browser: Any) -> None:
     # The new entity "slow" is started by the test executor plugin, which holds its readiness
     # check (TEST_EXECUTOR_HOLD): the update stays IN_PROGRESS until it is canceled.
-    with ui.api("admin") as admin:
-        spec = endpoint("cancel-me", [_external("gpt", "gpt-4", ui.upstream.url + "/v1")])
-        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
-    ui.wait_state("cancel-me")
+    ui.create_external("cancel-me", "gpt", "gpt-4")
     page = _page(browser)
     sign_in(page, ui, "admin", start="/ml/endpoints/cancel-me/edit")
     page.fill("input[name=e1_name]", "slow")
@@ -460,10 +464,7 @@ def test_playground_without_script_answers_the_whole_form(ui: Ui, browser: Any) 
 
 
 def test_playground_streams_each_answer_as_it_arrives(ui: Ui, browser: Any) -> None:
-    with ui.api("admin") as admin:
-        spec = endpoint("slow-chat", [_external("s", "gpt-slow", ui.upstream.url + "/v1")])
-        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
-    ui.wait_state("slow-chat")
+    ui.create_external("slow-chat", "s", "gpt-slow")
     RELEASE.clear()
     page = _page(browser)
     sign_in(page, ui, "alice", start="/ml/playground")
@@ -495,10 +496,7 @@ def _wait_abandoned(ui: Ui, count: int, what: str) -> None:
 
 
 def test_playground_stops_answers_nobody_reads(ui: Ui, browser: Any) -> None:
-    with ui.api("admin") as admin:
-        spec = endpoint("endless-chat", [_external("e", "gpt-endless", ui.upstream.url + "/v1")])
-        assert admin.post("/api/2.0/serving-endpoints", json=spec).status_code == 200
-    ui.wait_state("endless-chat")
+    ui.create_external("endless-chat", "e", "gpt-endless")
     page = _page(browser)
     sign_in(page, ui, "alice", start="/ml/playground")
     answer = page.locator(".answer[data-endpoint=endless-chat] .answer-text")
