@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,14 +72,21 @@ CRASH_POINTS = [
 ]
 
 
+@contextlib.contextmanager
+def _engine(tmp_path: Path) -> Iterator[Engine]:
+    """The state and the test executor in-process (what the CLI's plugin runs, no crash)."""
+    engine = Engine(tmp_path / "state.db", ControllableExecutor(tmp_path / "running"))
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
 def _has_changes(tmp_path: Path, specs: Path) -> bool:
     """What `engine plan --detailed-exitcode` answers, in-process (the CLI's stack name is the
     specs folder's): a CLI process costs seconds of CPU on a loaded machine, 18 times over."""
-    engine = Engine(tmp_path / "state.db", ControllableExecutor(tmp_path / "running"))
-    try:
+    with _engine(tmp_path) as engine:
         return engine.plan(specs, stack=specs.name)[0].has_changes
-    finally:
-        engine.close()
 
 
 @pytest.mark.parametrize("crash_at", CRASH_POINTS)
@@ -85,11 +94,8 @@ def test_apply_killed_then_next_apply_converges(tmp_path: Path, crash_at: str) -
     specs = write_specs(tmp_path / "specs", BEFORE)
     env = _env(tmp_path)
     # The starting point, in-process: what is under test is the killed apply and the next one.
-    engine = Engine(tmp_path / "state.db", ControllableExecutor(tmp_path / "running"))
-    try:
+    with _engine(tmp_path) as engine:
         engine.apply(specs, stack=specs.name)
-    finally:
-        engine.close()
     assert not _has_changes(tmp_path, specs)
     write_specs(specs, AFTER)
     killed = run_cli(

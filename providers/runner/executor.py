@@ -4,9 +4,9 @@ OpenAI-compatible server processes on this machine.
 One server per entity instance, in `root/<endpoint>/<entity>-<instance_id>/` (server.log,
 server.pid, its own temp folder); the caches all of them share in `root/.cache/`, or the
 `cache_dir` given (a restart or a wake from zero finds the model inspected, and on GPU its
-graphs compiled). Because the
-folder is named after the instance id, `stop(deployment, None)` finds and stops a server even
-when the apply that started it died before recording the handle.
+graphs compiled). Because the folder is named after the instance id, `stop(deployment, None)`
+finds and stops a server even when the apply that started it died before recording the
+handle.
 
 The handle is JSON: {"pid", "port", "base_url", "log_file", "workdir"}. Resolved secrets
 (environment_vars) reach only the server's environment: never the handle, the pid file or an
@@ -35,6 +35,7 @@ from .._executor import (
     SecretUnavailable,
 )
 from .vllm_process import (
+    CACHE_DIR,
     PID_FILE,
     TASKS,
     RunningServer,
@@ -46,9 +47,6 @@ from .vllm_process import (
 )
 
 __all__ = ["ModelInfo", "RunnerExecutor", "gpus_needed", "replica_bounds", "replicas_of"]
-
-# Under root, beside the endpoints' folders (an endpoint's folder never starts with a dot).
-CACHE_DIR = ".cache"
 
 # GPUs each GPU workload type stands for (tensor parallel size); CPU types need none.
 _GPUS_BY_WORKLOAD = {

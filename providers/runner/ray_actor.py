@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .vllm_process import (
+    CACHE_DIR,
     LOG_FILE,
     RunningServer,
     ServerStartError,
@@ -57,7 +58,7 @@ class VllmReplica:
             spec,
             host=self.node_ip,
             python=sys.executable,
-            cache_dir=self.workdir.parent / ".cache",
+            cache_dir=self.workdir.parent / CACHE_DIR,
         )
         self.server: RunningServer | None = None
 

@@ -38,6 +38,7 @@ import httpx
 from schemas import process_stat
 
 __all__ = [
+    "CACHE_DIR",
     "LOG_FILE",
     "PID_FILE",
     "TASKS",
@@ -56,6 +57,10 @@ LOG_FILE = "server.log"
 _LOG_TAIL_LINES = 30
 _MAX_LINE = 1000  # vLLM logs its whole config on one ~4 kB line; keep error messages readable
 _DEFAULT_KV_CACHE_BYTES = 256 * 2**20
+
+
+# The shared cache folder's name beside the servers' folders (which never start with a dot).
+CACHE_DIR = ".cache"
 
 
 class ServerStartError(RuntimeError):
